@@ -1,0 +1,51 @@
+//! Link flags that tch's own build script cannot pass to our cdylib and binaries.
+//!
+//! * `libtorch_cuda.so` is only ever reached through static initialisers, so a plain
+//!   `-ltorch_cuda` is dropped by `--as-needed` linkers and CUDA silently disappears.
+//!   We force it into DT_NEEDED when the libtorch in use has it (DESIGN §5).
+//! * A RUNPATH of `$ORIGIN` lets a vendor ship libtorch beside `libamlmil.so`; for
+//!   development builds the libtorch lib dir is added too, so nothing needs
+//!   `LD_LIBRARY_PATH`. Set `AMLMIL_NO_DEV_RPATH=1` for redistributable builds.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=AMLMIL_NO_DEV_RPATH");
+    println!("cargo:rerun-if-changed=build.rs");
+    // torch-sys (`links = "tch"`) publishes the lib dir it linked against.
+    let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .map(PathBuf::from)
+        .expect("torch-sys did not report DEP_TCH_LIBTORCH_LIB; is LIBTORCH set?");
+
+    println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN");
+    if std::env::var_os("AMLMIL_NO_DEV_RPATH").is_none() {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    }
+    if lib_dir.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-search=native={}", lib_dir.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        println!("cargo:rustc-cfg=amlmil_cuda_linked");
+    }
+    println!("cargo::rustc-check-cfg=cfg(amlmil_cuda_linked)");
+    println!("cargo:rustc-env=AMLMIL_LIBTORCH_LIB={}", lib_dir.display());
+    // The Python wheel records its version beside lib/ (`__version__ = '2.11.0+cu130'`),
+    // a libtorch zip in `build-version`.
+    let root = lib_dir.parent().unwrap_or(&lib_dir);
+    let version = std::fs::read_to_string(root.join("version.py"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ")
+                    .map(|v| v.trim_matches(['\'', '"']).to_owned())
+            })
+        })
+        .or_else(|| {
+            std::fs::read_to_string(root.join("build-version"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=AMLMIL_LIBTORCH_VERSION={version}");
+}

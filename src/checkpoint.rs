@@ -1,0 +1,384 @@
+//! Model checkpoints: one `.safetensors` file per model whose `__metadata__` holds a
+//! JSON manifest under the key `amlmil` (DESIGN §4).
+//!
+//! Encoder tensors use torchvision's names, so `model.load_state_dict(
+//! safetensors.torch.load_file(path), strict=False)` works in PyTorch (our files
+//! also carry `num_batches_tracked`, so `strict=True` works too). Loading checks
+//! the manifest against the tensors and names the first disagreement. Files are
+//! written to a temporary sibling and renamed, so a crash never leaves half a file.
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{EncoderArch, MilConfig};
+
+/// Version of the manifest layout written by this library.
+pub const FORMAT_VERSION: u32 = 1;
+/// `__metadata__` key that holds the manifest JSON.
+pub const MANIFEST_KEY: &str = "amlmil";
+
+/// Per-channel input normalisation, applied to pixels scaled to [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Normalization {
+    /// ImageNet statistics, as torchvision's pre-trained ResNets expect.
+    fn default() -> Self {
+        Normalization {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+/// Where a model came from: enough to reproduce or audit it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// `amlmil <version>` or another tool.
+    pub tool: String,
+    /// `random-init`, `simclr`, `swav`, `dino`, `supervised`, `mil`, `imported`, …
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Free-form details (configuration, data set, metrics).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Provenance {
+    /// Provenance stamped with this library's name and version.
+    pub fn new(method: &str, seed: Option<u64>) -> Self {
+        Provenance {
+            tool: format!("amlmil {}", crate::VERSION),
+            method: method.to_owned(),
+            seed,
+            details: Default::default(),
+        }
+    }
+}
+
+/// Manifest of an encoder checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderManifest {
+    pub format_version: u32,
+    pub architecture: EncoderArch,
+    /// Side of the square input in pixels (144 for the AML cells).
+    pub input_size: i64,
+    pub normalization: Normalization,
+    /// `[channels, height, width]` of the last feature map.
+    pub feature_map: [i64; 3],
+    pub provenance: Provenance,
+}
+
+impl EncoderManifest {
+    pub fn new(architecture: EncoderArch, input_size: i64, provenance: Provenance) -> Self {
+        let side = architecture.feature_side(input_size);
+        EncoderManifest {
+            format_version: FORMAT_VERSION,
+            architecture,
+            input_size,
+            normalization: Normalization::default(),
+            feature_map: [architecture.feature_dim(), side, side],
+            provenance,
+        }
+    }
+}
+
+/// Manifest of an attention-MIL checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilManifest {
+    pub format_version: u32,
+    /// Always `attention_mil` for now.
+    pub architecture: String,
+    pub config: MilConfig,
+    /// Class names (bag labels) in output order.
+    pub classes: Vec<String>,
+    /// Encoder input size and feature map this head was trained on.
+    pub input_size: i64,
+    pub feature_map: [i64; 3],
+    pub provenance: Provenance,
+}
+
+impl MilManifest {
+    pub fn new(
+        config: MilConfig,
+        classes: Vec<String>,
+        input_size: i64,
+        provenance: Provenance,
+    ) -> Self {
+        MilManifest {
+            format_version: FORMAT_VERSION,
+            architecture: "attention_mil".into(),
+            feature_map: [config.in_channels, config.in_side, config.in_side],
+            config,
+            classes,
+            input_size,
+            provenance,
+        }
+    }
+}
+
+/// A manifest of either kind; serialised with a `kind` tag (`encoder` | `mil`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Manifest {
+    Encoder(EncoderManifest),
+    Mil(MilManifest),
+}
+
+impl Manifest {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Manifest::Encoder(_) => "encoder",
+            Manifest::Mil(_) => "mil",
+        }
+    }
+}
+
+/// Writes `vs`'s variables and `manifest` to `path` atomically (temp file + rename).
+///
+/// `extra` tensors (e.g. torchvision's `num_batches_tracked`) are added verbatim.
+pub fn save(path: &Path, manifest: &Manifest, vs: &VarStore) -> Result<()> {
+    let mut named: BTreeMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.detach()
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .contiguous(),
+            )
+        })
+        .collect();
+    if matches!(manifest, Manifest::Encoder(_)) {
+        // torchvision's BatchNorm keeps a step counter; inference ignores it.
+        let bns: Vec<String> = named
+            .keys()
+            .filter_map(|k| k.strip_suffix(".running_mean").map(str::to_owned))
+            .collect();
+        for bn in bns {
+            named.insert(format!("{bn}.num_batches_tracked"), Tensor::from(0i64));
+        }
+    }
+    let mut buffers: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = Vec::with_capacity(named.len());
+    for (name, t) in &named {
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let (dtype, bytes) = match t.kind() {
+            Kind::Int64 => (Dtype::I64, tensor_bytes::<i64>(t)?),
+            _ => (Dtype::F32, tensor_bytes::<f32>(t)?),
+        };
+        buffers.push((name.clone(), bytes, dtype, shape));
+    }
+    let views = buffers
+        .iter()
+        .map(|(n, b, d, s)| {
+            TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.as_str(), v))
+                .map_err(|e| Error::checkpoint(path, format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let json =
+        serde_json::to_string(manifest).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let metadata = HashMap::from([(MANIFEST_KEY.to_owned(), json)]);
+    let data = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
+    write_atomic(path, &data)
+}
+
+fn tensor_bytes<T: tch::kind::Element + Copy>(t: &Tensor) -> Result<Vec<u8>> {
+    let n = t.numel();
+    let mut v = vec![T::ZERO; n];
+    t.f_copy_data(&mut v, n)?;
+    // SAFETY: plain-old-data numbers reinterpreted as bytes; safetensors is little-endian
+    // and so are all targets we build for (checked at compile time below).
+    let bytes = unsafe {
+        std::slice::from_raw_parts(v.as_ptr() as *const u8, n * std::mem::size_of::<T>())
+    };
+    Ok(bytes.to_vec())
+}
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "safetensors needs a little-endian target"
+);
+
+/// Writes `data` to `path` through a temporary file in the same directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("path", format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("cannot write", path, e)
+    })
+}
+
+/// A checkpoint read from disk: its manifest and its tensors (on the CPU, f32).
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub manifest: Manifest,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint file; fails when the manifest is missing or unreadable.
+    pub fn read(path: &Path) -> Result<Checkpoint> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io("cannot read checkpoint", path, e))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::checkpoint(path, format!("not a safetensors file ({e})")))?;
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(MANIFEST_KEY))
+            .ok_or_else(|| {
+                Error::checkpoint(
+                    path,
+                    format!("no `{MANIFEST_KEY}` manifest in __metadata__; was it written by amlmil (or `amlmil import`)?"),
+                )
+            })?;
+        let manifest: Manifest = serde_json::from_str(json)
+            .map_err(|e| Error::checkpoint(path, format!("manifest is not valid: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::checkpoint(path, format!("corrupt tensor data ({e})")))?;
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let kind = match view.dtype() {
+                Dtype::F32 => Kind::Float,
+                Dtype::F16 => Kind::Half,
+                Dtype::BF16 => Kind::BFloat16,
+                Dtype::F64 => Kind::Double,
+                Dtype::I64 => Kind::Int64,
+                other => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("tensor `{name}` has unsupported dtype {other:?}"),
+                    ))
+                }
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+            let t = if kind == Kind::Int64 {
+                t
+            } else {
+                t.to_kind(Kind::Float)
+            };
+            tensors.insert(name, t);
+        }
+        Ok(Checkpoint { manifest, tensors })
+    }
+
+    /// Reads a checkpoint that must be an encoder.
+    pub fn read_encoder(path: &Path) -> Result<(EncoderManifest, HashMap<String, Tensor>)> {
+        let ck = Self::read(path)?;
+        match ck.manifest {
+            Manifest::Encoder(m) => Ok((m, ck.tensors)),
+            other => Err(Error::checkpoint(
+                path,
+                format!(
+                    "is a `{}` checkpoint, expected an `encoder` checkpoint",
+                    other.kind()
+                ),
+            )),
+        }
+    }
+
+    /// Reads a checkpoint that must be an attention-MIL head.
+    pub fn read_mil(path: &Path) -> Result<(MilManifest, HashMap<String, Tensor>)> {
+        let ck = Self::read(path)?;
+        match ck.manifest {
+            Manifest::Mil(m) => Ok((m, ck.tensors)),
+            other => Err(Error::checkpoint(
+                path,
+                format!(
+                    "is a `{}` checkpoint, expected a `mil` checkpoint",
+                    other.kind()
+                ),
+            )),
+        }
+    }
+}
+
+/// Copies `tensors` into the variables of `vs`, checking names, shapes and finiteness.
+///
+/// Every variable must be present with the same shape; tensors that are not
+/// variables are ignored only when listed in `ignorable_suffixes`.
+pub fn load_into(
+    vs: &mut VarStore,
+    mut tensors: HashMap<String, Tensor>,
+    path: &Path,
+    ignorable_suffixes: &[&str],
+) -> Result<()> {
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let src = tensors.remove(name).ok_or_else(|| {
+            Error::checkpoint(
+                path,
+                format!(
+                    "tensor `{name}` is missing (expected shape {:?})",
+                    var.size()
+                ),
+            )
+        })?;
+        if src.size() != var.size() {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor `{name}` has shape {:?}, the architecture in the manifest needs {:?}",
+                    src.size(),
+                    var.size()
+                ),
+            ));
+        }
+        if !bool::try_from(src.isfinite().all())? {
+            return Err(Error::NonFinite(format!(
+                "tensor `{name}` of checkpoint {}",
+                path.display()
+            )));
+        }
+        tch::no_grad(|| var.shallow_clone().f_copy_(&src))?;
+    }
+    let mut extra: Vec<String> = tensors
+        .into_keys()
+        .filter(|k| !ignorable_suffixes.iter().any(|s| k.ends_with(s)))
+        .collect();
+    extra.sort();
+    if let Some(first) = extra.first() {
+        return Err(Error::checkpoint(
+            path,
+            format!("tensor `{first}` is not part of the architecture in the manifest ({} unexpected tensors)", extra.len()),
+        ));
+    }
+    Ok(())
+}

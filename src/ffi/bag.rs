@@ -1,0 +1,169 @@
+//! `amlmil_bag`: one patient's cells, added as raw pixels, encoded bytes or files.
+use std::ffi::c_char;
+use std::path::Path;
+
+use parking_lot::RwLock;
+
+use super::boundary::{arg_ref, arg_slice, arg_str, guard, guard_value, out_ptr};
+use super::status::{amlmil_status, FfiError};
+use crate::bag::Bag;
+use crate::cell_image::{CellImage, PixelFormat};
+use crate::error::Error;
+
+/// Opaque bag of cells. Create with `amlmil_bag_new`, free with `amlmil_bag_free`.
+///
+/// Thread safety: a bag may be classified from several threads at once; adding
+/// cells while another thread classifies the same bag is safe but the
+/// classification then sees the bag either before or after the addition.
+#[allow(non_camel_case_types)]
+pub struct amlmil_bag {
+    pub(crate) inner: RwLock<Bag>,
+}
+
+/// Channel order of a raw pixel buffer (values of the `format` argument).
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum amlmil_pixel_format {
+    Rgb8 = 0,
+    Rgba8 = 1,
+    Bgr8 = 2,
+    Bgra8 = 3,
+}
+
+/// Creates an empty bag.
+///
+/// @param[out] out_bag receives the new bag; the caller owns it and frees it with
+///   `amlmil_bag_free`. Untouched on failure.
+/// @return AMLMIL_STATUS_OK, or AMLMIL_STATUS_NULL_ARGUMENT if `out_bag` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_bag_new(out_bag: *mut *mut amlmil_bag) -> amlmil_status {
+    guard(|| {
+        let out = out_ptr(out_bag, "out_bag")?;
+        let bag = Box::new(amlmil_bag {
+            inner: RwLock::new(Bag::new()),
+        });
+        *out = Box::into_raw(bag);
+        Ok(())
+    })
+}
+
+/// Frees a bag. `NULL` is a no-op. The bag must not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_bag_free(bag: *mut amlmil_bag) {
+    guard_value((), || {
+        if !bag.is_null() {
+            drop(Box::from_raw(bag));
+        }
+    })
+}
+
+/// Number of cells in the bag.
+///
+/// @param[out] out_len receives the count. Untouched on failure.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_bag_len(
+    bag: *const amlmil_bag,
+    out_len: *mut usize,
+) -> amlmil_status {
+    guard(|| {
+        let bag = arg_ref(bag, "bag")?;
+        let out = out_ptr(out_len, "out_len")?;
+        *out = bag.inner.read().len();
+        Ok(())
+    })
+}
+
+/// Removes every cell from the bag so it can be reused for another patient.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_bag_clear(bag: *mut amlmil_bag) -> amlmil_status {
+    guard(|| {
+        arg_ref(bag, "bag")?.inner.write().clear();
+        Ok(())
+    })
+}
+
+fn add(bag: &amlmil_bag, cell_id: u64, cell: CellImage) -> Result<(), FfiError> {
+    Ok(bag.inner.write().add(cell_id, cell)?)
+}
+
+/// Adds one cell from a raw 8-bit pixel buffer. The pixels are copied.
+///
+/// @param bag the bag (not NULL).
+/// @param cell_id caller-chosen id, unique within the bag; results refer to cells by it.
+/// @param pixels `height` rows of `width` pixels, `stride` bytes apart.
+/// @param pixels_len size of the `pixels` buffer in bytes (checked against the geometry).
+/// @param width, height image size in pixels (1..4096).
+/// @param stride bytes from one row to the next; at least `width * channels`.
+/// @param format one of `amlmil_pixel_format`.
+/// @return AMLMIL_STATUS_OK; AMLMIL_STATUS_NULL_ARGUMENT, AMLMIL_STATUS_INVALID_ARGUMENT
+///   (bad size, stride, format or duplicate id). The bag is unchanged on failure.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_bag_add_pixels(
+    bag: *mut amlmil_bag,
+    cell_id: u64,
+    pixels: *const u8,
+    pixels_len: usize,
+    width: u32,
+    height: u32,
+    stride: usize,
+    format: u32,
+) -> amlmil_status {
+    guard(|| {
+        let bag = arg_ref(bag, "bag")?;
+        let pixels = arg_slice(pixels, pixels_len, "pixels")?;
+        let format = match format {
+            0 => PixelFormat::Rgb8,
+            1 => PixelFormat::Rgba8,
+            2 => PixelFormat::Bgr8,
+            3 => PixelFormat::Bgra8,
+            other => {
+                return Err(Error::invalid(
+                    "format",
+                    format!("{other} is not an amlmil_pixel_format (0..=3)"),
+                )
+                .into())
+            }
+        };
+        add(
+            bag,
+            cell_id,
+            CellImage::from_pixels(pixels, width, height, stride, format)?,
+        )
+    })
+}
+
+/// Adds one cell from encoded TIFF, PNG or JPEG bytes (RGB, RGBA, greyscale, 8 or 16 bit).
+///
+/// @return AMLMIL_STATUS_OK; AMLMIL_STATUS_DECODE when the bytes are not a supported
+///   image. The bag is unchanged on failure.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_bag_add_encoded(
+    bag: *mut amlmil_bag,
+    cell_id: u64,
+    data: *const u8,
+    data_len: usize,
+) -> amlmil_status {
+    guard(|| {
+        let bag = arg_ref(bag, "bag")?;
+        let data = arg_slice(data, data_len, "data")?;
+        add(bag, cell_id, CellImage::decode(data, "`data`")?)
+    })
+}
+
+/// Adds one cell from an image file (TIFF, PNG or JPEG), path in UTF-8.
+///
+/// @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO when the file cannot be read;
+///   AMLMIL_STATUS_DECODE when it is not a supported image. The bag is unchanged on failure.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_bag_add_file(
+    bag: *mut amlmil_bag,
+    cell_id: u64,
+    path: *const c_char,
+) -> amlmil_status {
+    guard(|| {
+        let bag = arg_ref(bag, "bag")?;
+        let path = arg_str(path, "path")?;
+        add(bag, cell_id, CellImage::open(Path::new(path))?)
+    })
+}

@@ -1,0 +1,123 @@
+//! The panic boundary and pointer checks shared by every exported function.
+//!
+//! Since Rust 1.81 a panic that reaches an `extern "C"` function aborts the
+//! process, and tch panics on many libtorch errors; every export therefore runs its
+//! body through [`guard`], which turns errors and panics into a status plus a
+//! thread-local message.
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::status::{amlmil_status, set_last_error, FfiError};
+use crate::error::Error;
+
+pub(crate) type FfiResult<T = ()> = Result<T, FfiError>;
+
+/// Runs `body`, mapping `Err` and panics to a status and the last-error message.
+pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> amlmil_status {
+    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic with a non-string payload".into());
+        // tch panics carry libtorch's message; report those as libtorch errors.
+        if msg.contains("Torch") || msg.contains("libtorch") || msg.contains("c10::") {
+            Err(FfiError::Core(Error::Torch(tch::TchError::Torch(msg))))
+        } else {
+            Err(FfiError::Panic(msg))
+        }
+    });
+    match outcome {
+        Ok(()) => amlmil_status::Ok,
+        Err(e) => {
+            let status = e.status();
+            let message = e.message();
+            log::debug!("{status:?}: {message}");
+            set_last_error(&message);
+            status
+        }
+    }
+}
+
+/// Runs `body` for functions without a status (getters, `free`); a panic gives `fallback`.
+pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+/// Borrows `*ptr`, or fails naming `arg` when it is NULL.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a live `T` for `'a`.
+pub(crate) unsafe fn arg_ref<'a, T>(ptr: *const T, arg: &'static str) -> FfiResult<&'a T> {
+    ptr.as_ref().ok_or(FfiError::Null(arg))
+}
+
+/// A NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string live for `'a`.
+pub(crate) unsafe fn arg_str<'a>(ptr: *const c_char, arg: &'static str) -> FfiResult<&'a str> {
+    if ptr.is_null() {
+        return Err(FfiError::Null(arg));
+    }
+    CStr::from_ptr(ptr)
+        .to_str()
+        .map_err(|_| Error::invalid(arg, "is not valid UTF-8").into())
+}
+
+/// A non-empty input buffer of `len` elements.
+///
+/// # Safety
+/// `ptr` must be NULL or valid for reads of `len` elements for `'a`.
+pub(crate) unsafe fn arg_slice<'a, T>(
+    ptr: *const T,
+    len: usize,
+    arg: &'static str,
+) -> FfiResult<&'a [T]> {
+    if ptr.is_null() {
+        return Err(FfiError::Null(arg));
+    }
+    if len == 0 {
+        return Err(Error::invalid(arg, "has length 0").into());
+    }
+    Ok(std::slice::from_raw_parts(ptr, len))
+}
+
+/// The first `needed` elements of an output buffer of `len` elements.
+///
+/// # Safety
+/// `ptr` must be NULL or valid for writes of `len` elements for `'a`.
+pub(crate) unsafe fn out_slice<'a, T>(
+    ptr: *mut T,
+    len: usize,
+    needed: usize,
+    arg: &'static str,
+) -> FfiResult<&'a mut [T]> {
+    if ptr.is_null() {
+        return Err(FfiError::Null(arg));
+    }
+    if len < needed {
+        return Err(FfiError::BufferTooSmall {
+            arg,
+            needed,
+            got: len,
+        });
+    }
+    Ok(std::slice::from_raw_parts_mut(ptr, needed))
+}
+
+/// Checks that an output pointer is not NULL (before any work is done).
+pub(crate) fn out_ptr<T>(ptr: *mut T, arg: &'static str) -> FfiResult<*mut T> {
+    if ptr.is_null() {
+        Err(FfiError::Null(arg))
+    } else {
+        Ok(ptr)
+    }
+}
+
+/// Moves a Rust string into a library-owned C string (free with `amlmil_string_free`).
+pub(crate) fn into_c_string(s: String) -> *mut c_char {
+    std::ffi::CString::new(s.replace('\0', "\\0"))
+        .unwrap_or_default()
+        .into_raw()
+}

@@ -1,0 +1,370 @@
+//! `amlmil_session`: a loaded encoder + MIL head, and the calls that classify bags.
+use std::ffi::{c_char, c_void, CString};
+use std::path::Path;
+
+use tch::Tensor;
+
+use super::bag::amlmil_bag;
+use super::boundary::{
+    arg_ref, arg_slice, arg_str, guard, guard_value, into_c_string, out_ptr, out_slice, FfiResult,
+};
+use super::result::amlmil_result;
+use super::status::amlmil_status;
+use crate::error::Error;
+use crate::inference::{Precision, Session, SessionOptions};
+
+/// Opaque session. Create with `amlmil_session_new`, free with `amlmil_session_free`.
+///
+/// Thread safety: every function that takes a `const amlmil_session*` may be
+/// called from several threads at once on the same session.
+#[allow(non_camel_case_types)]
+pub struct amlmil_session {
+    inner: Session,
+}
+
+/// Arithmetic of the encoder (values of `amlmil_session_options.precision`).
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum amlmil_precision {
+    /// 32-bit float (default; the only choice on the CPU).
+    Fp32 = 0,
+    /// 16-bit float (CUDA only).
+    Fp16 = 1,
+    /// bfloat16 (CUDA only).
+    Bf16 = 2,
+}
+
+/// Options for `amlmil_session_new`. Always initialise with
+/// `amlmil_session_options_init`, then change fields: new fields are only ever
+/// appended, and `struct_size` tells the library which ones the caller knows.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct amlmil_session_options {
+    /// `sizeof(amlmil_session_options)` as compiled by the caller (set by init).
+    pub struct_size: usize,
+    /// `"auto"` (default: first GPU if any, else CPU), `"cpu"`, `"cuda"` or
+    /// `"cuda:N"`. NULL means `"auto"`. Only read during `amlmil_session_new`.
+    pub device: *const c_char,
+    /// One of `amlmil_precision`.
+    pub precision: u32,
+    /// Cells per encoder forward pass (default 32).
+    pub batch_size: u32,
+    /// libtorch intra-op threads; 0 keeps libtorch's default. Process-wide.
+    pub num_threads: u32,
+    /// 1 (default): on the CPU run the encoder with NHWC strides (faster); 0: plain
+    /// NCHW, bit-identical to PyTorch's default layout. Ignored on CUDA.
+    pub channels_last: u32,
+}
+
+/// Progress of a long call, passed to an `amlmil_progress_callback`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct amlmil_progress {
+    /// What is running, e.g. `"encode"`; valid during the callback only.
+    pub stage: *const c_char,
+    /// Units done and total in this stage (e.g. cells encoded).
+    pub done: u64,
+    pub total: u64,
+    /// Training epoch and cross-validation fold, or -1 when not applicable.
+    pub epoch: i32,
+    pub fold: i32,
+    /// Current loss, or NaN when not applicable.
+    pub loss: f64,
+}
+
+/// Called from the calling thread during long calls. Return 0 to continue,
+/// anything else to cancel (the call then returns AMLMIL_STATUS_CANCELLED).
+#[allow(non_camel_case_types)]
+pub type amlmil_progress_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, progress: *const amlmil_progress) -> i32>;
+
+/// Adapts a C progress callback to the core's progress closure.
+pub(crate) fn progress_adapter(
+    cb: amlmil_progress_callback,
+    user_data: *mut c_void,
+) -> impl FnMut(&str, usize, usize) -> bool {
+    move |stage, done, total| match cb {
+        None => true,
+        Some(f) => {
+            let stage = CString::new(stage).unwrap_or_default();
+            let p = amlmil_progress {
+                stage: stage.as_ptr(),
+                done: done as u64,
+                total: total as u64,
+                epoch: -1,
+                fold: -1,
+                loss: f64::NAN,
+            };
+            // SAFETY: the caller vouches for `f` and `user_data`.
+            unsafe { f(user_data, &p) == 0 }
+        }
+    }
+}
+
+impl Default for amlmil_session_options {
+    fn default() -> Self {
+        let d = SessionOptions::default();
+        amlmil_session_options {
+            struct_size: std::mem::size_of::<Self>(),
+            device: std::ptr::null(),
+            precision: amlmil_precision::Fp32 as u32,
+            batch_size: d.batch_size as u32,
+            num_threads: 0,
+            channels_last: d.channels_last as u32,
+        }
+    }
+}
+
+/// Fills `options` with the defaults of this library version (and sets `struct_size`).
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_options_init(
+    options: *mut amlmil_session_options,
+) -> amlmil_status {
+    guard(|| {
+        *out_ptr(options, "options")? = amlmil_session_options::default();
+        Ok(())
+    })
+}
+
+/// Reads the fields a caller's (possibly older or newer) struct has; fields
+/// beyond its `struct_size` keep their defaults.
+unsafe fn read_options(options: *const amlmil_session_options) -> FfiResult<SessionOptions> {
+    let mut out = SessionOptions::default();
+    let Some(o) = options.as_ref() else {
+        return Ok(out);
+    };
+    let size = o.struct_size;
+    macro_rules! present {
+        ($field:ident) => {
+            size >= std::mem::offset_of!(amlmil_session_options, $field)
+                + std::mem::size_of_val(&o.$field)
+        };
+    }
+    if !present!(device) {
+        return Err(Error::invalid(
+            "options.struct_size",
+            format!("{size} is too small; initialise options with amlmil_session_options_init"),
+        )
+        .into());
+    }
+    if !o.device.is_null() {
+        out.device = arg_str(o.device, "options.device")?.parse()?;
+    }
+    if present!(precision) {
+        out.precision = match o.precision {
+            0 => Precision::Fp32,
+            1 => Precision::Fp16,
+            2 => Precision::Bf16,
+            p => {
+                return Err(Error::invalid(
+                    "options.precision",
+                    format!("{p} is not an amlmil_precision"),
+                )
+                .into())
+            }
+        };
+    }
+    if present!(batch_size) {
+        if o.batch_size == 0 {
+            return Err(Error::invalid("options.batch_size", "must be at least 1").into());
+        }
+        out.batch_size = o.batch_size as usize;
+    }
+    if present!(num_threads) && o.num_threads > 0 {
+        out.num_threads = Some(o.num_threads as usize);
+    }
+    if present!(channels_last) {
+        out.channels_last = o.channels_last != 0;
+    }
+    Ok(out)
+}
+
+/// Loads an encoder and an attention-MIL checkpoint into a new session.
+///
+/// @param encoder_path, mil_path `.safetensors` checkpoints (UTF-8 paths).
+/// @param options NULL for defaults, or initialised with `amlmil_session_options_init`.
+/// @param[out] out_session receives the session; free with `amlmil_session_free`.
+///   Untouched on failure.
+/// @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO, _CHECKPOINT (missing manifest, wrong
+///   kind, truncated, tensors not matching the manifest), _MISMATCH (head does not
+///   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_new(
+    encoder_path: *const c_char,
+    mil_path: *const c_char,
+    options: *const amlmil_session_options,
+    out_session: *mut *mut amlmil_session,
+) -> amlmil_status {
+    guard(|| {
+        let encoder_path = arg_str(encoder_path, "encoder_path")?;
+        let mil_path = arg_str(mil_path, "mil_path")?;
+        let out = out_ptr(out_session, "out_session")?;
+        let options = read_options(options)?;
+        let inner = Session::new(Path::new(encoder_path), Path::new(mil_path), &options)?;
+        *out = Box::into_raw(Box::new(amlmil_session { inner }));
+        Ok(())
+    })
+}
+
+/// Frees a session. `NULL` is a no-op. No call on it may be running.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_free(session: *mut amlmil_session) {
+    guard_value((), || {
+        if !session.is_null() {
+            drop(Box::from_raw(session));
+        }
+    })
+}
+
+/// Length of the per-cell feature vector written by `amlmil_session_embed` (512),
+/// or 0 if `session` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_feature_dim(session: *const amlmil_session) -> usize {
+    guard_value(0, || session.as_ref().map_or(0, |s| s.inner.feature_dim()))
+}
+
+/// Number of floats per cell that `amlmil_session_classify_features` expects
+/// (channels × height × width of the encoder's feature map, 512·5·5 at 144 px),
+/// or 0 if `session` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_feature_map_len(session: *const amlmil_session) -> usize {
+    guard_value(0, || {
+        session.as_ref().map_or(0, |s| {
+            s.inner
+                .encoder_manifest()
+                .feature_map
+                .iter()
+                .product::<i64>() as usize
+        })
+    })
+}
+
+/// Session details as JSON: device, classes, both manifests.
+///
+/// @param[out] out_json library-owned string; free with `amlmil_string_free`.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_info(
+    session: *const amlmil_session,
+    out_json: *mut *mut c_char,
+) -> amlmil_status {
+    guard(|| {
+        let s = &arg_ref(session, "session")?.inner;
+        let out = out_ptr(out_json, "out_json")?;
+        let info = serde_json::json!({
+            "device": format!("{:?}", s.device()).to_lowercase(),
+            "classes": s.classes(),
+            "encoder": s.encoder_manifest(),
+            "mil": s.mil_manifest(),
+        });
+        *out = into_c_string(info.to_string());
+        Ok(())
+    })
+}
+
+/// Classifies a bag: subtype, probabilities and per-class attention over its cells.
+///
+/// @param progress optional; called after each encoder batch; may cancel.
+/// @param[out] out_result receives the result; free with `amlmil_result_free`.
+///   Untouched on failure.
+/// @return AMLMIL_STATUS_OK; _EMPTY_BAG, _NON_FINITE, _CANCELLED, _TORCH.
+/// Thread safety: concurrent calls on one session (and one bag) are allowed.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_classify(
+    session: *const amlmil_session,
+    bag: *const amlmil_bag,
+    progress: amlmil_progress_callback,
+    user_data: *mut c_void,
+    out_result: *mut *mut amlmil_result,
+) -> amlmil_status {
+    guard(|| {
+        let s = &arg_ref(session, "session")?.inner;
+        let bag = arg_ref(bag, "bag")?;
+        let out = out_ptr(out_result, "out_result")?;
+        let prediction = s.classify(
+            &bag.inner.read(),
+            &mut progress_adapter(progress, user_data),
+        )?;
+        *out = Box::into_raw(Box::new(amlmil_result::new(prediction)));
+        Ok(())
+    })
+}
+
+/// Classifies precomputed encoder feature maps (e.g. cached by the caller).
+///
+/// @param features `num_cells` × `amlmil_session_feature_map_len()` floats, row-major.
+/// @param features_len number of floats in `features` (must equal the product above).
+/// @param cell_ids `num_cells` ids, or NULL for 0, 1, …, num_cells-1.
+/// @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong length.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_classify_features(
+    session: *const amlmil_session,
+    features: *const f32,
+    features_len: usize,
+    num_cells: usize,
+    cell_ids: *const u64,
+    out_result: *mut *mut amlmil_result,
+) -> amlmil_status {
+    guard(|| {
+        let s = &arg_ref(session, "session")?.inner;
+        let out = out_ptr(out_result, "out_result")?;
+        if num_cells == 0 {
+            return Err(Error::EmptyBag("features (num_cells = 0)".into()).into());
+        }
+        let [c, h, w] = s.encoder_manifest().feature_map;
+        let per_cell = (c * h * w) as usize;
+        let needed = num_cells.checked_mul(per_cell).ok_or_else(|| {
+            Error::invalid(
+                "num_cells",
+                format!("{num_cells} cells overflow the buffer size"),
+            )
+        })?;
+        if features_len != needed {
+            return Err(Error::invalid(
+                "features_len",
+                format!("{features_len} floats given, {num_cells} cells x {c}x{h}x{w} = {needed} expected"),
+            )
+            .into());
+        }
+        let features = arg_slice(features, features_len, "features")?;
+        let ids: Vec<u64> = if cell_ids.is_null() {
+            (0..num_cells as u64).collect()
+        } else {
+            arg_slice(cell_ids, num_cells, "cell_ids")?.to_vec()
+        };
+        let maps = Tensor::f_from_slice(features)?.f_view([num_cells as i64, c, h, w])?;
+        let prediction = s.classify_feature_maps(&maps, &ids)?;
+        *out = Box::into_raw(Box::new(amlmil_result::new(prediction)));
+        Ok(())
+    })
+}
+
+/// Writes each cell's pooled encoder features (bag order, row-major N × feature_dim).
+///
+/// @param out buffer of `out_len` floats, at least N × `amlmil_session_feature_dim()`.
+///   Untouched on failure.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_embed(
+    session: *const amlmil_session,
+    bag: *const amlmil_bag,
+    progress: amlmil_progress_callback,
+    user_data: *mut c_void,
+    out: *mut f32,
+    out_len: usize,
+) -> amlmil_status {
+    guard(|| {
+        let s = &arg_ref(session, "session")?.inner;
+        let bag = arg_ref(bag, "bag")?.inner.read();
+        let needed = bag.len() * s.feature_dim();
+        if bag.is_empty() {
+            return Err(Error::EmptyBag("bag".into()).into());
+        }
+        // Check the buffer before the (slow) encoder runs.
+        out_slice(out, out_len, needed, "out")?;
+        let features = s.embed(bag.cells(), &mut progress_adapter(progress, user_data))?;
+        out_slice(out, out_len, needed, "out")?.copy_from_slice(&features);
+        Ok(())
+    })
+}

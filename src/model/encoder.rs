@@ -1,0 +1,210 @@
+//! ResNet18 / ResNet34 cell encoders (He et al. 2016) with torchvision's tensor names.
+//!
+//! Parameter paths reproduce `torchvision.models.resnet18/34().state_dict()` keys
+//! (`conv1.weight`, `layer2.0.downsample.1.running_var`, …) so encoder weights move
+//! between PyTorch and this library without renaming. The classification `fc` layer
+//! is absent: an encoder ends at the last feature map (512×5×5 for a 144 px cell),
+//! which the attention-MIL head consumes, and its global average (512-d).
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// Encoder architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderArch {
+    ResNet18,
+    ResNet34,
+}
+
+impl EncoderArch {
+    /// Basic blocks per stage (torchvision's `layers` argument).
+    fn blocks(self) -> [usize; 4] {
+        match self {
+            EncoderArch::ResNet18 => [2, 2, 2, 2],
+            EncoderArch::ResNet34 => [3, 4, 6, 3],
+        }
+    }
+
+    /// Channels of the last feature map, and so of the pooled feature vector.
+    pub fn feature_dim(self) -> i64 {
+        512
+    }
+
+    /// Side of the last feature map for a square input of `input_size` pixels:
+    /// stem conv (s2), max-pool (s2) and three stride-2 stages, each `⌊(x+1)/2⌋`.
+    pub fn feature_side(self, input_size: i64) -> i64 {
+        (0..5).fold(input_size, |x, _| (x + 1) / 2)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderArch::ResNet18 => "resnet18",
+            EncoderArch::ResNet34 => "resnet34",
+        }
+    }
+}
+
+impl std::str::FromStr for EncoderArch {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "resnet18" => Ok(EncoderArch::ResNet18),
+            "resnet34" => Ok(EncoderArch::ResNet34),
+            other => Err(crate::Error::invalid(
+                "architecture",
+                format!("`{other}` is not an encoder (resnet18, resnet34)"),
+            )),
+        }
+    }
+}
+
+fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding,
+        bias: false,
+        // torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu")
+        ws_init: nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        },
+        ..Default::default()
+    };
+    nn::conv2d(p, cin, cout, k, cfg)
+}
+
+fn batch_norm(p: nn::Path, c: i64, momentum: f64) -> nn::BatchNorm {
+    let cfg = nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.0),
+        bs_init: nn::Init::Const(0.0),
+        momentum,
+        ..Default::default()
+    };
+    nn::batch_norm2d(p, c, cfg)
+}
+
+/// torchvision's `BasicBlock`: two 3×3 convolutions with a residual connection.
+#[derive(Debug)]
+struct BasicBlock {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+impl BasicBlock {
+    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64, m: f64) -> Self {
+        let downsample = (stride != 1 || cin != cout).then(|| {
+            (
+                conv(&p / "downsample" / "0", cin, cout, 1, stride, 0),
+                batch_norm(&p / "downsample" / "1", cout, m),
+            )
+        });
+        BasicBlock {
+            conv1: conv(&p / "conv1", cin, cout, 3, stride, 1),
+            bn1: batch_norm(&p / "bn1", cout, m),
+            conv2: conv(&p / "conv2", cout, cout, 3, 1, 1),
+            bn2: batch_norm(&p / "bn2", cout, m),
+            downsample,
+        }
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let ys = xs
+            .apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu()
+            .apply(&self.conv2)
+            .apply_t(&self.bn2, train);
+        let shortcut = match &self.downsample {
+            Some((c, b)) => xs.apply(c).apply_t(b, train),
+            None => xs.shallow_clone(),
+        };
+        (ys + shortcut).relu()
+    }
+}
+
+/// A ResNet trunk without its classifier.
+#[derive(Debug)]
+pub struct Encoder {
+    arch: EncoderArch,
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    stages: Vec<Vec<BasicBlock>>,
+}
+
+impl Encoder {
+    /// Creates the encoder's variables under `p` (use the var store's root so the
+    /// names are exactly torchvision's).
+    pub fn new(p: &nn::Path, arch: EncoderArch) -> Self {
+        Self::with_batch_norm_momentum(p, arch, 0.1)
+    }
+
+    /// As [`Encoder::new`] with another batch-norm momentum (PyTorch convention:
+    /// `running = (1 - m)·running + m·batch`; 0.1 is torchvision's). With `m = 1`
+    /// one training-mode pass sets every running statistic to that batch's.
+    pub fn with_batch_norm_momentum(p: &nn::Path, arch: EncoderArch, momentum: f64) -> Self {
+        let widths = [64, 128, 256, 512];
+        let mut cin = 64;
+        let stages = arch
+            .blocks()
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (&n, cout))| {
+                let stage = p / format!("layer{}", i + 1);
+                (0..n)
+                    .map(|b| {
+                        let stride = if b == 0 && i > 0 { 2 } else { 1 };
+                        let block =
+                            BasicBlock::new(&stage / b.to_string(), cin, cout, stride, momentum);
+                        cin = cout;
+                        block
+                    })
+                    .collect()
+            })
+            .collect();
+        Encoder {
+            arch,
+            conv1: conv(p / "conv1", 3, 64, 7, 2, 3),
+            bn1: batch_norm(p / "bn1", 64, momentum),
+            stages,
+        }
+    }
+
+    pub fn arch(&self) -> EncoderArch {
+        self.arch
+    }
+
+    /// Last feature map, `[N, 512, h, w]`, for normalised `[N, 3, H, W]` input.
+    pub fn feature_map(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut ys = xs
+            .apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu()
+            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        for stage in &self.stages {
+            for block in stage {
+                ys = block.forward_t(&ys, train);
+            }
+        }
+        ys
+    }
+}
+
+/// Global average of a feature map: `[N, C, h, w]` → `[N, C]` (torchvision's `avgpool` + flatten).
+pub fn pool_features(feature_map: &Tensor) -> Tensor {
+    feature_map.mean_dim([2i64, 3].as_slice(), false, feature_map.kind())
+}
+
+impl ModuleT for Encoder {
+    /// The pooled 512-d representation, as self-supervised methods use it.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        pool_features(&self.feature_map(xs, train))
+    }
+}

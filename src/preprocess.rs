@@ -1,0 +1,38 @@
+//! Cell images → normalised encoder input: resize to the encoder's input size,
+//! scale to [0, 1], subtract the manifest's mean and divide by its std, NCHW.
+use tch::{Device, Kind, Tensor};
+
+use crate::cell_image::CellImage;
+use crate::checkpoint::Normalization;
+use crate::error::Result;
+
+/// Turns `cells` into a `[N, 3, size, size]` float tensor on `device`.
+pub fn to_input_batch(
+    cells: &[&CellImage],
+    size: u32,
+    norm: &Normalization,
+    device: Device,
+    kind: Kind,
+) -> Result<Tensor> {
+    let plane = size as usize * size as usize;
+    let mut data = vec![0f32; cells.len() * 3 * plane];
+    for (cell, out) in cells.iter().zip(data.chunks_exact_mut(3 * plane)) {
+        let resized;
+        let rgb = if cell.width() == size && cell.height() == size {
+            cell.rgb()
+        } else {
+            resized = cell.resized(size);
+            resized.rgb()
+        };
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (px[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
+            }
+        }
+    }
+    let s = size as i64;
+    Ok(Tensor::f_from_slice(&data)?
+        .f_view([cells.len() as i64, 3, s, s])?
+        .f_to_device(device)?
+        .f_to_kind(kind)?)
+}

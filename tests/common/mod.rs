@@ -1,0 +1,189 @@
+//! Fixtures shared by the integration tests: seeded checkpoints, cells, the
+//! Python reference environment and the built `libamlmil.so`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use amlmil::checkpoint::{self, EncoderManifest, Manifest, Provenance};
+use amlmil::model::{init, EncoderArch, MilConfig};
+use amlmil::CellImage;
+use rand::{Rng, SeedableRng};
+use tch::nn::VarStore;
+use tch::Tensor;
+
+/// A seeded random encoder that looks trained: random batch-norm affine
+/// parameters, and running statistics calibrated on a batch of cells (so
+/// activations have the O(1) scale of a real network rather than growing with
+/// depth), which parity tests then exercise term by term.
+pub fn write_encoder(
+    path: &Path,
+    arch: EncoderArch,
+    input_size: i64,
+    seed: u64,
+) -> EncoderManifest {
+    tch::manual_seed(seed as i64);
+    let vs = VarStore::new(tch::Device::Cpu);
+    let encoder = amlmil::model::Encoder::with_batch_norm_momentum(&vs.root(), arch, 1.0);
+    perturb_batch_norm(&vs, seed);
+    let batch: Vec<CellImage> = cells(16, input_size as u32, seed);
+    let refs: Vec<&CellImage> = batch.iter().collect();
+    let norm = amlmil::checkpoint::Normalization::default();
+    let x = amlmil::preprocess::to_input_batch(
+        &refs,
+        input_size as u32,
+        &norm,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+    )
+    .unwrap();
+    let _ = tch::no_grad(|| encoder.feature_map(&x, true));
+    let manifest =
+        EncoderManifest::new(arch, input_size, Provenance::new("test-random", Some(seed)));
+    checkpoint::save(path, &Manifest::Encoder(manifest.clone()), &vs).unwrap();
+    manifest
+}
+
+pub fn perturb_batch_norm(vs: &VarStore, seed: u64) {
+    tch::manual_seed(seed as i64 + 1000);
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            let n = t.size()[0];
+            let value = if name.ends_with("running_mean") {
+                Tensor::randn([n], (tch::Kind::Float, tch::Device::Cpu)) * 0.1
+            } else if name.ends_with("running_var")
+                || (name.contains("bn") || name.contains("downsample.1"))
+                    && name.ends_with("weight")
+            {
+                Tensor::rand([n], (tch::Kind::Float, tch::Device::Cpu)) + 0.5
+            } else if (name.contains("bn") || name.contains("downsample.1"))
+                && name.ends_with("bias")
+            {
+                Tensor::randn([n], (tch::Kind::Float, tch::Device::Cpu)) * 0.1
+            } else {
+                continue;
+            };
+            t.copy_(&value);
+        }
+    });
+}
+
+pub fn classes() -> Vec<String> {
+    amlmil::classes::BAG_LABELS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+pub fn write_mil(path: &Path, config: &MilConfig, input_size: i64, seed: u64) {
+    let classes = classes()
+        .into_iter()
+        .take(config.num_classes as usize)
+        .collect();
+    init::write_random_mil(path, config, classes, input_size, seed).unwrap();
+}
+
+/// Encoder + paper-default MIL head for 144 px cells, written once per test binary.
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub encoder: PathBuf,
+    pub mil: PathBuf,
+}
+
+pub fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let encoder = dir.path().join("encoder.safetensors");
+        let mil = dir.path().join("mil.safetensors");
+        write_encoder(&encoder, EncoderArch::ResNet18, 144, 7);
+        write_mil(&mil, &MilConfig::default(), 144, 8);
+        Fixture {
+            dir: dir.path().to_path_buf(),
+            _dir: dir,
+            encoder,
+            mil,
+        }
+    })
+}
+
+/// Random-textured cells of `size` px with a dark blob whose place and size vary,
+/// so that different cells give clearly different features.
+pub fn cells(n: usize, size: u32, seed: u64) -> Vec<CellImage> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let cx = rng.random_range(0.3..0.7) * size as f32;
+            let cy = rng.random_range(0.3..0.7) * size as f32;
+            let r = rng.random_range(0.1..0.3) * size as f32;
+            let tint: [f32; 3] = [
+                rng.random_range(0.0..1.0),
+                rng.random_range(0.0..1.0),
+                rng.random_range(0.0..1.0),
+            ];
+            let mut rgb = Vec::with_capacity((size * size * 3) as usize);
+            for y in 0..size {
+                for x in 0..size {
+                    let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
+                    let inside = d < r;
+                    for t in tint {
+                        let base = if inside {
+                            60.0 + 80.0 * t
+                        } else {
+                            200.0 + 40.0 * t
+                        };
+                        let v = base + rng.random_range(-20.0..20.0);
+                        rgb.push(v.clamp(0.0, 255.0) as u8);
+                    }
+                }
+            }
+            CellImage::from_rgb(size, size, rgb).unwrap()
+        })
+        .collect()
+}
+
+/// The Python interpreter of the set-up environment (scripts/setup-env.sh).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("AMLMIL_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let p = home.join(".cache/amlmil/venv-torch-2.11.0/bin/python");
+    assert!(
+        p.exists(),
+        "the Python reference environment is missing: run `bash scripts/setup-env.sh` or set AMLMIL_PYTHON"
+    );
+    p
+}
+
+/// Runs a reference script from tests/reference with arguments; panics with its output on failure.
+pub fn run_reference(script: &str, args: &[&Path]) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(python())
+        .arg(root.join("tests/reference").join(script))
+        .args(args)
+        .output()
+        .expect("cannot start the Python reference");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Directory holding the freshly built `libamlmil.so` (`target/<profile>/`).
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("libamlmil.so").exists(),
+        "libamlmil.so not found in {}; build with `cargo build` first",
+        dir.display()
+    );
+    dir
+}

@@ -1,0 +1,86 @@
+//! The committed C header is exactly what cbindgen generates from `src/ffi/`, and
+//! it compiles as C and C++ with `-Wall -Wextra -pedantic -Werror`.
+//!
+//! Regenerate after changing the ABI: `AMLMIL_BLESS=1 cargo test --test header`.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn generate() -> String {
+    let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml");
+    let mut out = Vec::new();
+    cbindgen::Builder::new()
+        .with_crate(root())
+        .with_config(config)
+        .generate()
+        .expect("cbindgen failed")
+        .write(&mut out);
+    String::from_utf8(out).expect("utf-8 header")
+}
+
+#[test]
+fn header_is_fresh() {
+    let generated = generate();
+    let path = root().join("include/amlmil.h");
+    if std::env::var_os("AMLMIL_BLESS").is_some() {
+        std::fs::write(&path, &generated).expect("write include/amlmil.h");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "include/amlmil.h is stale; regenerate with `AMLMIL_BLESS=1 cargo test --test header`"
+    );
+}
+
+#[test]
+fn header_declares_versions_matching_the_crate() {
+    let header = std::fs::read_to_string(root().join("include/amlmil.h")).unwrap();
+    assert!(
+        header.contains(&format!(
+            "#define AMLMIL_VERSION \"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "AMLMIL_VERSION macro missing or stale"
+    );
+    assert!(header.contains(&format!(
+        "#define AMLMIL_ABI_VERSION {}",
+        amlmil::ffi::AMLMIL_ABI_VERSION
+    )));
+}
+
+fn compile(compiler: &str, ext: &str, std: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join(format!("include_only.{ext}"));
+    std::fs::write(&src, "#include \"amlmil.h\"\nint main(void) { return amlmil_abi_version() == AMLMIL_ABI_VERSION ? 0 : 1; }\n").unwrap();
+    let out = Command::new(compiler)
+        .args([
+            std,
+            "-Wall",
+            "-Wextra",
+            "-pedantic",
+            "-Werror",
+            "-fsyntax-only",
+            "-I",
+        ])
+        .arg(root().join("include"))
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+    assert!(
+        out.status.success(),
+        "{compiler} {std} rejects the header:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn header_compiles_as_c99_c11_and_cpp() {
+    assert!(Path::new(&root().join("include/amlmil.h")).exists());
+    compile("cc", "c", "-std=c99");
+    compile("cc", "c", "-std=c11");
+    compile("c++", "cpp", "-std=c++11");
+    compile("c++", "cpp", "-std=c++17");
+}

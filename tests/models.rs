@@ -1,0 +1,304 @@
+//! Core model tests: shapes, attention normalisation, order invariance, checkpoint
+//! round-trips and checkpoint validation.
+mod common;
+
+use amlmil::checkpoint::{self, Checkpoint, Manifest};
+use amlmil::model::{init, CellNet, Encoder, EncoderArch, MilConfig};
+use amlmil::{Bag, Error, Session, SessionOptions};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+fn cpu() -> SessionOptions {
+    SessionOptions {
+        device: amlmil::DeviceSpec::Cpu,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn encoders_give_512x5x5_maps_and_512_vectors_at_144px() {
+    for arch in [EncoderArch::ResNet18, EncoderArch::ResNet34] {
+        let vs = VarStore::new(Device::Cpu);
+        let enc = Encoder::new(&vs.root(), arch);
+        let x = Tensor::randn([2, 3, 144, 144], (Kind::Float, Device::Cpu));
+        let map = tch::no_grad(|| enc.feature_map(&x, false));
+        assert_eq!(map.size(), [2, 512, 5, 5], "{arch:?}");
+        let pooled = tch::no_grad(|| tch::nn::ModuleT::forward_t(&enc, &x, false));
+        assert_eq!(pooled.size(), [2, 512]);
+        assert_eq!(arch.feature_side(144), 5);
+        assert_eq!(arch.feature_side(64), 2);
+    }
+}
+
+#[test]
+fn resnet_parameter_names_follow_torchvision() {
+    let vs = VarStore::new(Device::Cpu);
+    let _ = Encoder::new(&vs.root(), EncoderArch::ResNet18);
+    let vars = vs.variables();
+    for name in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.bn2.bias",
+    ] {
+        assert!(vars.contains_key(name), "missing {name}");
+    }
+    // torchvision resnet18 without fc: 20 convs/bn weights... exact count of tensors (no num_batches_tracked)
+    assert_eq!(vars.len(), 100);
+}
+
+fn mil_variants() -> Vec<MilConfig> {
+    vec![
+        MilConfig::default(),
+        MilConfig {
+            cell_net: CellNet::Scemila,
+            ..Default::default()
+        },
+        MilConfig {
+            cell_net: CellNet::Pooled,
+            ..Default::default()
+        },
+    ]
+}
+
+#[test]
+fn mil_outputs_have_their_shapes_and_attention_rows_sum_to_one() {
+    for config in mil_variants() {
+        let (mil, _vs) = init::random_mil(&config, 3).unwrap();
+        let maps = Tensor::randn([7, 512, 5, 5], (Kind::Float, Device::Cpu));
+        let out = tch::no_grad(|| mil.forward_bag(&maps, false));
+        assert_eq!(out.logits.size(), [5], "{config:?}");
+        assert_eq!(out.probabilities.size(), [5]);
+        assert_eq!(out.attention_raw.size(), [5, 7]);
+        assert_eq!(out.attention.size(), [5, 7]);
+        let row_sums = out
+            .attention
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let max_dev = f64::try_from((row_sums - 1.0).abs().max()).unwrap();
+        assert!(max_dev < 1e-6, "attention rows deviate from 1 by {max_dev}");
+        let p = f64::try_from(out.probabilities.sum(Kind::Float)).unwrap();
+        assert!((p - 1.0).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn mil_is_invariant_to_cell_order() {
+    for config in mil_variants() {
+        let (mil, _vs) = init::random_mil(&config, 4).unwrap();
+        let maps = Tensor::randn([9, 512, 5, 5], (Kind::Float, Device::Cpu));
+        let perm = Tensor::from_slice(&[3i64, 8, 0, 5, 1, 7, 2, 6, 4]);
+        let a = tch::no_grad(|| mil.forward_bag(&maps, false));
+        let b = tch::no_grad(|| mil.forward_bag(&maps.index_select(0, &perm), false));
+        let dp = f64::try_from((&a.probabilities - &b.probabilities).abs().max()).unwrap();
+        assert!(dp < 1e-5, "probabilities change with cell order by {dp}");
+        let da = f64::try_from(
+            (a.attention.index_select(1, &perm) - &b.attention)
+                .abs()
+                .max(),
+        )
+        .unwrap();
+        assert!(da < 1e-6, "attention does not follow the cells: {da}");
+    }
+}
+
+#[test]
+fn invalid_mil_configs_are_rejected_by_name() {
+    let bad = MilConfig {
+        in_side: 2,
+        ..Default::default()
+    };
+    assert!(
+        matches!(bad.validate(), Err(Error::InvalidArgument { ref arg, .. }) if arg == "in_side")
+    );
+    let bad = MilConfig {
+        instance_dim: 0,
+        ..Default::default()
+    };
+    assert!(
+        matches!(bad.validate(), Err(Error::InvalidArgument { ref arg, .. }) if arg == "instance_dim")
+    );
+    let ok = MilConfig {
+        cell_net: CellNet::Pooled,
+        in_side: 2,
+        ..Default::default()
+    };
+    ok.validate().unwrap();
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MilConfig::default();
+    let (mil, vs) = init::random_mil(&config, 11).unwrap();
+    let path = dir.path().join("mil.safetensors");
+    let manifest = amlmil::checkpoint::MilManifest::new(
+        config.clone(),
+        common::classes(),
+        144,
+        Default::default(),
+    );
+    checkpoint::save(&path, &Manifest::Mil(manifest.clone()), &vs).unwrap();
+    let (loaded, loaded_manifest, _vs2) = amlmil::inference::load_mil(&path, Device::Cpu).unwrap();
+    assert_eq!(loaded_manifest, manifest);
+    let maps = Tensor::randn([6, 512, 5, 5], (Kind::Float, Device::Cpu));
+    let a = tch::no_grad(|| mil.forward_bag(&maps, false));
+    let b = tch::no_grad(|| loaded.forward_bag(&maps, false));
+    assert!(
+        a.logits.equal(&b.logits) && a.attention_raw.equal(&b.attention_raw),
+        "outputs differ after reload"
+    );
+
+    // Through a whole session: two loads of the same files classify identically.
+    let f = common::fixture();
+    let cells = common::cells(5, 144, 1);
+    let mut bag = Bag::new();
+    for (i, c) in cells.into_iter().enumerate() {
+        bag.add(100 + i as u64, c).unwrap();
+    }
+    let s1 = Session::new(&f.encoder, &f.mil, &cpu()).unwrap();
+    let s2 = Session::new(&f.encoder, &f.mil, &cpu()).unwrap();
+    let p1 = s1.classify(&bag, &mut |_, _, _| true).unwrap();
+    let p2 = s2.classify(&bag, &mut |_, _, _| true).unwrap();
+    assert_eq!(p1, p2);
+    assert_eq!(p1.cell_ids, vec![100, 101, 102, 103, 104]);
+}
+
+#[test]
+fn session_classification_is_invariant_to_cell_order() {
+    let f = common::fixture();
+    let s = Session::new(&f.encoder, &f.mil, &cpu()).unwrap();
+    let cells = common::cells(6, 144, 2);
+    let order = [4usize, 0, 5, 2, 1, 3];
+    let (mut a, mut b) = (Bag::new(), Bag::new());
+    for (i, c) in cells.iter().enumerate() {
+        a.add(i as u64, c.clone()).unwrap();
+    }
+    for &i in &order {
+        b.add(i as u64, cells[i].clone()).unwrap();
+    }
+    let pa = s.classify(&a, &mut |_, _, _| true).unwrap();
+    let pb = s.classify(&b, &mut |_, _, _| true).unwrap();
+    for (x, y) in pa.probabilities.iter().zip(&pb.probabilities) {
+        assert!(
+            (x - y).abs() < 1e-5,
+            "{:?} vs {:?}",
+            pa.probabilities,
+            pb.probabilities
+        );
+    }
+    // The ranking names the same cells whatever the order they were added in.
+    let ta: Vec<u64> = pa
+        .top_cells(0, 6)
+        .unwrap()
+        .iter()
+        .map(|c| c.cell_id)
+        .collect();
+    let tb: Vec<u64> = pb
+        .top_cells(0, 6)
+        .unwrap()
+        .iter()
+        .map(|c| c.cell_id)
+        .collect();
+    assert_eq!(ta, tb);
+}
+
+#[test]
+fn batching_does_not_change_results() {
+    let f = common::fixture();
+    let cells = common::cells(5, 144, 3);
+    let mut bag = Bag::new();
+    for (i, c) in cells.into_iter().enumerate() {
+        bag.add(i as u64, c).unwrap();
+    }
+    let one = Session::new(
+        &f.encoder,
+        &f.mil,
+        &SessionOptions {
+            batch_size: 1,
+            ..cpu()
+        },
+    )
+    .unwrap();
+    let all = Session::new(
+        &f.encoder,
+        &f.mil,
+        &SessionOptions {
+            batch_size: 64,
+            ..cpu()
+        },
+    )
+    .unwrap();
+    let a = one.classify(&bag, &mut |_, _, _| true).unwrap();
+    let b = all.classify(&bag, &mut |_, _, _| true).unwrap();
+    for (x, y) in a.attention.iter().zip(&b.attention) {
+        assert!((x - y).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn checkpoint_loading_names_what_is_wrong() {
+    let f = common::fixture();
+    let dir = tempfile::tempdir().unwrap();
+    // Wrong kind.
+    let e = Checkpoint::read_encoder(&f.mil).unwrap_err();
+    assert!(e.to_string().contains("expected an `encoder`"), "{e}");
+    // Truncated.
+    let bytes = std::fs::read(&f.encoder).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let e = Checkpoint::read(&truncated).unwrap_err();
+    assert!(
+        matches!(e, Error::Checkpoint { .. }) && e.to_string().contains("truncated.safetensors"),
+        "{e}"
+    );
+    // No manifest: a plain safetensors file as PyTorch would write it.
+    let plain = dir.path().join("plain.safetensors");
+    let t = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(&[("x", &t)], &plain).unwrap();
+    let e = Checkpoint::read(&plain).unwrap_err();
+    assert!(e.to_string().contains("manifest"), "{e}");
+    // Manifest claims resnet34 while the tensors are resnet18: first missing tensor is named.
+    let ck = Checkpoint::read(&f.encoder).unwrap();
+    let Manifest::Encoder(mut m) = ck.manifest else {
+        panic!()
+    };
+    m.architecture = EncoderArch::ResNet34;
+    let (_e, vs) = init::random_encoder(EncoderArch::ResNet18, 1);
+    let lying = dir.path().join("lying.safetensors");
+    checkpoint::save(&lying, &Manifest::Encoder(m), &vs).unwrap();
+    let e = amlmil::inference::load_encoder(&lying, Device::Cpu).unwrap_err();
+    assert!(
+        e.to_string().contains("layer1.2.bn1.bias") && e.to_string().contains("missing"),
+        "{e}"
+    );
+    // NaN weights are refused with the tensor's name.
+    let (_m, vs) = init::random_mil(&MilConfig::default(), 1).unwrap();
+    let _ = tch::no_grad(|| {
+        vs.variables()["attention.0.weight"]
+            .shallow_clone()
+            .fill_(f64::NAN)
+    });
+    let nan = dir.path().join("nan.safetensors");
+    let manifest = amlmil::checkpoint::MilManifest::new(
+        MilConfig::default(),
+        common::classes(),
+        144,
+        Default::default(),
+    );
+    checkpoint::save(&nan, &Manifest::Mil(manifest), &vs).unwrap();
+    let e = amlmil::inference::load_mil(&nan, Device::Cpu).unwrap_err();
+    assert!(
+        matches!(e, Error::NonFinite(_)) && e.to_string().contains("attention.0.weight"),
+        "{e}"
+    );
+}
+
+#[test]
+fn encoder_checkpoints_carry_num_batches_tracked_for_pytorch() {
+    let ck = Checkpoint::read(&common::fixture().encoder).unwrap();
+    assert!(ck
+        .tensors
+        .contains_key("layer3.0.downsample.1.num_batches_tracked"));
+    assert_eq!(ck.tensors.len(), 100 + 20);
+}

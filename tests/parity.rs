@@ -1,0 +1,191 @@
+//! Numerical parity with PyTorch on the same weights and inputs: our ResNet18/34
+//! feature maps against torchvision's (max abs ≤ 1e-4) and our attention-MIL head
+//! against a PyTorch module of the same architecture (≤ 1e-5). The references are
+//! in tests/reference/parity.py and run in the set-up environment's Python.
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use amlmil::checkpoint::Normalization;
+use amlmil::model::{CellNet, EncoderArch, MilConfig};
+use amlmil::preprocess::to_input_batch;
+use amlmil::{Bag, DeviceSpec, Session, SessionOptions};
+use tch::{Device, Kind, Tensor};
+
+fn read(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    f64::try_from(
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max(),
+    )
+    .unwrap()
+}
+
+/// `channels_last` runs both sides with NHWC strides (our CPU default, PyTorch's
+/// `channels_last`); otherwise both use contiguous NCHW.
+fn encoder_parity(arch: EncoderArch, channels_last: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = dir.path().join("enc.safetensors");
+    let mil = dir.path().join("mil.safetensors");
+    common::write_encoder(&enc, arch, 144, 21);
+    common::write_mil(&mil, &MilConfig::default(), 144, 22);
+    let cells = common::cells(4, 144, 5);
+    let refs: Vec<_> = cells.iter().collect();
+    let x = to_input_batch(
+        &refs,
+        144,
+        &Normalization::default(),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let inputs = dir.path().join("x.safetensors");
+    Tensor::write_safetensors(&[("x", &x)], &inputs).unwrap();
+
+    // Ours: through the inference session (channels-last CPU path, batching).
+    let options = SessionOptions {
+        device: DeviceSpec::Cpu,
+        batch_size: 3,
+        channels_last,
+        ..Default::default()
+    };
+    let session = Session::new(&enc, &mil, &options).unwrap();
+    let ours = session.feature_maps(&cells, &mut |_, _, _| true).unwrap();
+    let ours_pooled = session.embed(&cells, &mut |_, _, _| true).unwrap();
+
+    let out = dir.path().join("ref.safetensors");
+    let layout = Path::new(if channels_last {
+        "channels_last"
+    } else {
+        "contiguous"
+    });
+    common::run_reference(
+        "parity.py",
+        &[Path::new("encoder"), &enc, &inputs, &out, layout],
+    );
+    let reference = read(&out);
+    let scale = f64::try_from(reference["feature_map"].abs().max()).unwrap();
+    let d = max_abs(&ours, &reference["feature_map"]);
+    assert!(d <= 1e-4, "{arch:?} (channels_last {channels_last}) feature maps differ from torchvision by {d} (max |value| {scale})");
+    let d = max_abs(
+        &Tensor::from_slice(&ours_pooled).view([4, 512]),
+        &reference["pooled"],
+    );
+    assert!(
+        d <= 1e-4,
+        "{arch:?} pooled features differ from torchvision by {d}"
+    );
+    assert!(scale > 1e-2, "degenerate reference features (max {scale})");
+}
+
+#[test]
+fn resnet18_matches_torchvision() {
+    encoder_parity(EncoderArch::ResNet18, false);
+    encoder_parity(EncoderArch::ResNet18, true);
+}
+
+#[test]
+fn resnet34_matches_torchvision() {
+    encoder_parity(EncoderArch::ResNet34, false);
+    encoder_parity(EncoderArch::ResNet34, true);
+}
+
+#[test]
+fn mil_head_matches_pytorch_for_every_cell_net() {
+    for (i, cell_net) in [CellNet::default(), CellNet::Scemila, CellNet::Pooled]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MilConfig {
+            cell_net: cell_net.clone(),
+            ..Default::default()
+        };
+        let ckpt = dir.path().join("mil.safetensors");
+        common::write_mil(&ckpt, &config, 144, 30 + i as u64);
+        tch::manual_seed(40 + i as i64);
+        // Post-ReLU-like, non-negative maps as an encoder would give.
+        let maps = Tensor::rand([11, 512, 5, 5], (Kind::Float, Device::Cpu)) * 2.0;
+        let inputs = dir.path().join("maps.safetensors");
+        Tensor::write_safetensors(&[("maps", &maps)], &inputs).unwrap();
+        let (mil, _, _vs) = amlmil::inference::load_mil(&ckpt, Device::Cpu).unwrap();
+        let ours = tch::no_grad(|| mil.forward_bag(&maps, false));
+
+        let out = dir.path().join("ref.safetensors");
+        common::run_reference("parity.py", &[Path::new("mil"), &ckpt, &inputs, &out]);
+        let r = read(&out);
+        for (name, t) in [
+            ("logits", &ours.logits),
+            ("probabilities", &ours.probabilities),
+            ("attention_raw", &ours.attention_raw),
+            ("attention", &ours.attention),
+        ] {
+            let d = max_abs(t, &r[name]);
+            assert!(
+                d <= 1e-5,
+                "{cell_net:?}: {name} differs from PyTorch by {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn session_classification_matches_pytorch_end_to_end() {
+    // Encoder features from torchvision fed to the PyTorch head equal our session's output.
+    let f = common::fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cells = common::cells(3, 144, 9);
+    let refs: Vec<_> = cells.iter().collect();
+    let x = to_input_batch(
+        &refs,
+        144,
+        &Normalization::default(),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let inputs = dir.path().join("x.safetensors");
+    Tensor::write_safetensors(&[("x", &x)], &inputs).unwrap();
+    let feats = dir.path().join("feats.safetensors");
+    common::run_reference(
+        "parity.py",
+        &[Path::new("encoder"), &f.encoder, &inputs, &feats],
+    );
+    let maps = read(&feats).remove("feature_map").unwrap();
+    let maps_in = dir.path().join("maps.safetensors");
+    Tensor::write_safetensors(&[("maps", &maps)], &maps_in).unwrap();
+    let out = dir.path().join("out.safetensors");
+    common::run_reference("parity.py", &[Path::new("mil"), &f.mil, &maps_in, &out]);
+    let r = read(&out);
+
+    let session = Session::new(
+        &f.encoder,
+        &f.mil,
+        &SessionOptions {
+            device: DeviceSpec::Cpu,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut bag = Bag::new();
+    for (i, c) in cells.into_iter().enumerate() {
+        bag.add(i as u64, c).unwrap();
+    }
+    let p = session.classify(&bag, &mut |_, _, _| true).unwrap();
+    let d = max_abs(&Tensor::from_slice(&p.probabilities), &r["probabilities"]);
+    assert!(d <= 1e-4, "probabilities differ from PyTorch by {d}");
+    let d = max_abs(
+        &Tensor::from_slice(&p.attention).view([5, 3]),
+        &r["attention"],
+    );
+    assert!(d <= 1e-4, "attention differs from PyTorch by {d}");
+}
