@@ -30,6 +30,7 @@ pub mod ffi;
 pub mod inference;
 pub mod model;
 pub mod preprocess;
+pub mod synth;
 
 pub use bag::Bag;
 pub use cell_image::{CellImage, PixelFormat};
