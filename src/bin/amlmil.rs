@@ -2,7 +2,8 @@
 //!
 //! `amlmil info` prints versions and devices; `amlmil predict` classifies folders
 //! of cell images (one folder = one patient's bag) and prints JSON;
-//! `amlmil init-checkpoint` writes seeded, randomly initialised checkpoints.
+//! `amlmil init-checkpoint` writes seeded, randomly initialised checkpoints;
+//! `amlmil synth` writes a synthetic cohort, `amlmil dataset check` validates one.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -36,6 +37,76 @@ enum Command {
         /// A `.safetensors` checkpoint.
         checkpoint: PathBuf,
     },
+    /// Generate a synthetic blood-smear cohort in the data set layout.
+    Synth(SynthArgs),
+    /// Inspect a data set folder.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Write a montage PNG of synthetic cells per cell type and subtype.
+    Montage {
+        #[arg(long)]
+        out: PathBuf,
+        /// Side of each cell in the montage.
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// Output folder (must not exist or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    patients_per_class: usize,
+    /// Cells per patient, `MIN..MAX`.
+    #[arg(long, default_value = "100..300", value_parser = parse_range::<usize>)]
+    cells: (usize, usize),
+    /// Abnormal-cell fraction of a leukemic patient, `MIN..MAX`.
+    #[arg(long, default_value = "0.05..0.6", value_parser = parse_range::<f64>)]
+    abnormal: (f64, f64),
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 144)]
+    size: u32,
+    /// Fraction of cells flagged as expert-annotated in cells.csv.
+    #[arg(long, default_value_t = 0.02)]
+    annotated: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Validate the layout and print a per-class summary.
+    Check {
+        dir: PathBuf,
+        /// Report problems and go on instead of stopping at the first.
+        #[arg(long)]
+        skip: bool,
+        /// Also decode every image.
+        #[arg(long)]
+        images: bool,
+    },
+    /// Cross-validated macro F1 of a classifier that sees only bag colour statistics.
+    ColourBaseline {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn parse_range<T: std::str::FromStr + PartialOrd + Copy>(s: &str) -> Result<(T, T), String> {
+    let (a, b) = s.split_once("..").ok_or_else(|| format!("`{s}` is not MIN..MAX"))?;
+    let a: T = a.trim().parse().map_err(|_| format!("`{a}` is not a number"))?;
+    let b: T = b.trim().parse().map_err(|_| format!("`{b}` is not a number"))?;
+    if a > b {
+        return Err(format!("`{s}`: MIN is larger than MAX"));
+    }
+    Ok((a, b))
 }
 
 #[derive(clap::Args)]
@@ -111,17 +182,81 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict(args),
         Command::InitCheckpoint(args) => init_checkpoint(args),
         Command::Inspect { checkpoint } => Checkpoint::read(&checkpoint).map(|ck| {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&ck.manifest).unwrap_or_default()
-            );
+            println!("{}", serde_json::to_string_pretty(&ck.manifest).unwrap_or_default());
         }),
+        Command::Synth(args) => synth(args),
+        Command::Dataset(cmd) => dataset(cmd),
+        Command::Montage { out, size, seed } => {
+            amlmil::synth::write_montage(&out, size, seed).map(|()| eprintln!("wrote {}", out.display()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress_bar(len: usize, unit: &str) -> ProgressBar {
+    ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template(&format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+fn synth(args: SynthArgs) -> amlmil::Result<()> {
+    let cfg = amlmil::synth::CohortConfig {
+        patients_per_class: args.patients_per_class,
+        cells_min: args.cells.0,
+        cells_max: args.cells.1,
+        abnormal_fraction_min: args.abnormal.0,
+        abnormal_fraction_max: args.abnormal.1,
+        image_size: args.size,
+        annotated_fraction: args.annotated,
+        seed: args.seed,
+        threads: 0,
+    };
+    let bar = progress_bar(0, "cells");
+    bar.set_message("rendering");
+    let summary = amlmil::synth::generate_cohort(&cfg, &args.out, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote {} patients, {} cells ({} annotated) to {}",
+        summary.patients.len(),
+        summary.n_cells,
+        summary.n_annotated,
+        summary.out.display()
+    );
+    Ok(())
+}
+
+fn dataset(cmd: DatasetCommand) -> amlmil::Result<()> {
+    use amlmil::dataset::{Dataset, OpenOptions};
+    match cmd {
+        DatasetCommand::Check { dir, skip, images } => {
+            let options = if skip { OpenOptions::skip() } else { OpenOptions::fail() }.with_image_check(images);
+            let (ds, issues) = Dataset::open(&dir, &options)?;
+            for issue in &issues {
+                eprintln!("{issue}");
+            }
+            println!("{}", ds.summary());
+            Ok(())
+        }
+        DatasetCommand::ColourBaseline { dir, folds, seed } => {
+            let report = amlmil::synth::colour_baseline(&dir, folds, seed)?;
+            println!(
+                "colour-only nearest-centroid baseline, {folds}-fold stratified CV (seed {seed}): \
+                 macro F1 {:.3} (per fold {:?}; pooled {:.3}; chance 0.2)",
+                report.mean_macro_f1,
+                report.fold_macro_f1.iter().map(|f| (f * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+                report.pooled_macro_f1
+            );
+            Ok(())
         }
     }
 }
@@ -196,10 +331,7 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
         for (i, f) in files.iter().enumerate() {
             bag.add(i as u64, CellImage::open(f)?)?;
         }
-        let bar = ProgressBar::new(bag.len() as u64).with_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} cells ({per_sec})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        let bar = progress_bar(bag.len(), "cells");
         bar.set_message(dir.display().to_string());
         let pred = session.classify(&bag, &mut |_, done, _| {
             bar.set_position(done as u64);

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: installs libtorch and the Python reference environment
+# (first run only), then runs every Rust, C ABI, C/C++ example, header and
+# PyTorch-parity test with one cargo profile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+cargo test --all-targets "$@"
