@@ -21,7 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let session = Session::new(args[1].as_ref(), args[2].as_ref(), &options)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&args[3])?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("tif" | "tiff" | "png" | "jpg" | "jpeg")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("tif" | "tiff" | "png" | "jpg" | "jpeg")
+            )
+        })
         .collect();
     files.sort();
     let mut bag = Bag::new();
@@ -36,9 +41,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let k = args.get(5).map_or(Ok(5), |k| k.parse())?;
     let top = result.top_cells(result.predicted, k).unwrap_or_default();
-    println!("top {} cells for {}:", top.len(), result.classes[result.predicted]);
+    println!(
+        "top {} cells for {}:",
+        top.len(),
+        result.classes[result.predicted]
+    );
     for (rank, cell) in top.iter().enumerate() {
-        println!("  #{} {} attention {:.4}", rank + 1, files[cell.index].display(), cell.attention);
+        println!(
+            "  #{} {} attention {:.4}",
+            rank + 1,
+            files[cell.index].display(),
+            cell.attention
+        );
     }
     Ok(())
 }

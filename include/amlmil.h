@@ -32,9 +32,25 @@
 
 
 /*
+ The paper's number of folds.
+ */
+#define DEFAULT_FOLDS 5
+
+/*
  Version of the C ABI: bumped on any incompatible change to this header.
  */
 #define AMLMIL_ABI_VERSION 1
+
+/*
+ Smallest crop side the renderer accepts: below it nuclei and granules are
+ under a pixel and the types stop being distinguishable.
+ */
+#define MIN_IMAGE_SIZE 32
+
+/*
+ Crop side of the public AML data set (144 px = 24.9 µm).
+ */
+#define DEFAULT_IMAGE_SIZE 144
 
 /*
  Result of every fallible `amlmil_*` function. Numbers are fixed forever; a
@@ -217,6 +233,12 @@ typedef uint32_t amlmil_log_level;
 #endif // __cplusplus
 
 /*
+ White-cell types the generator draws. Names (`name()`) are the snake_case
+ strings written to `cells.csv`.
+ */
+typedef struct CellType CellType;
+
+/*
  Opaque bag of cells. Create with `amlmil_bag_new`, free with `amlmil_bag_free`.
 
  Thread safety: a bag may be classified from several threads at once; adding
@@ -293,6 +315,11 @@ typedef struct {
    libtorch intra-op threads; 0 keeps libtorch's default. Process-wide.
    */
   uint32_t num_threads;
+  /*
+   1 (default): on the CPU run the encoder with NHWC strides (faster); 0: plain
+   NCHW, bit-identical to PyTorch's default layout. Ignored on CUDA.
+   */
+  uint32_t channels_last;
 } amlmil_session_options;
 
 /*
@@ -324,6 +351,10 @@ typedef struct {
  anything else to cancel (the call then returns AMLMIL_STATUS_CANCELLED).
  */
 typedef int32_t (*amlmil_progress_callback)(void *user_data, const amlmil_progress *progress);
+
+
+
+
 
 #ifdef __cplusplus
 extern "C" {

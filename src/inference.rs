@@ -239,7 +239,7 @@ impl std::fmt::Debug for Session {
 
 /// Re-lays 4-D tensors out as NHWC in memory (shape unchanged): libtorch's CPU
 /// convolutions are ~25% faster on such strides for ResNet18 at 144 px (DESIGN §5).
-fn to_channels_last(t: &Tensor) -> Tensor {
+pub fn to_channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 

@@ -50,7 +50,12 @@ fn build(compiler: &str, std: &str, source: &Path, out: &Path, extra: &[&str]) {
         .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
-    assert!(status.status.success(), "{compiler} failed on {}:\n{}", source.display(), String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{compiler} failed on {}:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&status.stderr)
+    );
 }
 
 fn run(program: &Path, args: &[&Path]) -> String {
@@ -67,7 +72,10 @@ fn run(program: &Path, args: &[&Path]) -> String {
 
 fn assert_reports_a_class(output: &str) {
     assert!(
-        amlmil::classes::BAG_LABELS.iter().any(|l| output.contains(&format!("predicted: {l}")) || output.contains(&format!("predicted {l}"))),
+        amlmil::classes::BAG_LABELS
+            .iter()
+            .any(|l| output.contains(&format!("predicted: {l}"))
+                || output.contains(&format!("predicted {l}"))),
         "no prediction in:\n{output}"
     );
 }
@@ -77,17 +85,35 @@ fn c_example_classifies_a_bag() {
     let f = common::fixture();
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("classify_bag");
-    build("cc", "-std=c11", &root().join("examples/c/classify_bag.c"), &exe, &["-pedantic"]);
+    build(
+        "cc",
+        "-std=c11",
+        &root().join("examples/c/classify_bag.c"),
+        &exe,
+        &["-pedantic"],
+    );
     let bag = &bags().1[0];
-    let out = run(&exe, &[&f.encoder, &f.mil, bag, Path::new("cpu"), Path::new("3")]);
+    let out = run(
+        &exe,
+        &[&f.encoder, &f.mil, bag, Path::new("cpu"), Path::new("3")],
+    );
     assert_reports_a_class(&out);
     assert!(out.contains("top 3 cells"), "{out}");
-    assert!(out.contains("image_"), "ranked cells are named by file:\n{out}");
+    assert!(
+        out.contains("image_"),
+        "ranked cells are named by file:\n{out}"
+    );
     // Errors reach the user as a status name and a message naming the file.
-    let bad = Command::new(&exe).args([Path::new("/nonexistent.safetensors"), &f.mil, bag]).output().unwrap();
+    let bad = Command::new(&exe)
+        .args([Path::new("/nonexistent.safetensors"), &f.mil, bag])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("AMLMIL_STATUS_IO") && err.contains("/nonexistent.safetensors"), "{err}");
+    assert!(
+        err.contains("AMLMIL_STATUS_IO") && err.contains("/nonexistent.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -95,7 +121,13 @@ fn cpp_example_classifies_bags_in_parallel() {
     let f = common::fixture();
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("classify_bags");
-    build("c++", "-std=c++17", &root().join("examples/cpp/classify_bags.cpp"), &exe, &["-pedantic", "-pthread"]);
+    build(
+        "c++",
+        "-std=c++17",
+        &root().join("examples/cpp/classify_bags.cpp"),
+        &exe,
+        &["-pedantic", "-pthread"],
+    );
     let b = &bags().1;
     let out = run(&exe, &[&f.encoder, &f.mil, &b[0], &b[1]]);
     assert_eq!(out.matches("predicted").count(), 2, "{out}");
@@ -106,7 +138,11 @@ fn cpp_example_classifies_bags_in_parallel() {
 fn rust_example_classifies_a_bag() {
     let f = common::fixture();
     let exe = common::lib_dir().join("examples/classify");
-    assert!(exe.exists(), "{} is missing: `cargo test` (all targets) or `cargo build --examples` builds it", exe.display());
+    assert!(
+        exe.exists(),
+        "{} is missing: `cargo test` (all targets) or `cargo build --examples` builds it",
+        exe.display()
+    );
     let out = run(&exe, &[&f.encoder, &f.mil, &bags().1[0], Path::new("cpu")]);
     assert_reports_a_class(&out);
 }
@@ -128,10 +164,15 @@ fn library_exports_every_function_the_header_declares() {
     // SAFETY: loading our own library; it is never unloaded (libtorch must not be dlclose'd).
     let lib = unsafe { libloading::Library::new(common::lib_dir().join("libamlmil.so")) }.unwrap();
     for f in &functions {
-        let sym: Result<libloading::Symbol<unsafe extern "C" fn()>, _> = unsafe { lib.get(f.as_bytes()) };
-        assert!(sym.is_ok(), "libamlmil.so does not export `{f}` declared in amlmil.h");
+        let sym: Result<libloading::Symbol<unsafe extern "C" fn()>, _> =
+            unsafe { lib.get(f.as_bytes()) };
+        assert!(
+            sym.is_ok(),
+            "libamlmil.so does not export `{f}` declared in amlmil.h"
+        );
     }
-    let version: libloading::Symbol<unsafe extern "C" fn() -> *const std::ffi::c_char> = unsafe { lib.get(b"amlmil_version") }.unwrap();
+    let version: libloading::Symbol<unsafe extern "C" fn() -> *const std::ffi::c_char> =
+        unsafe { lib.get(b"amlmil_version") }.unwrap();
     let v = unsafe { std::ffi::CStr::from_ptr(version()) };
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
     std::mem::forget(lib);
@@ -139,14 +180,23 @@ fn library_exports_every_function_the_header_declares() {
 
 #[test]
 fn library_links_libtorch_cuda_and_has_a_runpath() {
-    let out = Command::new("readelf").arg("-d").arg(common::lib_dir().join("libamlmil.so")).output();
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(common::lib_dir().join("libamlmil.so"))
+        .output();
     let Ok(out) = out else {
         panic!("readelf (binutils) is needed for this test");
     };
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("RUNPATH") && text.contains("$ORIGIN"), "{text}");
+    assert!(
+        text.contains("RUNPATH") && text.contains("$ORIGIN"),
+        "{text}"
+    );
     let lib = PathBuf::from(env!("AMLMIL_LIBTORCH_LIB"));
     if lib.join("libtorch_cuda.so").exists() {
-        assert!(text.contains("[libtorch_cuda.so]"), "libtorch_cuda.so is not NEEDED:\n{text}");
+        assert!(
+            text.contains("[libtorch_cuda.so]"),
+            "libtorch_cuda.so is not NEEDED:\n{text}"
+        );
     }
 }

@@ -42,6 +42,8 @@ enum Command {
     /// Inspect a data set folder.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Measure encoder throughput (cells/s) on this machine, per memory layout.
+    Bench(BenchArgs),
     /// Write a montage PNG of synthetic cells per cell type and subtype.
     Montage {
         #[arg(long)]
@@ -52,6 +54,25 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Encoder architecture.
+    #[arg(long, default_value = "resnet18")]
+    arch: String,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 144)]
+    size: i64,
+    /// Cells per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: i64,
+    /// Timed forward passes (after one warm-up pass).
+    #[arg(long, default_value_t = 5)]
+    iterations: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(clap::Args)]
@@ -100,9 +121,17 @@ enum DatasetCommand {
 }
 
 fn parse_range<T: std::str::FromStr + PartialOrd + Copy>(s: &str) -> Result<(T, T), String> {
-    let (a, b) = s.split_once("..").ok_or_else(|| format!("`{s}` is not MIN..MAX"))?;
-    let a: T = a.trim().parse().map_err(|_| format!("`{a}` is not a number"))?;
-    let b: T = b.trim().parse().map_err(|_| format!("`{b}` is not a number"))?;
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("`{s}` is not MIN..MAX"))?;
+    let a: T = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not a number"))?;
+    let b: T = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{b}` is not a number"))?;
     if a > b {
         return Err(format!("`{s}`: MIN is larger than MAX"));
     }
@@ -182,13 +211,16 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict(args),
         Command::InitCheckpoint(args) => init_checkpoint(args),
         Command::Inspect { checkpoint } => Checkpoint::read(&checkpoint).map(|ck| {
-            println!("{}", serde_json::to_string_pretty(&ck.manifest).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&ck.manifest).unwrap_or_default()
+            );
         }),
         Command::Synth(args) => synth(args),
+        Command::Bench(args) => bench(args),
         Command::Dataset(cmd) => dataset(cmd),
-        Command::Montage { out, size, seed } => {
-            amlmil::synth::write_montage(&out, size, seed).map(|()| eprintln!("wrote {}", out.display()))
-        }
+        Command::Montage { out, size, seed } => amlmil::synth::write_montage(&out, size, seed)
+            .map(|()| eprintln!("wrote {}", out.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,9 +233,65 @@ fn main() -> ExitCode {
 
 fn progress_bar(len: usize, unit: &str) -> ProgressBar {
     ProgressBar::new(len as u64).with_style(
-        ProgressStyle::with_template(&format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})"))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     )
+}
+
+/// Times the encoder's forward pass; prints JSON lines `{layout, cells_per_s}`.
+fn bench(args: BenchArgs) -> amlmil::Result<()> {
+    use tch::{Kind, Tensor};
+    let arch: EncoderArch = args.arch.parse()?;
+    let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    let (encoder, vs) = init::random_encoder(arch, 0);
+    let mut vs = vs;
+    vs.set_device(device);
+    vs.freeze();
+    let _guard = tch::no_grad_guard();
+    let x = Tensor::rand(
+        [args.batch_size, 3, args.size, args.size],
+        (Kind::Float, device),
+    );
+    let layouts: &[&str] = if device == tch::Device::Cpu {
+        &["nchw", "channels_last"]
+    } else {
+        &["nchw"]
+    };
+    for layout in layouts {
+        let input = if *layout == "channels_last" {
+            for (_, mut v) in vs.variables() {
+                if v.dim() == 4 {
+                    let nhwc = amlmil::inference::to_channels_last(&v);
+                    v.set_data(&nhwc);
+                }
+            }
+            amlmil::inference::to_channels_last(&x)
+        } else {
+            x.shallow_clone()
+        };
+        let _ = encoder.feature_map(&input, false);
+        if device != tch::Device::Cpu {
+            tch::Cuda::synchronize(0);
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..args.iterations {
+            let _ = encoder.feature_map(&input, false);
+        }
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let rate = (args.batch_size as usize * args.iterations) as f64 / secs;
+        println!(
+            "{}",
+            serde_json::json!({"impl": "amlmil", "arch": arch.name(), "size": args.size, "batch": args.batch_size,
+                "device": format!("{device:?}").to_lowercase(), "layout": layout, "threads": tch::get_num_threads(),
+                "cells_per_s": (rate * 10.0).round() / 10.0})
+        );
+    }
+    Ok(())
 }
 
 fn synth(args: SynthArgs) -> amlmil::Result<()> {
@@ -239,7 +327,12 @@ fn dataset(cmd: DatasetCommand) -> amlmil::Result<()> {
     use amlmil::dataset::{Dataset, OpenOptions};
     match cmd {
         DatasetCommand::Check { dir, skip, images } => {
-            let options = if skip { OpenOptions::skip() } else { OpenOptions::fail() }.with_image_check(images);
+            let options = if skip {
+                OpenOptions::skip()
+            } else {
+                OpenOptions::fail()
+            }
+            .with_image_check(images);
             let (ds, issues) = Dataset::open(&dir, &options)?;
             for issue in &issues {
                 eprintln!("{issue}");
@@ -253,7 +346,11 @@ fn dataset(cmd: DatasetCommand) -> amlmil::Result<()> {
                 "colour-only nearest-centroid baseline, {folds}-fold stratified CV (seed {seed}): \
                  macro F1 {:.3} (per fold {:?}; pooled {:.3}; chance 0.2)",
                 report.mean_macro_f1,
-                report.fold_macro_f1.iter().map(|f| (f * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+                report
+                    .fold_macro_f1
+                    .iter()
+                    .map(|f| (f * 1000.0).round() / 1000.0)
+                    .collect::<Vec<_>>(),
                 report.pooled_macro_f1
             );
             Ok(())

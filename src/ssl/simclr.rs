@@ -1,0 +1,195 @@
+//! SimCLR (Chen et al. 2020, *A Simple Framework for Contrastive Learning of
+//! Visual Representations*): a projection head on the encoder's pooled features
+//! and the NT-Xent loss.
+//!
+//! For a batch of `N` images seen in two views, the `2N` projections are
+//! L2-normalised, `s_ij = z_iᵀ z_j / τ`, and each anchor `i` is classified
+//! against its partner `p(i)` (the other view of the same image) among the other
+//! `2N − 2` embeddings:
+//!
+//! ```text
+//! ℓ(i) = −log( exp(s_{i,p(i)}) / Σ_{k ≠ i} exp(s_ik) ),   L = (1/2N) Σ_i ℓ(i)
+//! ```
+//!
+//! (Eq. 1 of the paper and its Algorithm 1).
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::EncoderArch;
+use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
+
+/// Settings of SimCLR pre-training that the model and loss need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimClrConfig {
+    /// Width of the encoder's pooled features (512 for ResNet18/34).
+    pub in_dim: i64,
+    pub hidden_dim: i64,
+    pub out_dim: i64,
+    /// τ of NT-Xent.
+    pub temperature: f64,
+    pub crops: MultiCropConfig,
+}
+
+impl Default for SimClrConfig {
+    /// The paper's setting: head 512→512 (ReLU)→64, τ = 0.1, two 144 px views.
+    fn default() -> Self {
+        SimClrConfig {
+            in_dim: EncoderArch::ResNet18.feature_dim(),
+            hidden_dim: 512,
+            out_dim: 64,
+            temperature: 0.1,
+            crops: MultiCropConfig::simclr(CELL_SIZE),
+        }
+    }
+}
+
+impl SimClrConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (arg, v) in [
+            ("in_dim", self.in_dim),
+            ("hidden_dim", self.hidden_dim),
+            ("out_dim", self.out_dim),
+        ] {
+            if v < 1 {
+                return Err(Error::invalid(arg, format!("{v} is not a width")));
+            }
+        }
+        check_temperature("temperature", self.temperature)?;
+        self.crops.validate()
+    }
+}
+
+pub(crate) fn check_temperature(arg: &str, t: f64) -> Result<()> {
+    if !(t.is_finite() && t > 0.0) {
+        return Err(Error::invalid(arg, format!("temperature {t} must be > 0")));
+    }
+    Ok(())
+}
+
+/// `nn.Linear` with PyTorch's default initialisation, `U(±1/√fan_in)` for
+/// weight and bias (tch's default is Kaiming with the ReLU gain instead).
+pub(crate) fn torch_linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    let init = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    nn::linear(
+        p,
+        in_dim,
+        out_dim,
+        nn::LinearConfig {
+            ws_init: init,
+            bs_init: Some(init),
+            bias,
+        },
+    )
+}
+
+/// SimCLR's projection head `g`: Linear → ReLU → Linear, with the parameter names
+/// of `nn.Sequential` (`head.0.*`, `head.2.*`) under the given path.
+#[derive(Debug)]
+pub struct ProjectionHead {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl ProjectionHead {
+    pub fn new(p: &nn::Path, config: &SimClrConfig) -> Result<Self> {
+        config.validate()?;
+        let head = p / "head";
+        Ok(ProjectionHead {
+            fc1: torch_linear(&head / "0", config.in_dim, config.hidden_dim, true),
+            fc2: torch_linear(&head / "2", config.hidden_dim, config.out_dim, true),
+        })
+    }
+}
+
+impl Module for ProjectionHead {
+    /// `[N, in_dim]` pooled features → `[N, out_dim]` projections (not normalised;
+    /// the loss normalises).
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.apply(&self.fc1).relu().apply(&self.fc2)
+    }
+}
+
+/// `x / max(‖x‖₂, 1e-12)` along the last dimension (`F.normalize`).
+pub(crate) fn l2_normalize(x: &Tensor) -> Tensor {
+    let norm = x
+        .norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)
+        .clamp_min(1e-12);
+    x / norm
+}
+
+/// NT-Xent loss of two views' projections `z1`, `z2` (`[N, D]` each, row `i` of
+/// both from the same image) at temperature τ; a scalar tensor with gradient.
+///
+/// Errors when the shapes differ, are not 2-D, when `N < 2` (an anchor needs at
+/// least one negative pair of another image) or τ ≤ 0.
+pub fn nt_xent_loss(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
+    let (s1, s2) = (z1.size(), z2.size());
+    if s1.len() != 2 || s1 != s2 {
+        return Err(Error::invalid(
+            "z1, z2",
+            format!("expected two [N, D] projections of one shape, got {s1:?} and {s2:?}"),
+        ));
+    }
+    let n = s1[0];
+    if n < 2 {
+        return Err(Error::invalid(
+            "z1",
+            format!("NT-Xent needs a batch of at least 2 images (2N − 2 negatives), got {n}"),
+        ));
+    }
+    check_temperature("temperature", temperature)?;
+    let z = l2_normalize(&Tensor::f_cat(&[z1, z2], 0)?);
+    let logits = z.f_matmul(&z.tr())? / temperature;
+    // An embedding is not its own negative: exp(−∞) = 0 removes it from the sum.
+    let own = Tensor::eye(2 * n, (Kind::Bool, z.device()));
+    let logits = logits.masked_fill(&own, f64::NEG_INFINITY);
+    // The partner of anchor i is i + N in the first half and i − N in the second.
+    let partner = Tensor::arange(2 * n, (Kind::Int64, z.device()))
+        .f_add_scalar(n)?
+        .remainder(2 * n)
+        .unsqueeze(1);
+    let log_prob = logits.log_softmax(1, logits.kind());
+    Ok(-log_prob.gather(1, &partner, false).mean(logits.kind()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_names_and_shapes() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let cfg = SimClrConfig::default();
+        let head = ProjectionHead::new(&vs.root(), &cfg).unwrap();
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["head.0.bias", "head.0.weight", "head.2.bias", "head.2.weight"]
+        );
+        let y = head.forward(&Tensor::ones([3, 512], (Kind::Float, tch::Device::Cpu)));
+        assert_eq!(y.size(), [3, 64]);
+    }
+
+    #[test]
+    fn nt_xent_perfect_pairs_and_errors() {
+        // Orthogonal pairs identical across views: the loss tends to 0 as τ → 0.
+        let z = Tensor::eye(4, (Kind::Float, tch::Device::Cpu));
+        let l = nt_xent_loss(&z, &z, 0.01).unwrap().double_value(&[]);
+        assert!(l < 1e-6, "{l}");
+        // All embeddings equal: every one of the 2N − 1 candidates is as likely.
+        let ones = Tensor::ones([3, 5], (Kind::Float, tch::Device::Cpu));
+        let l = nt_xent_loss(&ones, &ones, 0.5).unwrap().double_value(&[]);
+        assert!((l - 5f64.ln()).abs() < 1e-5, "{l}");
+        let one = Tensor::ones([1, 5], (Kind::Float, tch::Device::Cpu));
+        assert!(nt_xent_loss(&one, &one, 0.1).is_err());
+        assert!(nt_xent_loss(&ones, &z, 0.1).is_err());
+        assert!(nt_xent_loss(&ones, &ones, 0.0).is_err());
+    }
+}
