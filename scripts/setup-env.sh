@@ -6,25 +6,31 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
-TORCHVISION_VERSION=0.26.0
+# Reference packages are pinned: parity tests compare against these exact versions.
+REQUIREMENTS="torch==$TORCH_VERSION torchvision==0.26.0 safetensors==0.8.0 numpy==2.4.6 scikit-learn==1.9.1 pytest==9.2.0"
 CACHE_ROOT="${AMLMIL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amlmil}"
 VENV="${AMLMIL_VENV:-$CACHE_ROOT/venv-torch-$TORCH_VERSION}"
 STAMP="$VENV/.amlmil-ready"
 
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" != "$REQUIREMENTS" ]; then
+  echo "amlmil: updating the reference packages in $VENV" >&2
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip install --quiet $REQUIREMENTS >&2
+  echo "$REQUIREMENTS" > "$STAMP"
+fi
 if [ ! -f "$STAMP" ]; then
   echo "amlmil: installing torch==$TORCH_VERSION into $VENV (first run only; ~5 GB, a few minutes)" >&2
   mkdir -p "$CACHE_ROOT"
   rm -rf "$VENV.partial"
   python3 -m venv "$VENV.partial"
   "$VENV.partial/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$VENV.partial/bin/python" -m pip install --quiet \
-    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
-    safetensors numpy scikit-learn pytest >&2
+  # shellcheck disable=SC2086
+  "$VENV.partial/bin/python" -m pip install --quiet $REQUIREMENTS >&2
   # venvs hard-code their path in scripts; move only after a full install, then rebuild it in place.
   rm -rf "$VENV"
   mv "$VENV.partial" "$VENV"
   python3 -m venv --upgrade "$VENV" >&2
-  touch "$STAMP"
+  echo "$REQUIREMENTS" > "$STAMP"
 fi
 
 "$VENV/bin/python" - <<'PY'

@@ -11,7 +11,10 @@ pub fn argmax_predictions(y_score: &[Vec<f64>], num_classes: usize) -> Result<Ve
     // Validate the matrix with a dummy label vector: only the shape and values matter.
     let dummy = vec![0; y_score.len()];
     if y_score.is_empty() {
-        return Err(Error::invalid("y_score", "is empty: need at least one sample"));
+        return Err(Error::invalid(
+            "y_score",
+            "is empty: need at least one sample",
+        ));
     }
     check_scores(&dummy, y_score, num_classes)?;
     Ok(y_score

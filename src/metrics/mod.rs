@@ -41,8 +41,7 @@ mod ranking;
 mod summary;
 
 pub use classification::{
-    argmax_predictions, confusion_matrix, macro_f1, precision_recall_f1_support,
-    PrecisionRecallF1,
+    argmax_predictions, confusion_matrix, macro_f1, precision_recall_f1_support, PrecisionRecallF1,
 };
 pub use plot::{plot_confusion_matrix, plot_roc_curves, PlotOutput, FONT_ENV};
 pub use ranking::{

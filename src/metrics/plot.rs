@@ -159,9 +159,7 @@ fn check_roc_input(curves: &[RocCurve], names: &[&str]) -> Result<()> {
         {
             return Err(Error::invalid(
                 "curves",
-                format!(
-                    "curve {c}: fpr and tpr must have the same length ≥ 2 and lie in [0, 1]"
-                ),
+                format!("curve {c}: fpr and tpr must have the same length ≥ 2 and lie in [0, 1]"),
             ));
         }
     }
@@ -175,15 +173,17 @@ fn font_available() -> Result<bool> {
     static FOUND: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
     let found = FOUND.get_or_init(|| {
         if let Some(p) = std::env::var_os(FONT_ENV).filter(|p| !p.is_empty()) {
-            return register(Path::new(&p)).map(|()| true).map_err(|reason| {
-                format!("{}: {reason}", Path::new(&p).display())
-            });
+            return register(Path::new(&p))
+                .map(|()| true)
+                .map_err(|reason| format!("{}: {reason}", Path::new(&p).display()));
         }
         Ok(FONT_CANDIDATES
             .iter()
             .any(|p| register(Path::new(p)).is_ok()))
     });
-    found.clone().map_err(|reason| Error::invalid(FONT_ENV, reason))
+    found
+        .clone()
+        .map_err(|reason| Error::invalid(FONT_ENV, reason))
 }
 
 fn register(path: &Path) -> std::result::Result<(), String> {
@@ -260,8 +260,11 @@ fn render_roc(curves: &[RocCurve], names: &[&str], text: bool, path: &Path) -> R
         let chance = RGBColor(0x88, 0x88, 0x88);
         for k in (0..40).step_by(2) {
             let (a, b) = (k as f64 / 40.0, (k + 1) as f64 / 40.0);
-            root.draw(&PathElement::new(vec![(px(a), py(a)), (px(b), py(b))], chance))
-                .map_err(e)?;
+            root.draw(&PathElement::new(
+                vec![(px(a), py(a)), (px(b), py(b))],
+                chance,
+            ))
+            .map_err(e)?;
         }
         root.draw(&Rectangle::new([(x0, y0), (x1, y1)], BLACK.stroke_width(1)))
             .map_err(e)?;
@@ -343,11 +346,15 @@ fn render_confusion(
                     count as f64 / total as f64
                 };
                 // White → dark blue (8, 48, 107) in proportion to the row share.
-                let mix = |hi: u8, lo: u8| (hi as f64 + (lo as f64 - hi as f64) * share).round() as u8;
+                let mix =
+                    |hi: u8, lo: u8| (hi as f64 + (lo as f64 - hi as f64) * share).round() as u8;
                 let fill = RGBColor(mix(255, 8), mix(255, 48), mix(255, 107));
                 let (cx, cy) = (x0 + p as i32 * cell, y0 + t as i32 * cell);
-                root.draw(&Rectangle::new([(cx, cy), (cx + cell, cy + cell)], fill.filled()))
-                    .map_err(e)?;
+                root.draw(&Rectangle::new(
+                    [(cx, cy), (cx + cell, cy + cell)],
+                    fill.filled(),
+                ))
+                .map_err(e)?;
                 root.draw(&Rectangle::new(
                     [(cx, cy), (cx + cell, cy + cell)],
                     RGBColor(0xBB, 0xBB, 0xBB).stroke_width(1),
@@ -398,7 +405,7 @@ fn render_confusion(
             ))
             .map_err(e)?;
             root.draw(&Text::new(
-                "True class (rows)  ·  colour = share of row",
+                "Rows: true class  ·  colour: share of the row",
                 (x0 + n * cell / 2, y0 / 2),
                 centre,
             ))
@@ -440,8 +447,13 @@ mod tests {
         assert_eq!(img.dimensions(), (760, 540));
         let first = PALETTE[0];
         assert!(img.pixels().any(|p| p.0 == [first.0, first.1, first.2]));
-        let png = render_confusion(&[vec![3, 1], vec![0, 4]], &["a", "b"], false, Path::new("x.png"))
-            .unwrap();
+        let png = render_confusion(
+            &[vec![3, 1], vec![0, 4]],
+            &["a", "b"],
+            false,
+            Path::new("x.png"),
+        )
+        .unwrap();
         let img = decode(&png);
         // Cell (1,1) holds its whole row: the darkest blue.
         assert_eq!(img.get_pixel(170 + 150, 60 + 150).0, [8, 48, 107]);

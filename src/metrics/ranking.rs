@@ -99,10 +99,19 @@ pub fn roc_auc_ovr_per_class(
 /// to 1 (each class's AUC only depends on the ranking of its own column;
 /// scikit-learn refuses such input), and a class without positive or without
 /// negative samples is an error naming the class instead of a NaN mean.
-/// `num_classes` must be at least 2.
-pub fn roc_auc_ovr_macro(y_true: &[usize], y_score: &[Vec<f64>], num_classes: usize) -> Result<f64> {
+/// `num_classes` must be at least 2; with exactly 2, scikit-learn wants the
+/// binary form `roc_auc_score(y_true, y_score[:, 1])`, which equals this mean of
+/// the two one-vs-rest AUCs whenever the rows sum to 1.
+pub fn roc_auc_ovr_macro(
+    y_true: &[usize],
+    y_score: &[Vec<f64>],
+    num_classes: usize,
+) -> Result<f64> {
     if num_classes < 2 {
-        return Err(Error::invalid("num_classes", "ROC AUC needs at least 2 classes"));
+        return Err(Error::invalid(
+            "num_classes",
+            "ROC AUC needs at least 2 classes",
+        ));
     }
     let per_class = roc_auc_ovr_per_class(y_true, y_score, num_classes)?;
     Ok(per_class.iter().sum::<f64>() / num_classes as f64)
@@ -254,7 +263,10 @@ fn one_vs_rest(y_true: &[usize], y_score: &[Vec<f64>], c: usize) -> (Vec<bool>, 
 
 fn check_binary(y_true: &[bool], y_score: &[f64]) -> Result<()> {
     if y_true.is_empty() {
-        return Err(Error::invalid("y_true", "is empty: need at least one sample"));
+        return Err(Error::invalid(
+            "y_true",
+            "is empty: need at least one sample",
+        ));
     }
     if y_score.len() != y_true.len() {
         return Err(Error::invalid(
@@ -382,7 +394,8 @@ mod tests {
         assert!(err.to_string().contains("`y_true`"), "{err}");
         let err = roc_auc_ovr_macro(&[0, 3], &vec![vec![0.5, 0.5]; 2], 2).unwrap_err();
         assert!(err.to_string().contains("`y_true`"), "{err}");
-        let err = average_precision_macro(&[0, 1], &vec![vec![0.5, f64::INFINITY]; 2], 2).unwrap_err();
+        let err =
+            average_precision_macro(&[0, 1], &vec![vec![0.5, f64::INFINITY]; 2], 2).unwrap_err();
         assert!(err.to_string().contains("`y_score`"), "{err}");
     }
 

@@ -86,7 +86,8 @@ impl Report {
         let per_class = precision_recall_f1_support(y_true, &y_pred, num_classes)?;
         let roc_curves = roc_curves_ovr(y_true, y_score, num_classes)?;
         let roc_auc_per_class: Vec<f64> = roc_curves.iter().map(RocCurve::auc).collect();
-        let average_precision_per_class = average_precision_per_class(y_true, y_score, num_classes)?;
+        let average_precision_per_class =
+            average_precision_per_class(y_true, y_score, num_classes)?;
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         Ok(Report {
             n_samples: y_true.len(),
@@ -112,6 +113,7 @@ impl Report {
 /// Mean and sample standard deviation of one metric over runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MeanSd {
+    /// Arithmetic mean.
     pub mean: f64,
     /// Sample standard deviation (ddof = 1); 0 for a single value.
     pub sd: f64,
@@ -187,7 +189,10 @@ impl Summary {
                 ));
             }
             let shape_ok = report.confusion_matrix.len() == num_classes
-                && report.confusion_matrix.iter().all(|row| row.len() == num_classes);
+                && report
+                    .confusion_matrix
+                    .iter()
+                    .all(|row| row.len() == num_classes);
             if !shape_ok {
                 return Err(Error::invalid(
                     "reports",
@@ -321,13 +326,19 @@ mod tests {
 
     #[test]
     fn report_names_a_missing_class() {
-        let err =
-            Report::from_scores(&[0, 0, 1], &vec![vec![0.5, 0.3, 0.2]; 3], &["a", "b", "NPM1"])
-                .unwrap_err();
+        let err = Report::from_scores(
+            &[0, 0, 1],
+            &vec![vec![0.5, 0.3, 0.2]; 3],
+            &["a", "b", "NPM1"],
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("class 2 (`NPM1`) has no samples"), "{msg}");
         let err = Report::from_scores(&[0, 0], &vec![vec![0.5, 0.5]; 2], &["a", "b"]).unwrap_err();
-        assert!(err.to_string().contains("class 0 (`a`) has only samples"), "{err}");
+        assert!(
+            err.to_string().contains("class 0 (`a`) has only samples"),
+            "{err}"
+        );
         let err = Report::from_scores(&[0], &[vec![1.0]], &["a"]).unwrap_err();
         assert!(err.to_string().contains("`class_names`"), "{err}");
     }
@@ -349,7 +360,10 @@ mod tests {
             ),
             "0.82 ± 0.03"
         );
-        assert_eq!(format!("{:.3}", MeanSd { mean: 0.5, sd: 0.0 }), "0.500 ± 0.000");
+        assert_eq!(
+            format!("{:.3}", MeanSd { mean: 0.5, sd: 0.0 }),
+            "0.500 ± 0.000"
+        );
     }
 
     #[test]
@@ -365,7 +379,10 @@ mod tests {
         assert_eq!(lines[0], "| | F1 | ROC AUC | PR AUC¹ |");
         assert!(lines[2].starts_with("| SimCLR | "), "{md}");
         assert!(lines[2].contains(" ± "), "{md}");
-        assert!(md.contains("average_precision_score(average=\"macro\")"), "{md}");
+        assert!(
+            md.contains("average_precision_score(average=\"macro\")"),
+            "{md}"
+        );
         assert!(md.contains("ddof = 1"), "{md}");
         assert!(md.contains("SimCLR: 2"), "{md}");
         let cm = s.confusion_markdown();
