@@ -174,27 +174,41 @@ pub fn save(path: &Path, manifest: &Manifest, vs: &VarStore) -> Result<()> {
             named.insert(format!("{bn}.num_batches_tracked"), Tensor::from(0i64));
         }
     }
-    let mut buffers: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = Vec::with_capacity(named.len());
-    for (name, t) in &named {
+    let json =
+        serde_json::to_string(manifest).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let metadata = HashMap::from([(MANIFEST_KEY.to_owned(), json)]);
+    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    write_tensors(path, &refs, Some(metadata))
+}
+
+/// Writes CPU tensors (f32, f16 or i64; others are stored as f32) to a safetensors
+/// file atomically, with optional `__metadata__`.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let mut buffers: Vec<(&str, Vec<u8>, Dtype, Vec<usize>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_device(Device::Cpu).contiguous();
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         let (dtype, bytes) = match t.kind() {
-            Kind::Int64 => (Dtype::I64, tensor_bytes::<i64>(t)?),
-            _ => (Dtype::F32, tensor_bytes::<f32>(t)?),
+            Kind::Int64 => (Dtype::I64, tensor_bytes::<i64>(&t)?),
+            Kind::Half => (Dtype::F16, tensor_bytes::<half::f16>(&t)?),
+            Kind::Float => (Dtype::F32, tensor_bytes::<f32>(&t)?),
+            _ => (Dtype::F32, tensor_bytes::<f32>(&t.to_kind(Kind::Float))?),
         };
-        buffers.push((name.clone(), bytes, dtype, shape));
+        buffers.push((name, bytes, dtype, shape));
     }
     let views = buffers
         .iter()
         .map(|(n, b, d, s)| {
             TensorView::new(*d, s.clone(), b)
-                .map(|v| (n.as_str(), v))
+                .map(|v| (*n, v))
                 .map_err(|e| Error::checkpoint(path, format!("tensor `{n}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let json =
-        serde_json::to_string(manifest).map_err(|e| Error::checkpoint(path, e.to_string()))?;
-    let metadata = HashMap::from([(MANIFEST_KEY.to_owned(), json)]);
-    let data = safetensors::serialize(views, Some(metadata))
+    let data = safetensors::serialize(views, metadata)
         .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &data)
 }

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -210,29 +210,158 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize) -> bool;
 /// sharing them between threads is sound.
 struct Frozen<T>(T);
 // SAFETY: see the module documentation: parameters are never mutated after
-// `Session::new`, and every forward pass runs under `no_grad` in eval mode.
+// loading, and every forward pass runs under `no_grad` in eval mode.
 unsafe impl<T: Send> Sync for Frozen<T> {}
 
-/// A loaded encoder + MIL head on one device.
-pub struct Session {
+/// Flip applied to a cell before encoding (feature caches keep all four, so flip
+/// augmentation during MIL training costs no re-encoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flip {
+    None,
+    Horizontal,
+    Vertical,
+    Both,
+}
+
+impl Flip {
+    pub const ALL: [Flip; 4] = [Flip::None, Flip::Horizontal, Flip::Vertical, Flip::Both];
+
+    /// Flips an NCHW batch.
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Flip::None => x.shallow_clone(),
+            Flip::Horizontal => x.flip([3]),
+            Flip::Vertical => x.flip([2]),
+            Flip::Both => x.flip([2, 3]),
+        }
+    }
+}
+
+/// A frozen encoder on one device, ready to turn cells into feature maps.
+pub struct FrozenEncoder {
     encoder: Frozen<Encoder>,
-    mil: Frozen<AttentionMil>,
-    encoder_manifest: EncoderManifest,
-    mil_manifest: MilManifest,
+    manifest: EncoderManifest,
     device: Device,
     kind: Kind,
     batch_size: usize,
     channels_last: bool,
-    // Kept alive for the models' parameters.
-    _vars: (VarStore, VarStore),
+    _vars: VarStore,
+}
+
+impl FrozenEncoder {
+    /// Loads an encoder checkpoint for inference with `options` (device, precision,
+    /// batch size, threads, layout).
+    pub fn load(path: &Path, options: &SessionOptions) -> Result<FrozenEncoder> {
+        if options.batch_size == 0 {
+            return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        let device = options.device.resolve()?;
+        if options.precision != Precision::Fp32 && device == Device::Cpu {
+            return Err(Error::invalid(
+                "precision",
+                format!(
+                    "{:?} needs a CUDA device; this session runs on the CPU",
+                    options.precision
+                ),
+            ));
+        }
+        if let Some(n) = options.num_threads.filter(|n| *n > 0) {
+            tch::set_num_threads(n as i32);
+        }
+        let (encoder, manifest, mut vs) = load_encoder(path, device)?;
+        let kind = options.precision.kind();
+        vs.set_kind(kind);
+        vs.freeze();
+        let channels_last = options.channels_last && device == Device::Cpu;
+        if channels_last {
+            tch::no_grad(|| {
+                for (_, mut v) in vs.variables() {
+                    if v.dim() == 4 {
+                        let nhwc = to_channels_last(&v);
+                        v.set_data(&nhwc);
+                    }
+                }
+            });
+        }
+        Ok(FrozenEncoder {
+            encoder: Frozen(encoder),
+            manifest,
+            device,
+            kind,
+            batch_size: options.batch_size,
+            channels_last,
+            _vars: vs,
+        })
+    }
+
+    pub fn manifest(&self) -> &EncoderManifest {
+        &self.manifest
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Feature maps `[N, C, h, w]` (f32, on the encoder's device) of `cells`
+    /// flipped by `flip`, batch by batch; `progress` sees cells done of all.
+    pub fn feature_maps(
+        &self,
+        cells: &[CellImage],
+        flip: Flip,
+        progress: Progress,
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let size = self.manifest.input_size as u32;
+        let mut maps = Vec::with_capacity(cells.len().div_ceil(self.batch_size));
+        let mut done = 0;
+        for chunk in cells.chunks(self.batch_size) {
+            if !progress("encode", done, cells.len()) {
+                return Err(Error::Cancelled(format!(
+                    "encoding after {done} of {} cells",
+                    cells.len()
+                )));
+            }
+            let refs: Vec<&CellImage> = chunk.iter().collect();
+            let x = to_input_batch(
+                &refs,
+                size,
+                &self.manifest.normalization,
+                self.device,
+                self.kind,
+            )?;
+            let mut x = flip.apply(&x);
+            if self.channels_last {
+                x = to_channels_last(&x);
+            }
+            maps.push(
+                self.encoder
+                    .0
+                    .feature_map(&x, false)
+                    .f_to_kind(Kind::Float)?
+                    .contiguous(),
+            );
+            done += chunk.len();
+        }
+        progress("encode", done, cells.len());
+        Ok(Tensor::f_cat(&maps, 0)?)
+    }
+}
+
+/// A loaded encoder + MIL head on one device.
+pub struct Session {
+    encoder: FrozenEncoder,
+    mil: Frozen<AttentionMil>,
+    mil_manifest: MilManifest,
+    _mil_vars: VarStore,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("encoder", &self.encoder_manifest.architecture)
+            .field("encoder", &self.encoder.manifest.architecture)
             .field("classes", &self.mil_manifest.classes)
-            .field("device", &self.device)
+            .field("device", &self.encoder.device)
             .finish()
     }
 }
@@ -306,76 +435,38 @@ pub fn load_mil(path: &Path, device: Device) -> Result<(AttentionMil, MilManifes
 impl Session {
     /// Loads both checkpoints and checks that the head fits the encoder.
     pub fn new(encoder_path: &Path, mil_path: &Path, options: &SessionOptions) -> Result<Session> {
-        if options.batch_size == 0 {
-            return Err(Error::invalid("batch_size", "must be at least 1"));
-        }
-        let device = options.device.resolve()?;
-        if options.precision != Precision::Fp32 && device == Device::Cpu {
-            return Err(Error::invalid(
-                "precision",
-                format!(
-                    "{:?} needs a CUDA device; this session runs on the CPU",
-                    options.precision
-                ),
-            ));
-        }
-        if let Some(n) = options.num_threads {
-            if n > 0 {
-                tch::set_num_threads(n as i32);
-            }
-        }
-        let (encoder, encoder_manifest, mut enc_vs) = load_encoder(encoder_path, device)?;
-        let (mil, mil_manifest, mut mil_vs) = load_mil(mil_path, device)?;
-        if mil_manifest.feature_map != encoder_manifest.feature_map
-            || mil_manifest.input_size != encoder_manifest.input_size
-        {
+        let encoder = FrozenEncoder::load(encoder_path, options)?;
+        let (mil, mil_manifest, mut mil_vs) = load_mil(mil_path, encoder.device)?;
+        let em = &encoder.manifest;
+        if mil_manifest.feature_map != em.feature_map || mil_manifest.input_size != em.input_size {
             return Err(Error::Mismatch(format!(
                 "MIL head {} expects {} px cells with feature maps {:?}, encoder {} gives {} px / {:?}",
                 mil_path.display(),
                 mil_manifest.input_size,
                 mil_manifest.feature_map,
                 encoder_path.display(),
-                encoder_manifest.input_size,
-                encoder_manifest.feature_map
+                em.input_size,
+                em.feature_map
             )));
         }
-        let kind = options.precision.kind();
-        enc_vs.set_kind(kind);
-        enc_vs.freeze();
         mil_vs.freeze();
-        let channels_last = options.channels_last && device == Device::Cpu;
-        if channels_last {
-            tch::no_grad(|| {
-                for (_, mut v) in enc_vs.variables() {
-                    if v.dim() == 4 {
-                        let nhwc = to_channels_last(&v);
-                        v.set_data(&nhwc);
-                    }
-                }
-            });
-        }
         log::info!(
             "session: {} encoder ({}) + attention-MIL ({} classes) on {:?}",
-            encoder_manifest.architecture.name(),
+            em.architecture.name(),
             encoder_path.display(),
             mil_manifest.classes.len(),
-            device
+            encoder.device
         );
         Ok(Session {
-            encoder: Frozen(encoder),
+            encoder,
             mil: Frozen(mil),
-            encoder_manifest,
             mil_manifest,
-            device,
-            kind,
-            batch_size: options.batch_size,
-            channels_last,
-            _vars: (enc_vs, mil_vs),
+            _mil_vars: mil_vs,
         })
     }
 
     pub fn device(&self) -> Device {
-        self.device
+        self.encoder.device
     }
 
     pub fn classes(&self) -> &[String] {
@@ -383,7 +474,7 @@ impl Session {
     }
 
     pub fn encoder_manifest(&self) -> &EncoderManifest {
-        &self.encoder_manifest
+        &self.encoder.manifest
     }
 
     pub fn mil_manifest(&self) -> &MilManifest {
@@ -392,44 +483,12 @@ impl Session {
 
     /// Length of the pooled per-cell feature vector ([`Session::embed`]).
     pub fn feature_dim(&self) -> usize {
-        self.encoder_manifest.feature_map[0] as usize
+        self.encoder.manifest.feature_map[0] as usize
     }
 
     /// Encoder feature maps `[N, C, h, w]` (f32, on the session's device), batch by batch.
     pub fn feature_maps(&self, cells: &[CellImage], progress: Progress) -> Result<Tensor> {
-        let _guard = tch::no_grad_guard();
-        let size = self.encoder_manifest.input_size as u32;
-        let mut maps = Vec::with_capacity(cells.len().div_ceil(self.batch_size));
-        let mut done = 0;
-        for chunk in cells.chunks(self.batch_size) {
-            if !progress("encode", done, cells.len()) {
-                return Err(Error::Cancelled(format!(
-                    "encoding after {done} of {} cells",
-                    cells.len()
-                )));
-            }
-            let refs: Vec<&CellImage> = chunk.iter().collect();
-            let mut x = to_input_batch(
-                &refs,
-                size,
-                &self.encoder_manifest.normalization,
-                self.device,
-                self.kind,
-            )?;
-            if self.channels_last {
-                x = to_channels_last(&x);
-            }
-            maps.push(
-                self.encoder
-                    .0
-                    .feature_map(&x, false)
-                    .f_to_kind(Kind::Float)?
-                    .contiguous(),
-            );
-            done += chunk.len();
-        }
-        progress("encode", done, cells.len());
-        Ok(Tensor::f_cat(&maps, 0)?)
+        self.encoder.feature_maps(cells, Flip::None, progress)
     }
 
     /// Pooled 512-d features of every cell, row-major `[N × feature_dim]`.
@@ -459,7 +518,7 @@ impl Session {
     /// Classifies precomputed feature maps `[N, C, h, w]` with the given cell ids.
     pub fn classify_feature_maps(&self, maps: &Tensor, cell_ids: &[u64]) -> Result<BagPrediction> {
         let _guard = tch::no_grad_guard();
-        let [c, h, w] = self.encoder_manifest.feature_map;
+        let [c, h, w] = self.encoder.manifest.feature_map;
         let n = cell_ids.len() as i64;
         if n == 0 {
             return Err(Error::EmptyBag("features".into()));
@@ -473,7 +532,9 @@ impl Session {
                 ),
             ));
         }
-        let maps = maps.f_to_device(self.device)?.f_to_kind(Kind::Float)?;
+        let maps = maps
+            .f_to_device(self.encoder.device)?
+            .f_to_kind(Kind::Float)?;
         if !bool::try_from(maps.isfinite().all())? {
             return Err(Error::NonFinite("cell features (NaN or infinity)".into()));
         }

@@ -403,7 +403,8 @@ pub fn adjust_contrast(images: &Tensor, factors: &[f64]) -> Result<Tensor> {
     check_factors("factors", factors, n)?;
     let f = per_image(factors, images).view([n, 1, 1, 1]);
     let mean = luma(images).mean_dim([1i64, 2, 3].as_slice(), true, images.kind());
-    Ok((images * &f + mean * (1.0 - f)).clamp(0.0, 1.0))
+    let blended: Tensor = images * &f + mean * (1.0 - &f);
+    Ok(blended.clamp(0.0, 1.0))
 }
 
 /// `clamp(f·x + (1 − f)·grey(x), 0, 1)` per image.
@@ -411,7 +412,8 @@ pub fn adjust_saturation(images: &Tensor, factors: &[f64]) -> Result<Tensor> {
     let [n, ..] = check_images(images, "images", true)?;
     check_factors("factors", factors, n)?;
     let f = per_image(factors, images).view([n, 1, 1, 1]);
-    Ok((images * &f + luma(images) * (1.0 - f)).clamp(0.0, 1.0))
+    let blended: Tensor = images * &f + luma(images) * (1.0 - &f);
+    Ok(blended.clamp(0.0, 1.0))
 }
 
 /// Shifts the hue of image `i` by `shifts[i]` turns (in `[−0.5, 0.5]`).
@@ -672,7 +674,7 @@ impl GaussianBlur {
 /// Inverts the pixels at or above `threshold`: `x ≥ t ? 1 − x : x`.
 pub fn solarize(images: &Tensor, threshold: f64) -> Result<Tensor> {
     check_images(images, "images", false)?;
-    Ok((1.0 - images).where_self(&images.ge(threshold), images))
+    Ok(images.neg().f_add_scalar(1.0)?.where_self(&images.ge(threshold), images))
 }
 
 /// Solarisation settings (DINO/BYOL: p 0.2 on the second global view, threshold ½).

@@ -1,1 +1,37 @@
-//! placeholder
+//! Building blocks of self-supervised pre-training of the cell encoder
+//! (DESIGN.md §2): batched augmentations and multi-crop views, the methods'
+//! heads and losses, and their schedules.
+//!
+//! - SimCLR — Chen, Kornblith, Norouzi, Hinton 2020, *A Simple Framework for
+//!   Contrastive Learning of Visual Representations*: [`simclr`] (projection head,
+//!   NT-Xent loss).
+//! - SwAV — Caron, Misra, Mairal, Goyal, Bojanowski, Joulin 2020, *Unsupervised
+//!   Learning of Visual Features by Contrasting Cluster Assignments*: [`swav`]
+//!   (head, prototypes, Sinkhorn–Knopp codes, swapped prediction, queue).
+//! - DINO — Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin 2021,
+//!   *Emerging Properties in Self-Supervised Vision Transformers*: [`dino`] (head
+//!   with weight-normalised last layer, centred and sharpened distillation loss,
+//!   teacher EMA, gradient clipping).
+//!
+//! Heads take the encoder's pooled 512-d features
+//! ([`crate::model::Encoder`]'s `forward_t`). The views come from
+//! [`augment::MultiCropConfig::views`] on `[0, 1]` images; the training loop
+//! normalises them as the encoder expects, and evaluates the [`schedule`]
+//! functions each step. Losses are written from the papers' formulas and checked
+//! against PyTorch in `tests/ssl_losses.rs`.
+pub mod augment;
+pub mod dino;
+pub mod schedule;
+pub mod simclr;
+pub mod swav;
+
+pub use augment::{
+    ColorJitter, CropBox, CropSpec, GaussianBlur, MultiCropConfig, Padding, Solarize,
+    ViewAugment, CELL_SIZE, CPU_SMALL_SIZE,
+};
+pub use dino::{
+    clip_gradients, ema_update, ema_update_tensors, DinoConfig, DinoHead, DinoLoss,
+};
+pub use schedule::CosineSchedule;
+pub use simclr::{nt_xent_loss, ProjectionHead, SimClrConfig};
+pub use swav::{sinkhorn, swav_loss, Prototypes, SwavConfig, SwavHead, SwavQueue};
