@@ -36,10 +36,22 @@
  */
 #define DEFAULT_FOLDS 5
 
+#define CACHE_FORMAT_VERSION 1
+
 /*
  Version of the C ABI: bumped on any incompatible change to this header.
  */
 #define AMLMIL_ABI_VERSION 1
+
+/*
+ Side of the cells of the data set (DESIGN.md §2), which presets scale to.
+ */
+#define CELL_SIZE 144
+
+/*
+ Side of the `cpu-small` presets, for runs on a laptop's CPU.
+ */
+#define CPU_SMALL_SIZE 64
 
 /*
  Smallest crop side the renderer accepts: below it nuclei and granules are
@@ -239,6 +251,12 @@ typedef uint32_t amlmil_log_level;
 typedef struct CellType CellType;
 
 /*
+ Flip applied to a cell before encoding (feature caches keep all four, so flip
+ augmentation during MIL training costs no re-encoding).
+ */
+typedef struct Flip Flip;
+
+/*
  Opaque bag of cells. Create with `amlmil_bag_new`, free with `amlmil_bag_free`.
 
  Thread safety: a bag may be classified from several threads at once; adding
@@ -351,6 +369,8 @@ typedef struct {
  anything else to cancel (the call then returns AMLMIL_STATUS_CANCELLED).
  */
 typedef int32_t (*amlmil_progress_callback)(void *user_data, const amlmil_progress *progress);
+
+
 
 
 
@@ -650,6 +670,56 @@ const char *amlmil_last_error(void);
  A static, human-readable name for a status (`"AMLMIL_STATUS_OK"`, …); never NULL.
  */
 const char *amlmil_status_name(uint32_t status);
+
+/*
+ Cross-validates the attention-MIL head (DESIGN §2): stratified folds × seeds,
+ writing checkpoints, predictions, attention, learning curves, metrics, plots
+ and `report.json` under the configuration's `output` directory.
+
+ @param config_json JSON object: `dataset`, `encoder`, `output` (required),
+   `features`, `folds` (5), `seeds` ([0,1,2]), `device` ("auto"),
+   `gallery_cells` (8), `training` ({"preset": "paper" | "scemila", overrides…}).
+   Unknown keys are errors.
+ @param progress optional; stage "extract" (patients), "train" (bags of an
+   epoch, with epoch, fold and running loss) or "report". Non-zero cancels:
+   the current run is marked incomplete, `report.json` has `"complete": false`.
+ @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
+   Untouched on failure.
+ Thread safety: one training per process at a time (libtorch's seed is global).
+ */
+amlmil_status amlmil_cross_validate(const char *config_json,
+                                    amlmil_progress_callback progress,
+                                    void *user_data,
+                                    char **out_report_json);
+
+/*
+ Trains one attention-MIL head on fold `fold` of the first seed (60/20/20) and
+ writes its run directory under `output` (`runs/seed<S>_fold<F>/mil.safetensors`,
+ loadable by `amlmil_session_new`). Same configuration and callback as
+ `amlmil_cross_validate`.
+ */
+amlmil_status amlmil_train_mil(const char *config_json,
+                               uint32_t fold,
+                               amlmil_progress_callback progress,
+                               void *user_data,
+                               char **out_report_json);
+
+/*
+ Encodes every cell of `dataset_dir` with the encoder checkpoint into the
+ feature cache `out_dir` (four flip variants when `flips` is non-zero),
+ resuming a previous extraction of the same encoder.
+
+ @param device "auto", "cpu", "cuda" or "cuda:N"; NULL = "auto".
+ @param[out] out_manifest_json the cache manifest (library-owned). Untouched on failure.
+ */
+amlmil_status amlmil_extract_features(const char *dataset_dir,
+                                      const char *encoder_path,
+                                      const char *out_dir,
+                                      uint32_t flips,
+                                      const char *device,
+                                      amlmil_progress_callback progress,
+                                      void *user_data,
+                                      char **out_manifest_json);
 
 #ifdef __cplusplus
 }  // extern "C"

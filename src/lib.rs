@@ -32,7 +32,9 @@ pub mod inference;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod ssl;
 pub mod synth;
+pub mod training;
 
 pub use bag::Bag;
 pub use cell_image::{CellImage, PixelFormat};

@@ -42,6 +42,12 @@ enum Command {
     /// Inspect a data set folder.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Encode every cell of a data set once (with flip variants) into a feature cache.
+    ExtractFeatures(ExtractArgs),
+    /// Train one attention-MIL head (fold F of seed S: 60/20/20) and write its checkpoint.
+    TrainMil(TrainArgs),
+    /// Cross-validate the attention-MIL head: folds x seeds, metrics, plots, attention.
+    Cv(CvArgs),
     /// Measure encoder throughput (cells/s) on this machine, per memory layout.
     Bench(BenchArgs),
     /// Write a montage PNG of synthetic cells per cell type and subtype.
@@ -54,6 +60,73 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct ExtractArgs {
+    /// Data set root.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Encoder checkpoint.
+    #[arg(long)]
+    encoder: PathBuf,
+    /// Cache directory (created; resumed when it holds this encoder's features).
+    #[arg(long)]
+    out: PathBuf,
+    /// Store only the unflipped cells.
+    #[arg(long)]
+    no_flips: bool,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+/// Where an experiment is described: a config file, flags overriding it.
+#[derive(clap::Args)]
+struct ExperimentArgs {
+    /// JSON or TOML file with `dataset`, `encoder`, `output`, `features`, `folds`,
+    /// `seeds`, `device`, `training` (see README); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    #[arg(long)]
+    encoder: Option<PathBuf>,
+    /// Existing feature cache of this encoder.
+    #[arg(long)]
+    features: Option<PathBuf>,
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Training preset: paper or scemila.
+    #[arg(long)]
+    preset: Option<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    experiment: ExperimentArgs,
+    /// Which fold's 60/20/20 split to train on.
+    #[arg(long, default_value_t = 0)]
+    fold: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
+struct CvArgs {
+    #[command(flatten)]
+    experiment: ExperimentArgs,
+    /// Seeds, comma-separated (one cross-validation each).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    #[arg(long)]
+    folds: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -218,6 +291,9 @@ fn main() -> ExitCode {
         }),
         Command::Synth(args) => synth(args),
         Command::Bench(args) => bench(args),
+        Command::ExtractFeatures(args) => extract(args),
+        Command::TrainMil(args) => train_mil(args),
+        Command::Cv(args) => cv(args),
         Command::Dataset(cmd) => dataset(cmd),
         Command::Montage { out, size, seed } => amlmil::synth::write_montage(&out, size, seed)
             .map(|()| eprintln!("wrote {}", out.display())),
@@ -238,6 +314,181 @@ fn progress_bar(len: usize, unit: &str) -> ProgressBar {
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     )
+}
+
+fn extract(args: ExtractArgs) -> amlmil::Result<()> {
+    use amlmil::dataset::{Dataset, OpenOptions};
+    use amlmil::features::{extract_features, ExtractOptions};
+    let (ds, issues) = Dataset::open(&args.dataset, &OpenOptions::fail())?;
+    for issue in issues {
+        eprintln!("{issue}");
+    }
+    let options = ExtractOptions {
+        flips: !args.no_flips,
+        encoder: SessionOptions {
+            device: args.device.parse()?,
+            batch_size: args.batch_size,
+            ..Default::default()
+        },
+    };
+    let bar = progress_bar(ds.patients().len(), "patients");
+    bar.set_message("encoding");
+    let cache = extract_features(
+        &ds,
+        &args.encoder,
+        &args.out,
+        &options,
+        &mut |_, done, _| {
+            bar.set_position(done as u64);
+            true
+        },
+    )?;
+    bar.finish_and_clear();
+    eprintln!(
+        "features of {} patients in {} (key {})",
+        ds.patients().len(),
+        cache.dir().display(),
+        &cache.manifest().key[..16]
+    );
+    Ok(())
+}
+
+/// The experiment from `--config` and flags.
+fn experiment(args: &ExperimentArgs) -> amlmil::Result<amlmil::training::CvConfig> {
+    let mut value = match &args.config {
+        Some(path) => {
+            serde_json::to_value(amlmil::training::CvConfig::read(path)?).unwrap_or_default()
+        }
+        None => serde_json::json!({}),
+    };
+    let obj = value.as_object_mut().expect("config is an object");
+    let mut set = |key: &str, v: Option<serde_json::Value>| {
+        if let Some(v) = v {
+            obj.insert(key.to_owned(), v);
+        }
+    };
+    set(
+        "dataset",
+        args.dataset
+            .as_ref()
+            .map(|p| p.display().to_string().into()),
+    );
+    set(
+        "encoder",
+        args.encoder
+            .as_ref()
+            .map(|p| p.display().to_string().into()),
+    );
+    set(
+        "features",
+        args.features
+            .as_ref()
+            .map(|p| p.display().to_string().into()),
+    );
+    set(
+        "output",
+        args.output.as_ref().map(|p| p.display().to_string().into()),
+    );
+    set("device", args.device.clone().map(Into::into));
+    let training = obj
+        .entry("training")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(t) = training.as_object_mut() {
+        if let Some(p) = &args.preset {
+            // A preset given on the command line replaces the config's training values.
+            t.clear();
+            t.insert("preset".into(), p.clone().into());
+        }
+        if let Some(e) = args.epochs {
+            t.insert("epochs".into(), e.into());
+        }
+    }
+    for key in ["dataset", "encoder", "output"] {
+        if !obj.contains_key(key) {
+            return Err(amlmil::Error::invalid(
+                key,
+                format!("missing: give --{key} or set it in --config"),
+            ));
+        }
+    }
+    amlmil::training::CvConfig::parse(&value.to_string(), false)
+}
+
+fn training_bar() -> ProgressBar {
+    let bar = progress_bar(0, "bags");
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} bags ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn cv_progress(bar: &ProgressBar) -> impl FnMut(amlmil::training::CvEvent) -> bool + '_ {
+    use amlmil::training::CvEvent;
+    move |e| {
+        match e {
+            CvEvent::Extract { done, total } => {
+                bar.set_message("extracting features (patients)");
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+            CvEvent::Train {
+                run,
+                runs,
+                seed,
+                fold,
+                event,
+            } => {
+                bar.set_message(format!(
+                    "run {}/{runs} seed {seed} fold {fold} epoch {}/{} loss {:.4}",
+                    run + 1,
+                    event.epoch + 1,
+                    event.epochs,
+                    event.loss
+                ));
+                bar.set_length(event.bags as u64);
+                bar.set_position(event.bag as u64);
+            }
+            CvEvent::Report => bar.set_message("writing the report"),
+        }
+        true
+    }
+}
+
+fn cv(args: CvArgs) -> amlmil::Result<()> {
+    let mut config = experiment(&args.experiment)?;
+    if let Some(seeds) = args.seeds {
+        config.seeds = seeds;
+    }
+    if let Some(folds) = args.folds {
+        config.folds = folds;
+    }
+    config.validate()?;
+    let bar = training_bar();
+    let report = amlmil::training::cross_validate(&config, &mut cv_progress(&bar))?;
+    bar.finish_and_clear();
+    if let Some(summary) = &report.summary {
+        println!("{}", summary.to_markdown());
+    }
+    if let Some(auc) = report.attention.abnormal_vs_normal_roc_auc {
+        println!("attention ROC AUC, abnormal vs normal cells: {auc:.3}");
+    }
+    eprintln!("report: {}", config.output.join("report.json").display());
+    Ok(())
+}
+
+fn train_mil(args: TrainArgs) -> amlmil::Result<()> {
+    let mut config = experiment(&args.experiment)?;
+    config.seeds = vec![args.seed];
+    config.validate()?;
+    let bar = training_bar();
+    let report = amlmil::training::cv::train_single(&config, args.fold, &mut cv_progress(&bar))?;
+    bar.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// Times the encoder's forward pass; prints JSON lines `{layout, cells_per_s}`.

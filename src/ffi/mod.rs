@@ -7,12 +7,17 @@
 //! handle first, inputs next, outputs last; outputs are written only on success;
 //! every fallible function returns an `amlmil_status` and leaves a thread-local
 //! message for `amlmil_last_error()`; no function lets a panic escape.
+// Every export's safety contract (valid or NULL pointers, buffer lengths) is the
+// C contract stated in its header documentation and the header preamble.
+#![allow(clippy::missing_safety_doc)]
+
 pub mod bag;
 mod boundary;
 pub mod log;
 pub mod result;
 pub mod session;
 pub mod status;
+pub mod training;
 
 use std::ffi::c_char;
 
@@ -21,6 +26,7 @@ pub use log::*;
 pub use result::*;
 pub use session::*;
 pub use status::*;
+pub use training::*;
 
 use boundary::{guard, into_c_string, out_ptr};
 

@@ -1,0 +1,154 @@
+//! Training entry points for vendor scripts: JSON configuration in, progress
+//! callback with stage/epoch/fold/loss and cancellation, JSON report out.
+use std::ffi::{c_char, c_void, CString};
+
+use super::boundary::{arg_str, guard, into_c_string, out_ptr};
+use super::session::{amlmil_progress, amlmil_progress_callback};
+use super::status::{amlmil_status, FfiError};
+use crate::training::{self, CvConfig, CvEvent};
+
+fn parse_config(json: *const c_char) -> Result<CvConfig, FfiError> {
+    // SAFETY: the caller passes NULL or a NUL-terminated string.
+    let text = unsafe { arg_str(json, "config_json") }?;
+    Ok(CvConfig::parse(text, false)?)
+}
+
+/// Adapts a C callback to the cross-validation's events.
+fn cv_adapter(cb: amlmil_progress_callback, user_data: *mut c_void) -> impl FnMut(CvEvent) -> bool {
+    move |event| {
+        let Some(f) = cb else { return true };
+        let (stage, done, total, epoch, fold, loss) = match event {
+            CvEvent::Extract { done, total } => ("extract", done, total, -1, -1, f64::NAN),
+            CvEvent::Train { fold, event, .. } => (
+                "train",
+                event.bag,
+                event.bags,
+                event.epoch as i32,
+                fold as i32,
+                event.loss,
+            ),
+            CvEvent::Report => ("report", 0, 0, -1, -1, f64::NAN),
+        };
+        let stage = CString::new(stage).unwrap_or_default();
+        let p = amlmil_progress {
+            stage: stage.as_ptr(),
+            done: done as u64,
+            total: total as u64,
+            epoch,
+            fold,
+            loss,
+        };
+        // SAFETY: the caller vouches for `f` and `user_data`.
+        unsafe { f(user_data, &p) == 0 }
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<*mut c_char, FfiError> {
+    serde_json::to_string(value)
+        .map(into_c_string)
+        .map_err(|e| FfiError::Panic(e.to_string()))
+}
+
+/// Cross-validates the attention-MIL head (DESIGN §2): stratified folds × seeds,
+/// writing checkpoints, predictions, attention, learning curves, metrics, plots
+/// and `report.json` under the configuration's `output` directory.
+///
+/// @param config_json JSON object: `dataset`, `encoder`, `output` (required),
+///   `features`, `folds` (5), `seeds` ([0,1,2]), `device` ("auto"),
+///   `gallery_cells` (8), `training` ({"preset": "paper" | "scemila", overrides…}).
+///   Unknown keys are errors.
+/// @param progress optional; stage "extract" (patients), "train" (bags of an
+///   epoch, with epoch, fold and running loss) or "report". Non-zero cancels:
+///   the current run is marked incomplete, `report.json` has `"complete": false`.
+/// @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
+///   Untouched on failure.
+/// Thread safety: one training per process at a time (libtorch's seed is global).
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_cross_validate(
+    config_json: *const c_char,
+    progress: amlmil_progress_callback,
+    user_data: *mut c_void,
+    out_report_json: *mut *mut c_char,
+) -> amlmil_status {
+    guard(|| {
+        let out = out_ptr(out_report_json, "out_report_json")?;
+        let config = parse_config(config_json)?;
+        let report = training::cross_validate(&config, &mut cv_adapter(progress, user_data))?;
+        *out = to_json(&report)?;
+        Ok(())
+    })
+}
+
+/// Trains one attention-MIL head on fold `fold` of the first seed (60/20/20) and
+/// writes its run directory under `output` (`runs/seed<S>_fold<F>/mil.safetensors`,
+/// loadable by `amlmil_session_new`). Same configuration and callback as
+/// `amlmil_cross_validate`.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_train_mil(
+    config_json: *const c_char,
+    fold: u32,
+    progress: amlmil_progress_callback,
+    user_data: *mut c_void,
+    out_report_json: *mut *mut c_char,
+) -> amlmil_status {
+    guard(|| {
+        let out = out_ptr(out_report_json, "out_report_json")?;
+        let config = parse_config(config_json)?;
+        let report = training::cv::train_single(
+            &config,
+            fold as usize,
+            &mut cv_adapter(progress, user_data),
+        )?;
+        *out = to_json(&report)?;
+        Ok(())
+    })
+}
+
+/// Encodes every cell of `dataset_dir` with the encoder checkpoint into the
+/// feature cache `out_dir` (four flip variants when `flips` is non-zero),
+/// resuming a previous extraction of the same encoder.
+///
+/// @param device "auto", "cpu", "cuda" or "cuda:N"; NULL = "auto".
+/// @param[out] out_manifest_json the cache manifest (library-owned). Untouched on failure.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_extract_features(
+    dataset_dir: *const c_char,
+    encoder_path: *const c_char,
+    out_dir: *const c_char,
+    flips: u32,
+    device: *const c_char,
+    progress: amlmil_progress_callback,
+    user_data: *mut c_void,
+    out_manifest_json: *mut *mut c_char,
+) -> amlmil_status {
+    guard(|| {
+        let dataset_dir = arg_str(dataset_dir, "dataset_dir")?;
+        let encoder_path = arg_str(encoder_path, "encoder_path")?;
+        let out_dir = arg_str(out_dir, "out_dir")?;
+        let device = if device.is_null() {
+            "auto"
+        } else {
+            arg_str(device, "device")?
+        };
+        let out = out_ptr(out_manifest_json, "out_manifest_json")?;
+        let (dataset, _) =
+            crate::dataset::Dataset::open(dataset_dir, &crate::dataset::OpenOptions::fail())?;
+        let options = crate::features::ExtractOptions {
+            flips: flips != 0,
+            encoder: crate::inference::SessionOptions {
+                device: device.parse()?,
+                ..Default::default()
+            },
+        };
+        let mut cv = cv_adapter(progress, user_data);
+        let cache = crate::features::extract_features(
+            &dataset,
+            encoder_path.as_ref(),
+            out_dir.as_ref(),
+            &options,
+            &mut |_, done, total| cv(CvEvent::Extract { done, total }),
+        )?;
+        *out = to_json(cache.manifest())?;
+        Ok(())
+    })
+}

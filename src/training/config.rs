@@ -1,0 +1,398 @@
+//! Configuration of MIL training and cross-validation, with the paper's and
+//! SCEMILA's presets. Every value can be overridden from JSON or TOML; unknown
+//! keys and impossible values are errors that name the key.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::CellNet;
+
+/// Learning-rate schedule over epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// PyTorch's `CosineAnnealingLR(T_max = epochs, eta_min = min_learning_rate)`, stepped per epoch.
+    Cosine,
+    Constant,
+}
+
+/// How the attention-MIL head is trained (DESIGN §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilTrainConfig {
+    /// Name of the preset these values started from (`paper`, `scemila`).
+    pub preset: String,
+    /// The per-cell network g.
+    pub cell_net: CellNet,
+    pub instance_dim: i64,
+    pub attention_dim: i64,
+    pub classifier_dim: i64,
+    /// SGD learning rate (at epoch 0 for the cosine schedule).
+    pub learning_rate: f64,
+    pub min_learning_rate: f64,
+    pub schedule: LrSchedule,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    /// At most this many epochs.
+    pub epochs: usize,
+    /// Stop after this many epochs without a lower validation loss; the best state is kept.
+    pub patience: usize,
+    /// Bags whose gradients are summed into one optimiser step.
+    pub accumulate: usize,
+    /// Larger bags are trained on a random subset of this many cells (per draw).
+    pub max_cells: usize,
+    /// Random horizontal/vertical flips of each cell (served from the feature cache).
+    pub flips: bool,
+    /// Draw training bags with replacement, weight ∝ 1 / class frequency; else a shuffled pass.
+    pub balanced_sampling: bool,
+    /// Bags drawn per epoch; `null` = number of training bags.
+    pub bags_per_epoch: Option<usize>,
+}
+
+impl MilTrainConfig {
+    /// Kazeminia et al.: SGD Nesterov 0.9, lr 0.015, cosine annealing, ≤ 50 epochs,
+    /// patience 20, accumulation over 10 bags, ≤ 500 cells, flips, balanced sampling.
+    pub fn paper() -> Self {
+        MilTrainConfig {
+            preset: "paper".into(),
+            cell_net: CellNet::default(),
+            instance_dim: 500,
+            attention_dim: 128,
+            classifier_dim: 64,
+            learning_rate: 0.015,
+            min_learning_rate: 0.0,
+            schedule: LrSchedule::Cosine,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.0,
+            epochs: 50,
+            patience: 20,
+            accumulate: 10,
+            max_cells: 500,
+            flips: true,
+            balanced_sampling: true,
+            bags_per_epoch: None,
+        }
+    }
+
+    /// Hehr et al.'s SCEMILA: lr 5e-5, no schedule, accumulation over 20 bags, 150 epochs.
+    pub fn scemila() -> Self {
+        MilTrainConfig {
+            preset: "scemila".into(),
+            cell_net: CellNet::Scemila,
+            learning_rate: 5e-5,
+            schedule: LrSchedule::Constant,
+            accumulate: 20,
+            epochs: 150,
+            ..Self::paper()
+        }
+    }
+
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "paper" => Ok(Self::paper()),
+            "scemila" => Ok(Self::scemila()),
+            other => Err(Error::invalid(
+                "preset",
+                format!("`{other}` is not a preset (paper, scemila)"),
+            )),
+        }
+    }
+
+    /// Builds a config from a JSON object: the preset named by its `preset` key
+    /// (default `paper`) with the object's other keys overriding it.
+    pub fn from_value(value: serde_json::Value) -> Result<Self> {
+        let serde_json::Value::Object(overrides) = value else {
+            return Err(Error::invalid("training", "must be a JSON object"));
+        };
+        let preset = overrides
+            .get("preset")
+            .and_then(|p| p.as_str())
+            .unwrap_or("paper");
+        let mut merged = serde_json::to_value(Self::preset(preset)?)
+            .map_err(|e| Error::invalid("training", e.to_string()))?;
+        if let serde_json::Value::Object(m) = &mut merged {
+            m.extend(overrides);
+        }
+        let config: Self = serde_json::from_value(merged)
+            .map_err(|e| Error::invalid("training", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The learning rate of `epoch` (0-based).
+    pub fn learning_rate_at(&self, epoch: usize) -> f64 {
+        match self.schedule {
+            LrSchedule::Constant => self.learning_rate,
+            LrSchedule::Cosine => {
+                let t = epoch as f64 / self.epochs.max(1) as f64;
+                self.min_learning_rate
+                    + 0.5
+                        * (self.learning_rate - self.min_learning_rate)
+                        * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    format!("training.{name}"),
+                    format!("must be a positive number, got {v}"),
+                ))
+            }
+        };
+        positive("learning_rate", self.learning_rate)?;
+        if !(self.min_learning_rate >= 0.0 && self.min_learning_rate <= self.learning_rate) {
+            return Err(Error::invalid(
+                "training.min_learning_rate",
+                "must be in [0, learning_rate]",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::invalid(
+                "training.momentum",
+                format!("must be in [0, 1), got {}", self.momentum),
+            ));
+        }
+        if self.nesterov && self.momentum == 0.0 {
+            return Err(Error::invalid(
+                "training.nesterov",
+                "Nesterov momentum needs momentum > 0",
+            ));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(Error::invalid("training.weight_decay", "must be >= 0"));
+        }
+        for (name, v) in [
+            ("epochs", self.epochs),
+            ("patience", self.patience),
+            ("accumulate", self.accumulate),
+            ("max_cells", self.max_cells),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(
+                    format!("training.{name}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.bags_per_epoch == Some(0) {
+            return Err(Error::invalid(
+                "training.bags_per_epoch",
+                "must be at least 1 (or null)",
+            ));
+        }
+        for (name, v) in [
+            ("instance_dim", self.instance_dim),
+            ("attention_dim", self.attention_dim),
+            ("classifier_dim", self.classifier_dim),
+        ] {
+            if v <= 0 {
+                return Err(Error::invalid(
+                    format!("training.{name}"),
+                    "must be positive",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for MilTrainConfig {
+    fn default() -> Self {
+        Self::paper()
+    }
+}
+
+/// A cross-validation experiment: data, encoder, where to write, and how to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CvConfig {
+    /// Data set root (DESIGN §3 layout).
+    pub dataset: PathBuf,
+    /// Frozen encoder checkpoint.
+    pub encoder: PathBuf,
+    /// Feature cache made with `encoder`; `null` = `<output>/features` (extracted if missing).
+    #[serde(default)]
+    pub features: Option<PathBuf>,
+    /// Output directory of checkpoints, predictions and reports.
+    pub output: PathBuf,
+    /// Stratified folds (60/20/20 rotation for 5).
+    #[serde(default = "default_folds")]
+    pub folds: usize,
+    /// One full cross-validation per seed (paper: 3 seeds → 15 runs).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// `auto`, `cpu`, `cuda`, `cuda:N` — for feature extraction and training.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Cells in each ranked gallery row (per test patient).
+    #[serde(default = "default_gallery")]
+    pub gallery_cells: usize,
+    /// Training settings: a preset name plus overrides.
+    #[serde(default = "default_training", deserialize_with = "training_from_value")]
+    pub training: MilTrainConfig,
+}
+
+fn default_folds() -> usize {
+    5
+}
+fn default_seeds() -> Vec<u64> {
+    vec![0, 1, 2]
+}
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_gallery() -> usize {
+    8
+}
+fn default_training() -> MilTrainConfig {
+    MilTrainConfig::paper()
+}
+fn training_from_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<MilTrainConfig, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    MilTrainConfig::from_value(v).map_err(serde::de::Error::custom)
+}
+
+impl CvConfig {
+    /// Parses JSON (or TOML when `is_toml`) and validates it.
+    pub fn parse(text: &str, is_toml: bool) -> Result<Self> {
+        let config: CvConfig = if is_toml {
+            let value: serde_json::Value =
+                toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
+            serde_json::from_value(value).map_err(|e| Error::invalid("config", e.to_string()))?
+        } else {
+            serde_json::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a `.json` or `.toml` file.
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("cannot read config", path, e))?;
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        Self::parse(&text, is_toml).map_err(|e| match e {
+            Error::InvalidArgument { arg, reason } => {
+                Error::invalid(format!("{} ({arg})", path.display()), reason)
+            }
+            other => other,
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.folds < 3 {
+            return Err(Error::invalid(
+                "folds",
+                format!(
+                    "{} folds: need at least 3 (train, validation, test)",
+                    self.folds
+                ),
+            ));
+        }
+        if self.seeds.is_empty() {
+            return Err(Error::invalid("seeds", "give at least one seed"));
+        }
+        self.device.parse::<crate::inference::DeviceSpec>()?;
+        self.training.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_papers() {
+        let p = MilTrainConfig::paper();
+        assert_eq!(
+            (
+                p.learning_rate,
+                p.momentum,
+                p.nesterov,
+                p.epochs,
+                p.patience,
+                p.accumulate,
+                p.max_cells
+            ),
+            (0.015, 0.9, true, 50, 20, 10, 500)
+        );
+        assert_eq!(p.schedule, LrSchedule::Cosine);
+        let s = MilTrainConfig::scemila();
+        assert_eq!(
+            (s.learning_rate, s.accumulate, s.epochs, s.schedule),
+            (5e-5, 20, 150, LrSchedule::Constant)
+        );
+    }
+
+    #[test]
+    fn cosine_follows_pytorch() {
+        let c = MilTrainConfig {
+            epochs: 4,
+            ..MilTrainConfig::paper()
+        };
+        // CosineAnnealingLR(T_max=4): 0.015, 0.0128033, 0.0075, 0.0021967
+        let want = [0.015, 0.012803300858899106, 0.0075, 0.0021966991411008934];
+        for (e, w) in want.iter().enumerate() {
+            assert!((c.learning_rate_at(e) - w).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn overrides_unknown_keys_and_bad_values() {
+        let c = MilTrainConfig::from_value(serde_json::json!({"preset": "scemila", "epochs": 3}))
+            .unwrap();
+        assert_eq!((c.epochs, c.accumulate), (3, 20));
+        let e = MilTrainConfig::from_value(serde_json::json!({"learning_rat": 0.1})).unwrap_err();
+        assert!(e.to_string().contains("learning_rat"), "{e}");
+        let e = MilTrainConfig::from_value(serde_json::json!({"learning_rate": -0.1})).unwrap_err();
+        assert!(e.to_string().contains("learning_rate"), "{e}");
+        let e = MilTrainConfig::from_value(serde_json::json!({"patience": 0})).unwrap_err();
+        assert!(e.to_string().contains("patience"), "{e}");
+        let e = MilTrainConfig::from_value(serde_json::json!({"preset": "fast"})).unwrap_err();
+        assert!(e.to_string().contains("preset"), "{e}");
+    }
+
+    #[test]
+    fn cv_config_from_json_and_toml() {
+        let json = r#"{"dataset": "d", "encoder": "e.safetensors", "output": "o", "training": {"epochs": 2}}"#;
+        let c = CvConfig::parse(json, false).unwrap();
+        assert_eq!(
+            (
+                c.folds,
+                c.seeds.len(),
+                c.training.epochs,
+                c.training.accumulate
+            ),
+            (5, 3, 2, 10)
+        );
+        let toml = "dataset = \"d\"\nencoder = \"e\"\noutput = \"o\"\nseeds = [7]\n[training]\npreset = \"scemila\"\n";
+        let c = CvConfig::parse(toml, true).unwrap();
+        assert_eq!(
+            (c.seeds.clone(), c.training.preset.as_str()),
+            (vec![7], "scemila")
+        );
+        let e = CvConfig::parse(
+            r#"{"dataset": "d", "encoder": "e", "output": "o", "fold": 5}"#,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("fold"), "{e}");
+        let e = CvConfig::parse(
+            r#"{"dataset": "d", "encoder": "e", "output": "o", "folds": 2}"#,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("folds"), "{e}");
+    }
+}

@@ -1,0 +1,536 @@
+//! Cross-validation of the attention-MIL head (DESIGN §2 "Evaluation"): for each
+//! seed, stratified folds with the 60/20/20 rotation; per run a checkpoint,
+//! per-patient predictions, per-cell attention for the test patients and the
+//! learning curve; over all runs the metrics summary (mean ± sd), plots, the
+//! attention analysis and a gallery of each test patient's top-ranked cells.
+//!
+//! Output layout:
+//! ```text
+//! OUT/features/                      feature cache (unless `features` names one)
+//! OUT/runs/seed<S>_fold<F>/mil.safetensors
+//!                         predictions.csv    patient, true label, predicted, p_<class>…
+//!                         attention.csv      patient, cell, image, cell type, att_<class>…, raw_<class>…
+//!                         learning_curve.csv epoch, lr, train/validation loss, accuracy, steps
+//!                         metrics.json       scikit-learn-identical metrics of the test fold
+//!                         run.json           status (complete | incomplete), best epoch, …
+//! OUT/summary.json, summary.md       mean ± sd over runs (Table 1 shape)
+//! OUT/roc.png, confusion.png (+ .legend.json)
+//! OUT/attention.json                 mean attention per cell type, abnormal-vs-normal AUC
+//! OUT/gallery/<patient>.png          top cells for the predicted class (first seed)
+//! OUT/report.json                    everything above in one JSON; `complete` flag
+//! ```
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tch::{Device, Kind};
+
+use super::config::CvConfig;
+use super::mil::{evaluate, head_config, train_mil, TrainBag, TrainEvent};
+use crate::checkpoint::{self, write_atomic, Manifest, MilManifest, Provenance};
+use crate::classes::BAG_LABELS;
+use crate::dataset::{Dataset, FoldSplit, OpenOptions};
+use crate::error::{Error, Result};
+use crate::features::{extract_features, ExtractOptions, FeatureCache};
+use crate::inference::{DeviceSpec, SessionOptions};
+use crate::metrics::{self, Report, Summary};
+use crate::model::AttentionMil;
+
+/// Progress of a cross-validation, for progress bars and the C callback.
+#[derive(Debug, Clone, Copy)]
+pub enum CvEvent<'a> {
+    /// Feature extraction: patients done of total.
+    Extract { done: usize, total: usize },
+    /// Training of run `run` (0-based, of `runs`) = (seed, fold).
+    Train {
+        run: usize,
+        runs: usize,
+        seed: u64,
+        fold: usize,
+        event: &'a TrainEvent,
+    },
+    /// Writing the summary.
+    Report,
+}
+
+/// Per-run numbers in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub seed: u64,
+    pub fold: usize,
+    pub dir: PathBuf,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub optimizer_steps: usize,
+    pub stopped_early: bool,
+    pub first_train_loss: f64,
+    pub best_train_loss: f64,
+    pub macro_f1: f64,
+    pub roc_auc: f64,
+    pub pr_auc: f64,
+}
+
+/// Attention against cell-type truth (the paper's Fig. 4 question).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct AttentionAnalysis {
+    /// Mean of N·a (1 = an average cell of its bag) per cell type, over the test
+    /// bags of leukemic patients, for the row of the patient's true class.
+    pub mean_scaled_attention_by_type: BTreeMap<String, f64>,
+    pub cells_by_type: BTreeMap<String, usize>,
+    /// ROC AUC of N·a for abnormal (positive) vs normal cells in those bags.
+    pub abnormal_vs_normal_roc_auc: Option<f64>,
+    pub note: String,
+}
+
+/// The JSON report of a cross-validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct CvReport {
+    pub complete: bool,
+    pub output: PathBuf,
+    pub features: PathBuf,
+    pub classes: Vec<String>,
+    pub runs: Vec<RunSummary>,
+    pub summary: Option<Summary>,
+    pub attention: AttentionAnalysis,
+    pub config: CvConfig,
+}
+
+fn write_csv(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
+    let mut text = header.join(",");
+    text.push('\n');
+    for r in rows {
+        text.push_str(&r.join(","));
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::invalid("report", e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| Error::io("cannot create directory", path, e))
+}
+
+/// Test-set output of one run, kept for the analysis across runs.
+struct TestOutput {
+    patient: usize,
+    probabilities: Vec<f64>,
+    /// `[C × N]` softmax attention.
+    attention: Vec<f32>,
+}
+
+fn predict(
+    mil: &AttentionMil,
+    bag: &TrainBag,
+    device: Device,
+) -> Result<(Vec<f64>, Vec<f32>, Vec<f32>)> {
+    let _g = tch::no_grad_guard();
+    let out = mil.forward_bag(&bag.plain(device), false);
+    let v = |t: &tch::Tensor| {
+        Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+    };
+    let probs = v(&out.probabilities)?.into_iter().map(f64::from).collect();
+    Ok((probs, v(&out.attention)?, v(&out.attention_raw)?))
+}
+
+/// Data, features and model shape shared by the runs of an experiment.
+struct Prepared {
+    dataset: Dataset,
+    cache: FeatureCache,
+    bags: Vec<TrainBag>,
+    classes: Vec<String>,
+    head: crate::model::MilConfig,
+    device: Device,
+    features_dir: PathBuf,
+}
+
+/// Opens and checks the data set, makes or opens the feature cache, loads it.
+fn prepare(config: &CvConfig, progress: &mut dyn FnMut(CvEvent) -> bool) -> Result<Prepared> {
+    config.validate()?;
+    let device = config.device.parse::<DeviceSpec>()?.resolve()?;
+    let (dataset, issues) = Dataset::open(&config.dataset, &OpenOptions::fail())?;
+    for issue in issues {
+        log::warn!("{issue}");
+    }
+    let labels = dataset.labels();
+    let present: std::collections::BTreeSet<usize> = labels.iter().copied().collect();
+    if present.len() < 2 {
+        return Err(Error::Dataset {
+            path: config.dataset.clone(),
+            reason: format!(
+                "only one class ({}) present; classification needs at least two",
+                BAG_LABELS[labels[0]]
+            ),
+        });
+    }
+    // Fails with the class and counts when a class has fewer patients than folds.
+    dataset
+        .folds(config.folds, config.seeds[0])
+        .map_err(|e| Error::Dataset {
+            path: config.dataset.clone(),
+            reason: e.to_string(),
+        })?;
+
+    create_dir(&config.output)?;
+    let probe = config.output.join(".amlmil-write-test");
+    write_atomic(&probe, b"ok")?;
+    let _ = std::fs::remove_file(&probe);
+
+    let features_dir = config
+        .features
+        .clone()
+        .unwrap_or_else(|| config.output.join("features"));
+    let cache = if config.features.is_some() {
+        FeatureCache::open(&features_dir, Some(&config.encoder))?
+    } else {
+        let options = ExtractOptions {
+            flips: config.training.flips,
+            encoder: SessionOptions {
+                device: config.device.parse()?,
+                ..Default::default()
+            },
+        };
+        extract_features(
+            &dataset,
+            &config.encoder,
+            &features_dir,
+            &options,
+            &mut |_, done, total| progress(CvEvent::Extract { done, total }),
+        )?
+    };
+    if config.training.flips && cache.manifest().flips.len() < 4 {
+        return Err(Error::Mismatch(format!(
+            "training.flips is on but the feature cache {} holds no flip variants; extract with flips",
+            features_dir.display()
+        )));
+    }
+    // The classes present, in the fixed order; labels index into this list.
+    let classes: Vec<String> = present.iter().map(|&c| BAG_LABELS[c].to_string()).collect();
+    let bags = dataset
+        .patients()
+        .iter()
+        .map(|p| {
+            let f = cache.load(&p.id)?;
+            Ok(TrainBag {
+                patient_id: p.id.clone(),
+                label: present
+                    .iter()
+                    .position(|&c| c == p.class_index)
+                    .unwrap_or(0),
+                cell_ids: f.cell_ids,
+                maps: f.maps,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let head = head_config(
+        &config.training,
+        cache.manifest().feature_map,
+        classes.len(),
+    );
+    head.validate()?;
+    Ok(Prepared {
+        dataset,
+        cache,
+        bags,
+        classes,
+        head,
+        device,
+        features_dir,
+    })
+}
+
+/// Trains fold `split` of `seed` and writes its run directory.
+fn run_fold(
+    p: &Prepared,
+    config: &CvConfig,
+    seed: u64,
+    split: &FoldSplit,
+    (run, runs_total): (usize, usize),
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<(RunSummary, Report, Vec<TestOutput>)> {
+    let (dataset, bags, classes, head, device) =
+        (&p.dataset, &p.bags, &p.classes, &p.head, p.device);
+    let mut tests = Vec::new();
+    let dir = config
+        .output
+        .join("runs")
+        .join(format!("seed{seed}_fold{}", split.fold));
+    create_dir(&dir)?;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| &bags[i]).collect::<Vec<_>>();
+    let (train, val, test) = (
+        pick(&split.train),
+        pick(&split.validation),
+        pick(&split.test),
+    );
+    let result = train_mil(
+        &config.training,
+        head,
+        &train,
+        &val,
+        seed * 1000 + split.fold as u64,
+        device,
+        &mut |e| {
+            progress(CvEvent::Train {
+                run,
+                runs: runs_total,
+                seed,
+                fold: split.fold,
+                event: e,
+            })
+        },
+    );
+    let trained = match result {
+        Ok(t) => t,
+        Err(e) => {
+            // Leave the run visibly incomplete.
+            write_json(
+                &dir.join("run.json"),
+                &serde_json::json!({"status": "incomplete", "seed": seed, "fold": split.fold, "error": e.to_string()}),
+            )?;
+            return Err(e);
+        }
+    };
+
+    // Checkpoint of the best state.
+    let mut provenance = Provenance::new("mil", Some(seed));
+    provenance.details.insert("fold".into(), split.fold.into());
+    provenance
+        .details
+        .insert("best_epoch".into(), trained.best_epoch.into());
+    provenance.details.insert(
+        "encoder_sha256".into(),
+        p.cache.manifest().encoder_sha256.clone().into(),
+    );
+    provenance.details.insert(
+        "training".into(),
+        serde_json::to_value(&config.training).unwrap_or_default(),
+    );
+    let manifest = MilManifest::new(
+        head.clone(),
+        classes.clone(),
+        p.cache.manifest().input_size,
+        provenance,
+    );
+    checkpoint::save(
+        &dir.join("mil.safetensors"),
+        &Manifest::Mil(manifest),
+        &trained.vars,
+    )?;
+
+    // Predictions and attention of the test patients.
+    let mut pred_rows = Vec::new();
+    let mut att_rows = Vec::new();
+    let mut y_true = Vec::new();
+    let mut y_score = Vec::new();
+    for (&pi, bag) in split.test.iter().zip(&test) {
+        let (probs, att, raw) = predict(&trained.mil, bag, device)?;
+        let predicted =
+            metrics::argmax_predictions(std::slice::from_ref(&probs), classes.len())?[0];
+        let mut row = vec![
+            bag.patient_id.clone(),
+            classes[bag.label].clone(),
+            classes[predicted].clone(),
+        ];
+        row.extend(probs.iter().map(|p| format!("{p:.6}")));
+        pred_rows.push(row);
+        let patient = &dataset.patients()[pi];
+        let n = bag.num_cells();
+        for (k, &cell_id) in bag.cell_ids.iter().enumerate() {
+            let rec = patient.cell(cell_id);
+            let mut row = vec![
+                bag.patient_id.clone(),
+                cell_id.to_string(),
+                rec.map(|r| r.file_name()).unwrap_or_default(),
+                rec.and_then(|r| r.cell_type.clone()).unwrap_or_default(),
+            ];
+            row.extend((0..classes.len()).map(|c| format!("{:.6e}", att[c * n + k])));
+            row.extend((0..classes.len()).map(|c| format!("{:.6}", raw[c * n + k])));
+            att_rows.push(row);
+        }
+        y_true.push(bag.label);
+        y_score.push(probs.clone());
+        tests.push(TestOutput {
+            patient: pi,
+            probabilities: probs,
+            attention: att,
+        });
+    }
+    let mut header: Vec<String> = ["patient_id", "true_label", "predicted_label"]
+        .map(String::from)
+        .to_vec();
+    header.extend(classes.iter().map(|c| format!("p_{c}")));
+    write_csv(&dir.join("predictions.csv"), &header, &pred_rows)?;
+    let mut header: Vec<String> = ["patient_id", "cell_id", "image", "cell_type"]
+        .map(String::from)
+        .to_vec();
+    header.extend(classes.iter().map(|c| format!("attention_{c}")));
+    header.extend(classes.iter().map(|c| format!("raw_attention_{c}")));
+    write_csv(&dir.join("attention.csv"), &header, &att_rows)?;
+    let header: Vec<String> = [
+        "epoch",
+        "learning_rate",
+        "train_loss",
+        "validation_loss",
+        "validation_accuracy",
+        "optimizer_steps",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows: Vec<Vec<String>> = trained
+        .curve
+        .iter()
+        .map(|r| {
+            vec![
+                r.epoch.to_string(),
+                format!("{:.6}", r.learning_rate),
+                format!("{:.6}", r.train_loss),
+                format!("{:.6}", r.validation_loss),
+                format!("{:.4}", r.validation_accuracy),
+                r.optimizer_steps.to_string(),
+            ]
+        })
+        .collect();
+    write_csv(&dir.join("learning_curve.csv"), &header, &rows)?;
+    // Stratified chunks put every class in every test fold, so ROC AUC is defined.
+    let metrics = Report::from_scores(&y_true, &y_score, classes)?;
+    metrics.write_json(&dir.join("metrics.json"))?;
+    let (test_loss, test_acc) = evaluate(&trained.mil, &test, device)?;
+    let run_summary = RunSummary {
+        seed,
+        fold: split.fold,
+        dir: dir.clone(),
+        best_epoch: trained.best_epoch,
+        epochs_run: trained.curve.len(),
+        optimizer_steps: trained.curve.last().map_or(0, |r| r.optimizer_steps),
+        stopped_early: trained.stopped_early,
+        first_train_loss: trained.curve.first().map_or(f64::NAN, |r| r.train_loss),
+        best_train_loss: trained
+            .curve
+            .iter()
+            .map(|r| r.train_loss)
+            .fold(f64::INFINITY, f64::min),
+        macro_f1: metrics.macro_f1,
+        roc_auc: metrics.roc_auc,
+        pr_auc: metrics.pr_auc,
+    };
+    write_json(
+        &dir.join("run.json"),
+        &serde_json::json!({"status": "complete", "run": run_summary, "test_loss": test_loss, "test_accuracy": test_acc,
+            "best_validation_loss": trained.best_validation_loss}),
+    )?;
+    Ok((run_summary, metrics, tests))
+}
+
+/// Runs the whole cross-validation described by `config`.
+pub fn cross_validate(
+    config: &CvConfig,
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<CvReport> {
+    let p = prepare(config, progress)?;
+    let classes = p.classes.clone();
+    let runs_total = config.seeds.len() * config.folds;
+    let mut report = CvReport {
+        complete: false,
+        output: config.output.clone(),
+        features: p.features_dir.clone(),
+        classes: classes.clone(),
+        runs: Vec::new(),
+        summary: None,
+        attention: AttentionAnalysis::default(),
+        config: config.clone(),
+    };
+    let mut reports = Vec::new();
+    let mut tests: Vec<(usize, TestOutput)> = Vec::new(); // (seed index, output)
+    for (si, &seed) in config.seeds.iter().enumerate() {
+        for split in p.dataset.folds(config.folds, seed)? {
+            let run = report.runs.len();
+            match run_fold(&p, config, seed, &split, (run, runs_total), progress) {
+                Ok((summary, metrics, outputs)) => {
+                    report.runs.push(summary);
+                    reports.push(metrics);
+                    tests.extend(outputs.into_iter().map(|t| (si, t)));
+                }
+                Err(e) => {
+                    // report.json marks the experiment incomplete and lists the finished runs.
+                    write_json(&config.output.join("report.json"), &report)?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+    let (dataset, bags) = (&p.dataset, &p.bags);
+    progress(CvEvent::Report);
+    let summary = Summary::from_reports(config.training.preset.clone(), &reports)?;
+    summary.write_json(&config.output.join("summary.json"))?;
+    let mut md = summary.to_markdown();
+    md.push('\n');
+    md.push_str(&summary.confusion_markdown());
+    write_atomic(&config.output.join("summary.md"), md.as_bytes())?;
+    // ROC curves of all test predictions pooled over runs.
+    let y_true: Vec<usize> = tests.iter().map(|(_, t)| bags[t.patient].label).collect();
+    let y_score: Vec<Vec<f64>> = tests.iter().map(|(_, t)| t.probabilities.clone()).collect();
+    let curves = metrics::roc_curves_ovr(&y_true, &y_score, classes.len())?;
+    metrics::plot_roc_curves(&config.output.join("roc.png"), &curves, &classes)?;
+    metrics::plot_confusion_matrix(
+        &config.output.join("confusion.png"),
+        &summary.confusion_matrix,
+        &classes,
+    )?;
+    report.attention = super::attention::analyse(
+        dataset,
+        bags,
+        tests
+            .iter()
+            .map(|(_, t)| (t.patient, t.attention.as_slice())),
+    )?;
+    write_json(&config.output.join("attention.json"), &report.attention)?;
+    let first_seed: Vec<(usize, &[f32], usize)> = tests
+        .iter()
+        .filter(|(si, _)| *si == 0)
+        .map(|(_, t)| {
+            (
+                t.patient,
+                t.attention.as_slice(),
+                metrics::argmax_predictions(std::slice::from_ref(&t.probabilities), classes.len())
+                    .map(|v| v[0])
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    super::attention::write_galleries(
+        dataset,
+        bags,
+        &first_seed,
+        config.gallery_cells,
+        &config.output.join("gallery"),
+    )?;
+    report.summary = Some(summary);
+    report.complete = true;
+    write_json(&config.output.join("report.json"), &report)?;
+    Ok(report)
+}
+
+/// Trains and evaluates one fold of one seed (`config.seeds[0]`), writing its run
+/// directory (checkpoint, predictions, attention, learning curve, metrics).
+pub fn train_single(
+    config: &CvConfig,
+    fold: usize,
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<RunSummary> {
+    if fold >= config.folds {
+        return Err(Error::invalid(
+            "fold",
+            format!("{fold} is not below folds = {}", config.folds),
+        ));
+    }
+    let p = prepare(config, progress)?;
+    let seed = config.seeds[0];
+    let split = p.dataset.folds(config.folds, seed)?.swap_remove(fold);
+    let (summary, _, _) = run_fold(&p, config, seed, &split, (0, 1), progress)?;
+    Ok(summary)
+}

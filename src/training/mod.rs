@@ -1,0 +1,12 @@
+//! Training of the attention-MIL head on a frozen encoder's cached features:
+//! configuration and presets ([`config`]), the training loop ([`mil`]),
+//! cross-validation with its artefacts ([`cv`]) and the attention analysis
+//! ([`attention`]).
+pub mod attention;
+pub mod config;
+pub mod cv;
+pub mod mil;
+
+pub use config::{CvConfig, LrSchedule, MilTrainConfig};
+pub use cv::{cross_validate, CvEvent, CvReport};
+pub use mil::{train_mil, BagSampler, EpochRecord, TrainBag, TrainEvent, TrainedMil};

@@ -1,0 +1,487 @@
+//! MIL training and cross-validation: the loop is faithful (accumulation, early
+//! stopping restores the best state), `cv` writes every artefact and its loss
+//! falls, results are reproducible, and bad input is refused clearly — through
+//! the Rust API and the C ABI.
+mod common;
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use amlmil::model::{CellNet, EncoderArch};
+use amlmil::training::{cross_validate, train_mil, CvConfig, MilTrainConfig, TrainBag};
+use amlmil::Error;
+use tch::{Device, Kind, Tensor};
+
+/// A 25-patient synthetic cohort at 64 px, a random 64 px encoder, and their
+/// feature cache, made once.
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    cohort: PathBuf,
+    encoder: PathBuf,
+    features: PathBuf,
+}
+
+fn setup() -> &'static Setup {
+    static S: OnceLock<Setup> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let cohort = root.join("cohort");
+        let cfg = amlmil::synth::CohortConfig {
+            patients_per_class: 5,
+            cells_min: 6,
+            cells_max: 10,
+            image_size: 64,
+            annotated_fraction: 1.0,
+            seed: 21,
+            ..Default::default()
+        };
+        amlmil::synth::generate_cohort(&cfg, &cohort, &mut |_, _| {}).unwrap();
+        let encoder = root.join("encoder64.safetensors");
+        common::write_encoder(&encoder, EncoderArch::ResNet18, 64, 5);
+        let (ds, _) = amlmil::dataset::Dataset::open(&cohort, &Default::default()).unwrap();
+        let features = root.join("features");
+        let options = amlmil::features::ExtractOptions {
+            flips: true,
+            encoder: amlmil::SessionOptions {
+                device: amlmil::DeviceSpec::Cpu,
+                ..Default::default()
+            },
+        };
+        amlmil::features::extract_features(&ds, &encoder, &features, &options, &mut |_, _, _| true)
+            .unwrap();
+        Setup {
+            _dir: dir,
+            root,
+            cohort,
+            encoder,
+            features,
+        }
+    })
+}
+
+fn small_training() -> serde_json::Value {
+    serde_json::json!({"preset": "paper", "cell_net": {"type": "pooled"}, "epochs": 4, "patience": 4, "accumulate": 5})
+}
+
+fn cv_config(output: &Path, training: serde_json::Value) -> CvConfig {
+    let s = setup();
+    let json = serde_json::json!({
+        "dataset": s.cohort, "encoder": s.encoder, "features": s.features, "output": output,
+        "seeds": [0], "device": "cpu", "gallery_cells": 4, "training": training,
+    });
+    CvConfig::parse(&json.to_string(), false).unwrap()
+}
+
+#[test]
+fn cv_runs_all_folds_and_writes_every_artefact() {
+    let out = setup().root.join("cv-artefacts");
+    let report = cross_validate(&cv_config(&out, small_training()), &mut |_| true).unwrap();
+    assert!(report.complete);
+    assert_eq!(report.runs.len(), 5);
+    for run in &report.runs {
+        for f in [
+            "mil.safetensors",
+            "predictions.csv",
+            "attention.csv",
+            "learning_curve.csv",
+            "metrics.json",
+            "run.json",
+        ] {
+            assert!(
+                run.dir.join(f).is_file(),
+                "{} missing in {}",
+                f,
+                run.dir.display()
+            );
+        }
+        assert!(
+            run.best_train_loss < run.first_train_loss,
+            "training loss did not fall: {run:?}"
+        );
+        // The checkpoint is a normal MIL checkpoint that a session loads with the encoder.
+        let session = amlmil::Session::new(
+            &setup().encoder,
+            &run.dir.join("mil.safetensors"),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(session.classes().len(), 5);
+        // 5 test patients, and per-cell attention rows for all their cells.
+        let preds = std::fs::read_to_string(run.dir.join("predictions.csv")).unwrap();
+        assert_eq!(preds.lines().count(), 1 + 5);
+        let att = std::fs::read_to_string(run.dir.join("attention.csv")).unwrap();
+        assert!(
+            att.lines().nth(1).unwrap().split(',').count() == 4 + 10,
+            "5 softmax + 5 raw attention columns"
+        );
+    }
+    for f in [
+        "summary.json",
+        "summary.md",
+        "roc.png",
+        "confusion.png",
+        "attention.json",
+        "report.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("ROC AUC") && md.contains("average_precision_score"),
+        "{md}"
+    );
+    let galleries = std::fs::read_dir(out.join("gallery")).unwrap().count();
+    assert_eq!(
+        galleries, 25,
+        "one gallery per test patient of the first seed"
+    );
+    let attention: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("attention.json")).unwrap())
+            .unwrap();
+    assert!(
+        attention["abnormal_vs_normal_roc_auc"].is_number(),
+        "{attention}"
+    );
+}
+
+#[test]
+fn same_seed_gives_identical_metrics() {
+    let a = cross_validate(
+        &cv_config(&setup().root.join("repro-a"), small_training()),
+        &mut |_| true,
+    )
+    .unwrap();
+    let b = cross_validate(
+        &cv_config(&setup().root.join("repro-b"), small_training()),
+        &mut |_| true,
+    )
+    .unwrap();
+    let metrics = |r: &amlmil::training::CvReport| {
+        r.runs
+            .iter()
+            .map(|x| (x.macro_f1, x.roc_auc, x.pr_auc, x.first_train_loss))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics(&a), metrics(&b));
+}
+
+fn random_bags(n: usize, seed: i64) -> Vec<TrainBag> {
+    tch::manual_seed(seed);
+    (0..n)
+        .map(|i| TrainBag {
+            patient_id: format!("p{i}"),
+            label: i % 5,
+            cell_ids: (0..6).collect(),
+            maps: Tensor::rand([4, 6, 512, 1, 1], (Kind::Float, Device::Cpu))
+                + (i % 5) as f64 * 0.05,
+        })
+        .collect()
+}
+
+fn head() -> amlmil::model::MilConfig {
+    amlmil::model::MilConfig {
+        cell_net: CellNet::Pooled,
+        in_side: 1,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn one_optimiser_step_per_accumulated_group_of_bags() {
+    let bags = random_bags(30, 1);
+    let train: Vec<&TrainBag> = bags[..25].iter().collect();
+    let val: Vec<&TrainBag> = bags[25..].iter().collect();
+    let config = MilTrainConfig {
+        epochs: 3,
+        patience: 10,
+        accumulate: 10,
+        bags_per_epoch: Some(25),
+        ..MilTrainConfig::paper()
+    };
+    let t = train_mil(&config, &head(), &train, &val, 3, Device::Cpu, &mut |_| {
+        true
+    })
+    .unwrap();
+    // 25 bags per epoch in groups of 10: steps after 10, 20 and the last 5.
+    let steps: Vec<usize> = t.curve.iter().map(|r| r.optimizer_steps).collect();
+    assert_eq!(steps, vec![3, 6, 9]);
+    let config = MilTrainConfig {
+        accumulate: 1,
+        ..config
+    };
+    let t = train_mil(&config, &head(), &train, &val, 3, Device::Cpu, &mut |_| {
+        true
+    })
+    .unwrap();
+    assert_eq!(t.curve.last().unwrap().optimizer_steps, 75);
+}
+
+#[test]
+fn early_stopping_keeps_and_restores_the_best_state() {
+    // Labels carry little signal in these bags: the head overfits and validation loss rises.
+    let bags = random_bags(30, 2);
+    let train: Vec<&TrainBag> = bags[..20].iter().collect();
+    let val: Vec<&TrainBag> = bags[20..].iter().collect();
+    let config = MilTrainConfig {
+        epochs: 40,
+        patience: 3,
+        accumulate: 1,
+        learning_rate: 0.05,
+        ..MilTrainConfig::paper()
+    };
+    let t = train_mil(&config, &head(), &train, &val, 4, Device::Cpu, &mut |_| {
+        true
+    })
+    .unwrap();
+    let best = t
+        .curve
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.validation_loss.total_cmp(&b.1.validation_loss))
+        .unwrap()
+        .0;
+    assert_eq!(t.best_epoch, best);
+    assert!(
+        t.stopped_early && t.curve.len() == best + 1 + 3,
+        "stops `patience` epochs after the best: {} epochs, best {best}",
+        t.curve.len()
+    );
+    let (restored, _) = amlmil::training::mil::evaluate(&t.mil, &val, Device::Cpu).unwrap();
+    assert!(
+        (restored - t.best_validation_loss).abs() < 1e-9,
+        "restored {restored} vs best {}",
+        t.best_validation_loss
+    );
+    assert!(t.curve.last().unwrap().validation_loss > restored);
+}
+
+#[test]
+fn cancellation_mid_epoch_leaves_an_incomplete_marked_run() {
+    let out = setup().root.join("cancelled");
+    let mut bags_seen = 0;
+    let e = cross_validate(&cv_config(&out, small_training()), &mut |ev| {
+        if let amlmil::training::CvEvent::Train { event, .. } = ev {
+            bags_seen += 1;
+            return !(event.epoch == 1 && event.bag == 3);
+        }
+        true
+    })
+    .unwrap_err();
+    assert!(matches!(e, Error::Cancelled(_)), "{e}");
+    assert!(bags_seen > 3);
+    let run: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/seed0_fold0/run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(run["status"], "incomplete");
+    assert!(!out.join("runs/seed0_fold0/mil.safetensors").exists());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["complete"], false);
+}
+
+#[test]
+fn bad_experiments_are_refused_with_a_clear_error() {
+    let s = setup();
+    // Features of another encoder.
+    let other = s.root.join("other-encoder.safetensors");
+    common::write_encoder(&other, EncoderArch::ResNet18, 64, 99);
+    let mut c = cv_config(&s.root.join("bad1"), small_training());
+    c.encoder = other;
+    let e = cross_validate(&c, &mut |_| true).unwrap_err();
+    assert!(
+        matches!(e, Error::Mismatch(_)) && e.to_string().contains("extracted with encoder"),
+        "{e}"
+    );
+    // More folds than patients of a class.
+    let mut c = cv_config(&s.root.join("bad2"), small_training());
+    c.folds = 6;
+    let e = cross_validate(&c, &mut |_| true).unwrap_err();
+    assert!(
+        e.to_string().contains("fewer") || e.to_string().contains("patients"),
+        "{e}"
+    );
+    // Unwritable output: a regular file where the directory should be.
+    let file = s.root.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let c = cv_config(&file.join("out"), small_training());
+    let e = cross_validate(&c, &mut |_| true).unwrap_err();
+    assert!(
+        matches!(e, Error::Io { .. }) && e.to_string().contains("a-file"),
+        "{e}"
+    );
+    // A single-class data set.
+    let one = s.root.join("one-class");
+    std::fs::create_dir_all(one.join("data/control")).unwrap();
+    let mut meta = String::from("patient_id,bag_label\n");
+    for p in 0..5 {
+        let d = one.join(format!("data/control/C{p}"));
+        std::fs::create_dir_all(&d).unwrap();
+        image::RgbImage::from_pixel(64, 64, image::Rgb([200, 150, 160]))
+            .save(d.join("image_0.png"))
+            .unwrap();
+        meta.push_str(&format!("C{p},control\n"));
+    }
+    std::fs::write(one.join("metadata.csv"), meta).unwrap();
+    let mut c = cv_config(&s.root.join("bad3"), small_training());
+    c.dataset = one;
+    c.features = None;
+    let e = cross_validate(&c, &mut |_| true).unwrap_err();
+    assert!(e.to_string().contains("only one class"), "{e}");
+    // Unknown keys and impossible values.
+    let e = CvConfig::parse(
+        r#"{"dataset": "d", "encoder": "e", "output": "o", "training": {"lr": 0.1}}"#,
+        false,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("lr"), "{e}");
+    let e = CvConfig::parse(
+        r#"{"dataset": "d", "encoder": "e", "output": "o", "training": {"learning_rate": -1}}"#,
+        false,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("learning_rate"), "{e}");
+}
+
+unsafe extern "C" fn count_and_cancel(
+    user_data: *mut c_void,
+    p: *const amlmil::ffi::amlmil_progress,
+) -> i32 {
+    let seen = &mut *(user_data as *mut Vec<(String, i32, i32)>);
+    let p = &*p;
+    seen.push((
+        CStr::from_ptr(p.stage).to_string_lossy().into_owned(),
+        p.epoch,
+        p.fold,
+    ));
+    (p.epoch == 2) as i32
+}
+
+#[test]
+fn c_abi_trains_reports_progress_and_cancels() {
+    use amlmil::ffi::*;
+    let s = setup();
+    let json = |out: &str, epochs: u32| {
+        CString::new(
+            serde_json::json!({"dataset": s.cohort, "encoder": s.encoder, "features": s.features, "output": s.root.join(out),
+                "seeds": [0], "device": "cpu", "training": {"cell_net": {"type": "pooled"}, "epochs": epochs}})
+            .to_string(),
+        )
+        .unwrap()
+    };
+    unsafe {
+        let mut report: *mut c_char = std::ptr::null_mut();
+        let cfg = json("c-train", 2);
+        assert_eq!(
+            amlmil_train_mil(cfg.as_ptr(), 1, None, std::ptr::null_mut(), &mut report),
+            amlmil_status::Ok,
+            "{}",
+            CStr::from_ptr(amlmil_last_error()).to_string_lossy()
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(report).to_str().unwrap()).unwrap();
+        assert_eq!(v["fold"], 1);
+        assert!(s
+            .root
+            .join("c-train/runs/seed0_fold1/mil.safetensors")
+            .is_file());
+        amlmil_string_free(report);
+
+        let mut seen: Vec<(String, i32, i32)> = Vec::new();
+        let mut untouched: *mut c_char = 0x42 as *mut c_char;
+        let cfg = json("c-cancel", 5);
+        let st = amlmil_cross_validate(
+            cfg.as_ptr(),
+            Some(count_and_cancel),
+            &mut seen as *mut _ as *mut c_void,
+            &mut untouched,
+        );
+        assert_eq!(st, amlmil_status::Cancelled);
+        assert_eq!(untouched, 0x42 as *mut c_char);
+        assert!(
+            seen.iter()
+                .any(|(stage, epoch, fold)| stage == "train" && *epoch == 1 && *fold == 0),
+            "{seen:?}"
+        );
+
+        let bad = CString::new(r#"{"dataset": "x"}"#).unwrap();
+        let st = amlmil_cross_validate(bad.as_ptr(), None, std::ptr::null_mut(), &mut report);
+        assert_eq!(st, amlmil_status::InvalidArgument);
+        assert!(CStr::from_ptr(amlmil_last_error())
+            .to_string_lossy()
+            .contains("encoder"));
+        assert_eq!(
+            amlmil_cross_validate(std::ptr::null(), None, std::ptr::null_mut(), &mut report),
+            amlmil_status::NullArgument
+        );
+    }
+}
+
+#[test]
+fn learns_a_task_carried_by_a_few_cells_and_attends_to_them() {
+    // Each bag has 8 "normal" cells of pure noise; bags of class c also carry
+    // 2 "abnormal" cells with a signal in channels 64c..64c+63 (class 4 = control: none).
+    tch::manual_seed(7);
+    let make = |i: usize| {
+        let label = i % 5;
+        let maps = Tensor::rand([4, 10, 512, 1, 1], (Kind::Float, Device::Cpu));
+        if label < 4 {
+            let _ = maps
+                .narrow(1, 8, 2)
+                .narrow(2, label as i64 * 64, 64)
+                .fill_(2.0);
+        }
+        TrainBag {
+            patient_id: format!("p{i}"),
+            label,
+            cell_ids: (0..10).collect(),
+            maps: maps.shallow_clone(),
+        }
+    };
+    let bags: Vec<TrainBag> = (0..60).map(make).collect();
+    let train: Vec<&TrainBag> = bags[..40].iter().collect();
+    let val: Vec<&TrainBag> = bags[40..50].iter().collect();
+    let test: Vec<&TrainBag> = bags[50..].iter().collect();
+    let config = MilTrainConfig {
+        epochs: 25,
+        patience: 25,
+        accumulate: 2,
+        ..MilTrainConfig::paper()
+    };
+    for seed in [5, 6, 7] {
+        let t = train_mil(
+            &config,
+            &head(),
+            &train,
+            &val,
+            seed,
+            Device::Cpu,
+            &mut |_| true,
+        )
+        .unwrap();
+        let (_, accuracy) = amlmil::training::mil::evaluate(&t.mil, &test, Device::Cpu).unwrap();
+
+        assert_eq!(
+            accuracy,
+            1.0,
+            "seed {seed}; curve: {:?}",
+            t.curve
+                .iter()
+                .map(|r| r.validation_loss)
+                .collect::<Vec<_>>()
+        );
+        for bag in test.iter().filter(|b| b.label < 4) {
+            let out = tch::no_grad(|| t.mil.forward_bag(&bag.plain(Device::Cpu), false));
+            let att = Vec::<f32>::try_from(out.attention.get(bag.label as i64)).unwrap();
+            let abnormal: f32 = att[8..].iter().sum();
+            assert!(
+                abnormal > 0.5,
+                "the two signal cells get {abnormal} of the attention in {}",
+                bag.patient_id
+            );
+        }
+    }
+}
