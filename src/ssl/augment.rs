@@ -111,7 +111,10 @@ fn check_len(arg: &str, len: usize, n: i64) -> Result<()> {
 
 fn check_probability(arg: &str, p: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {
-        return Err(Error::invalid(arg, format!("probability {p} is not in [0, 1]")));
+        return Err(Error::invalid(
+            arg,
+            format!("probability {p} is not in [0, 1]"),
+        ));
     }
     Ok(())
 }
@@ -197,7 +200,10 @@ pub fn rotate(images: &Tensor, degrees: &[f64], padding: Padding) -> Result<Tens
     let [n, c, h, w] = check_images(images, "images", false)?;
     check_len("degrees", degrees.len(), n)?;
     if let Some(d) = degrees.iter().find(|d| !d.is_finite()) {
-        return Err(Error::invalid("degrees", format!("angle {d} is not finite")));
+        return Err(Error::invalid(
+            "degrees",
+            format!("angle {d} is not finite"),
+        ));
     }
     // grid_sample maps output → input in coordinates normalised per axis to
     // [−1, 1]; rotating pixel coordinates of a non-square image needs the
@@ -384,7 +390,10 @@ pub fn random_grayscale<R: Rng + ?Sized>(images: &Tensor, p: f64, rng: &mut R) -
 fn check_factors(arg: &str, factors: &[f64], n: i64) -> Result<()> {
     check_len(arg, factors.len(), n)?;
     if let Some(f) = factors.iter().find(|f| !(f.is_finite() && **f >= 0.0)) {
-        return Err(Error::invalid(arg, format!("factor {f} must be finite and ≥ 0")));
+        return Err(Error::invalid(
+            arg,
+            format!("factor {f} must be finite and ≥ 0"),
+        ));
     }
     Ok(())
 }
@@ -436,7 +445,11 @@ pub fn adjust_hue(images: &Tensor, shifts: &[f64]) -> Result<Tensor> {
 /// RGB → HSV (all three in `[0, 1]`, hue in turns), as Python's `colorsys`.
 pub fn rgb_to_hsv(images: &Tensor) -> Result<Tensor> {
     check_images(images, "images", true)?;
-    let (r, g, b) = (images.select(1, 0), images.select(1, 1), images.select(1, 2));
+    let (r, g, b) = (
+        images.select(1, 0),
+        images.select(1, 1),
+        images.select(1, 2),
+    );
     let maxc = images.amax([1i64].as_slice(), false);
     let minc = images.amin([1i64].as_slice(), false);
     let delta = &maxc - &minc;
@@ -452,8 +465,13 @@ pub fn rgb_to_hsv(images: &Tensor) -> Result<Tensor> {
     let h_r = &bc - &gc;
     let h_g = &rc - &bc + 2.0;
     let h_b = &gc - &rc + 4.0;
-    let hue = h_r.where_self(&maxc.eq_tensor(&r), &h_g.where_self(&maxc.eq_tensor(&g), &h_b));
-    let hue = (hue / 6.0).remainder(1.0).where_self(&grey.logical_not(), &zero);
+    let hue = h_r.where_self(
+        &maxc.eq_tensor(&r),
+        &h_g.where_self(&maxc.eq_tensor(&g), &h_b),
+    );
+    let hue = (hue / 6.0)
+        .remainder(1.0)
+        .where_self(&grey.logical_not(), &zero);
     Ok(Tensor::stack(&[hue, sat, maxc], 1))
 }
 
@@ -572,13 +590,15 @@ impl ColorJitter {
             factors[i][3] = uniform(rng, (-self.hue, self.hue));
         }
         let mut x = images.shallow_clone();
+        // Slot by slot, each operation runs once on the images that have it there.
         for slot in 0..4 {
+            let op_in_slot: Vec<usize> = order.iter().map(|perm| perm[slot]).collect();
             for (op, &strength) in strengths.iter().enumerate() {
                 if strength == 0.0 {
                     continue; // torchvision skips an operation of strength 0
                 }
                 let chosen: Vec<usize> = (0..n as usize)
-                    .filter(|&i| jittered[i] && order[i][slot] == op)
+                    .filter(|&i| jittered[i] && op_in_slot[i] == op)
                     .collect();
                 let f: Vec<f64> = chosen.iter().map(|&i| factors[i][op]).collect();
                 x = apply_to_subset(&x, &chosen, |sub| match op {
@@ -674,7 +694,10 @@ impl GaussianBlur {
 /// Inverts the pixels at or above `threshold`: `x ≥ t ? 1 − x : x`.
 pub fn solarize(images: &Tensor, threshold: f64) -> Result<Tensor> {
     check_images(images, "images", false)?;
-    Ok(images.neg().f_add_scalar(1.0)?.where_self(&images.ge(threshold), images))
+    Ok(images
+        .neg()
+        .f_add_scalar(1.0)?
+        .where_self(&images.ge(threshold), images))
 }
 
 /// Solarisation settings (DINO/BYOL: p 0.2 on the second global view, threshold ½).
@@ -1024,7 +1047,11 @@ mod tests {
         let grey = Tensor::rand([2, 1, 8, 8], (Kind::Float, tch::Device::Cpu));
         assert!(grayscale(&grey).is_err());
         assert!(hflip(&Tensor::zeros([8, 8], (Kind::Float, tch::Device::Cpu))).is_err());
-        assert!(hflip(&Tensor::zeros([1, 3, 8, 8], (Kind::Uint8, tch::Device::Cpu))).is_err());
+        assert!(hflip(&Tensor::zeros(
+            [1, 3, 8, 8],
+            (Kind::Uint8, tch::Device::Cpu)
+        ))
+        .is_err());
         assert!(gaussian_blur(&images(2, 8), &[1.0]).is_err());
         assert!(random_resized_crop(&images(2, 8), 4, (0.5, 2.0), (0.75, 1.33), &mut rng).is_err());
         let mut jitter = ColorJitter::dino();
@@ -1038,7 +1065,10 @@ mod tests {
         for _ in 0..200 {
             let b = sample_crop_box(50, 70, (0.05, 1.0), (0.75, 4.0 / 3.0), &mut rng);
             assert!(b.top >= 0.0 && b.left >= 0.0 && b.height >= 1.0 && b.width >= 1.0);
-            assert!(b.top + b.height <= 50.0 && b.left + b.width <= 70.0, "{b:?}");
+            assert!(
+                b.top + b.height <= 50.0 && b.left + b.width <= 70.0,
+                "{b:?}"
+            );
         }
     }
 }

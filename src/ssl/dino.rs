@@ -89,7 +89,10 @@ impl DinoConfig {
             }
         }
         check_temperature("student_temperature", self.student_temperature)?;
-        check_temperature("warmup_teacher_temperature", self.warmup_teacher_temperature)?;
+        check_temperature(
+            "warmup_teacher_temperature",
+            self.warmup_teacher_temperature,
+        )?;
         check_temperature("teacher_temperature", self.teacher_temperature)?;
         check_momentum("center_momentum", self.center_momentum)?;
         check_momentum("teacher_momentum", self.teacher_momentum)?;
@@ -102,7 +105,10 @@ impl DinoConfig {
 
 fn check_momentum(arg: &str, m: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&m) {
-        return Err(Error::invalid(arg, format!("momentum {m} is not in [0, 1]")));
+        return Err(Error::invalid(
+            arg,
+            format!("momentum {m} is not in [0, 1]"),
+        ));
     }
     Ok(())
 }
@@ -239,7 +245,10 @@ impl DinoLoss {
                 ),
             ));
         }
-        self.center = center.detach().to_kind(Kind::Float).to_device(self.center.device());
+        self.center = center
+            .detach()
+            .to_kind(Kind::Float)
+            .to_device(self.center.device());
         Ok(())
     }
 
@@ -354,7 +363,12 @@ impl DinoLoss {
 
     /// [`DinoLoss::loss`], then [`DinoLoss::update_center`] with the same teacher
     /// outputs, as DINO's `DINOLoss.forward`.
-    pub fn forward(&mut self, student: &[Tensor], teacher: &[Tensor], epoch: u64) -> Result<Tensor> {
+    pub fn forward(
+        &mut self,
+        student: &[Tensor],
+        teacher: &[Tensor],
+        epoch: u64,
+    ) -> Result<Tensor> {
         let loss = self.loss(student, teacher, epoch)?;
         self.update_center(teacher)?;
         Ok(loss)
@@ -530,10 +544,14 @@ mod tests {
         let loss = DinoLoss::new(&small(), Device::Cpu).unwrap();
         let t = Tensor::zeros([4, 16], (Kind::Float, Device::Cpu));
         let wrong = Tensor::zeros([4, 15], (Kind::Float, Device::Cpu));
-        assert!(loss.loss(&[t.shallow_clone()], &[t.shallow_clone()], 0).is_err());
+        assert!(loss
+            .loss(&[t.shallow_clone()], &[t.shallow_clone()], 0)
+            .is_err());
         assert!(loss
             .loss(&[t.shallow_clone(), wrong], &[t.shallow_clone()], 0)
             .is_err());
-        assert!(loss.loss(&[t.shallow_clone(), t.shallow_clone()], &[t], 0).is_ok());
+        assert!(loss
+            .loss(&[t.shallow_clone(), t.shallow_clone()], &[t], 0)
+            .is_ok());
     }
 }

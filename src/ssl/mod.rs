@@ -26,12 +26,10 @@ pub mod simclr;
 pub mod swav;
 
 pub use augment::{
-    ColorJitter, CropBox, CropSpec, GaussianBlur, MultiCropConfig, Padding, Solarize,
-    ViewAugment, CELL_SIZE, CPU_SMALL_SIZE,
+    ColorJitter, CropBox, CropSpec, GaussianBlur, MultiCropConfig, Padding, Solarize, ViewAugment,
+    CELL_SIZE, CPU_SMALL_SIZE,
 };
-pub use dino::{
-    clip_gradients, ema_update, ema_update_tensors, DinoConfig, DinoHead, DinoLoss,
-};
+pub use dino::{clip_gradients, ema_update, ema_update_tensors, DinoConfig, DinoHead, DinoLoss};
 pub use schedule::CosineSchedule;
 pub use simclr::{nt_xent_loss, ProjectionHead, SimClrConfig};
 pub use swav::{sinkhorn, swav_loss, Prototypes, SwavConfig, SwavHead, SwavQueue};

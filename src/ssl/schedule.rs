@@ -178,7 +178,7 @@ mod tests {
             close(s.value(i as u64), v);
         }
         close(s.value(5), 0.4); // cosine starts at base
-        // step 10: t = 1/2, 0.2 · (1 + cos(π/2)) = 0.2
+                                // step 10: t = 1/2, 0.2 · (1 + cos(π/2)) = 0.2
         close(s.value(10), 0.2);
         // step 14: t = 9/10, 0.2 · (1 + cos(0.9π)) = 0.2 · (1 − 0.951056516…)
         close(s.value(14), 0.2 * (1.0 - 0.951_056_516_295_153_6));

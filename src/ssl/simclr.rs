@@ -171,7 +171,12 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["head.0.bias", "head.0.weight", "head.2.bias", "head.2.weight"]
+            [
+                "head.0.bias",
+                "head.0.weight",
+                "head.2.bias",
+                "head.2.weight"
+            ]
         );
         let y = head.forward(&Tensor::ones([3, 512], (Kind::Float, tch::Device::Cpu)));
         assert_eq!(y.size(), [3, 64]);

@@ -363,7 +363,8 @@ pub fn swav_loss(
                 None => term,
             });
         }
-        let sub = sub.expect("at least two crops were checked") / (scores_per_crop.len() - 1) as f64;
+        let sub =
+            sub.expect("at least two crops were checked") / (scores_per_crop.len() - 1) as f64;
         total = Some(match total {
             Some(t) => t + sub,
             None => sub,
@@ -390,7 +391,10 @@ impl SwavQueue {
             ));
         }
         Ok(SwavQueue {
-            embeddings: Tensor::zeros([assignment_crops as i64, length, dim], (Kind::Float, device)),
+            embeddings: Tensor::zeros(
+                [assignment_crops as i64, length, dim],
+                (Kind::Float, device),
+            ),
             filled: 0,
         })
     }
@@ -483,7 +487,7 @@ mod tests {
     #[test]
     fn queue_keeps_newest_first() {
         let mut q = SwavQueue::new(1, 3, 2, Device::Cpu).unwrap();
-        let e = |v: f32| Tensor::full([2, 2], v, (Kind::Float, Device::Cpu));
+        let e = |v: f64| Tensor::full([2, 2], v, (Kind::Float, Device::Cpu));
         q.push(&[e(1.0)]).unwrap();
         assert!(!q.is_full());
         q.push(&[e(2.0)]).unwrap();
