@@ -280,6 +280,36 @@ typedef struct amlmil_result amlmil_result;
 typedef struct amlmil_session amlmil_session;
 
 /*
+ Progress of a long call, passed to an `amlmil_progress_callback`.
+ */
+typedef struct {
+  /*
+   What is running, e.g. `"encode"`; valid during the callback only.
+   */
+  const char *stage;
+  /*
+   Units done and total in this stage (e.g. cells encoded).
+   */
+  uint64_t done;
+  uint64_t total;
+  /*
+   Training epoch and cross-validation fold, or -1 when not applicable.
+   */
+  int32_t epoch;
+  int32_t fold;
+  /*
+   Current loss, or NaN when not applicable.
+   */
+  double loss;
+} amlmil_progress;
+
+/*
+ Called from the calling thread during long calls. Return 0 to continue,
+ anything else to cancel (the call then returns AMLMIL_STATUS_CANCELLED).
+ */
+typedef int32_t (*amlmil_progress_callback)(void *user_data, const amlmil_progress *progress);
+
+/*
  Receives one log record. `target` and `message` are valid during the call only.
  May be called from any thread that runs library code, concurrently.
  */
@@ -339,36 +369,6 @@ typedef struct {
    */
   uint32_t channels_last;
 } amlmil_session_options;
-
-/*
- Progress of a long call, passed to an `amlmil_progress_callback`.
- */
-typedef struct {
-  /*
-   What is running, e.g. `"encode"`; valid during the callback only.
-   */
-  const char *stage;
-  /*
-   Units done and total in this stage (e.g. cells encoded).
-   */
-  uint64_t done;
-  uint64_t total;
-  /*
-   Training epoch and cross-validation fold, or -1 when not applicable.
-   */
-  int32_t epoch;
-  int32_t fold;
-  /*
-   Current loss, or NaN when not applicable.
-   */
-  double loss;
-} amlmil_progress;
-
-/*
- Called from the calling thread during long calls. Return 0 to continue,
- anything else to cancel (the call then returns AMLMIL_STATUS_CANCELLED).
- */
-typedef int32_t (*amlmil_progress_callback)(void *user_data, const amlmil_progress *progress);
 
 
 
@@ -474,6 +474,39 @@ amlmil_status amlmil_bag_add_encoded(amlmil_bag *bag,
    AMLMIL_STATUS_DECODE when it is not a supported image. The bag is unchanged on failure.
  */
 amlmil_status amlmil_bag_add_file(amlmil_bag *bag, uint64_t cell_id, const char *path);
+
+/*
+ Writes a synthetic blood-smear cohort in the data-set layout
+ (`metadata.csv`, `data/<label>/<patient>/image_<k>.tif`, `cells.csv`).
+
+ @param config_json NULL or "{}" for the default cohort, else any of
+   `patients_per_class` (20), `cells_min` (100), `cells_max` (300),
+   `abnormal_fraction_min` (0.05), `abnormal_fraction_max` (0.6),
+   `image_size` (144), `annotated_fraction` (0.02), `seed` (0), `threads` (0 = all).
+   Unknown keys are errors.
+ @param out_dir must not exist or be empty.
+ @param progress optional; stage "synth", cells done of total (cannot cancel:
+   the return value is ignored).
+ @param[out] out_summary_json patients written (library-owned string). Untouched on failure.
+ */
+amlmil_status amlmil_synth_cohort(const char *config_json,
+                                  const char *out_dir,
+                                  amlmil_progress_callback progress,
+                                  void *user_data,
+                                  char **out_summary_json);
+
+/*
+ Validates a data-set folder and summarises it.
+
+ @param skip non-zero: report problems and go on (they are listed in the
+   JSON's `issues`); zero: fail on the first with AMLMIL_STATUS_DATASET.
+ @param check_images non-zero: also decode every image.
+ @param[out] out_json `{"summary": …, "issues": […]}` (library-owned). Untouched on failure.
+ */
+amlmil_status amlmil_dataset_check(const char *dataset_dir,
+                                   uint32_t skip,
+                                   uint32_t check_images,
+                                   char **out_json);
 
 /*
  Routes the library's log records at or above `max_level` to `callback`.

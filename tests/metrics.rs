@@ -1,5 +1,7 @@
 //! The metrics module against scikit-learn: fixed and seeded cases go through
 //! tests/reference/metrics.py, and every number must agree to 1e-9.
+mod common;
+
 use amlmil::metrics::{
     argmax_predictions, average_precision_macro, average_precision_per_class, confusion_matrix,
     macro_f1, precision_recall_f1_support, roc_auc_ovr_macro, roc_auc_ovr_per_class,
@@ -168,25 +170,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// The reference interpreter: $AMLMIL_PYTHON, else the environment that
-/// scripts/setup-env.sh installs (it has numpy and scikit-learn).
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("AMLMIL_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let p = home.join(".cache/amlmil/venv-torch-2.11.0/bin/python");
-    assert!(
-        p.exists(),
-        "the Python reference environment ({}) is missing: run `bash scripts/setup-env.sh` \
-         or set AMLMIL_PYTHON to a Python with numpy and scikit-learn",
-        p.display()
-    );
-    p
-}
-
 fn sklearn(cases: &[Case]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("cases.json");
@@ -197,7 +180,7 @@ fn sklearn(cases: &[Case]) -> Vec<Value> {
         .collect();
     std::fs::write(&input, serde_json::to_vec(&json_cases).unwrap()).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/metrics.py");
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(common::python())
         .arg(&script)
         .arg(&input)
         .arg(&output)

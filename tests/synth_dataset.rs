@@ -102,3 +102,81 @@ fn folds_of_a_synthetic_cohort_are_stratified_and_never_leak() {
         "every patient is tested exactly once"
     );
 }
+
+#[test]
+fn cohorts_are_made_and_checked_through_the_c_abi() {
+    use amlmil::ffi::*;
+    use std::ffi::{CStr, CString};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = CString::new(tmp.path().join("c-cohort").to_str().unwrap()).unwrap();
+    let config = CString::new(
+        r#"{"patients_per_class": 1, "cells_min": 2, "cells_max": 3, "image_size": 48, "seed": 4}"#,
+    )
+    .unwrap();
+    let last = || {
+        unsafe { CStr::from_ptr(amlmil_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    unsafe {
+        let mut json = std::ptr::null_mut();
+        assert_eq!(
+            amlmil_synth_cohort(
+                config.as_ptr(),
+                out.as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                &mut json
+            ),
+            amlmil_status::Ok,
+            "{}",
+            last()
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(json).to_str().unwrap()).unwrap();
+        assert_eq!(summary["patients"].as_array().unwrap().len(), 5);
+        amlmil_string_free(json);
+        // The same folder again: refused, it is not empty.
+        assert_eq!(
+            amlmil_synth_cohort(
+                config.as_ptr(),
+                out.as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                &mut json
+            ),
+            amlmil_status::InvalidArgument
+        );
+        let bad = CString::new(r#"{"patients": 3}"#).unwrap();
+        assert_eq!(
+            amlmil_synth_cohort(
+                bad.as_ptr(),
+                out.as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                &mut json
+            ),
+            amlmil_status::InvalidArgument
+        );
+        assert!(last().contains("patients"), "{}", last());
+
+        assert_eq!(
+            amlmil_dataset_check(out.as_ptr(), 0, 1, &mut json),
+            amlmil_status::Ok,
+            "{}",
+            last()
+        );
+        let check: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(json).to_str().unwrap()).unwrap();
+        assert_eq!(check["summary"]["total"]["patients"], 5);
+        assert!(check["issues"].as_array().unwrap().is_empty());
+        amlmil_string_free(json);
+        let missing = CString::new(tmp.path().join("nothing").to_str().unwrap()).unwrap();
+        let st = amlmil_dataset_check(missing.as_ptr(), 1, 0, &mut json);
+        assert!(
+            st == amlmil_status::Dataset || st == amlmil_status::Io,
+            "{st:?}"
+        );
+        assert!(last().contains("nothing"), "{}", last());
+    }
+}

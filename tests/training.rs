@@ -493,11 +493,18 @@ fn feature_extraction_resumes_and_refuses_another_encoder() {
     let dir = s.root.join("features-resume");
     let options = amlmil::features::ExtractOptions {
         flips: false,
-        encoder: amlmil::SessionOptions { device: amlmil::DeviceSpec::Cpu, ..Default::default() },
+        encoder: amlmil::SessionOptions {
+            device: amlmil::DeviceSpec::Cpu,
+            ..Default::default()
+        },
     };
     let count = |dir: &Path| std::fs::read_dir(dir.join("patients")).unwrap().count();
     // Cancel after 3 patients, then resume: only the missing ones are encoded.
-    let e = amlmil::features::extract_features(&ds, &s.encoder, &dir, &options, &mut |_, done, _| done < 3).unwrap_err();
+    let e =
+        amlmil::features::extract_features(&ds, &s.encoder, &dir, &options, &mut |_, done, _| {
+            done < 3
+        })
+        .unwrap_err();
     assert!(matches!(e, Error::Cancelled(_)));
     assert_eq!(count(&dir), 3);
     let first = ds.patients()[0].id.clone();
@@ -510,20 +517,35 @@ fn feature_extraction_resumes_and_refuses_another_encoder() {
     })
     .unwrap();
     assert_eq!(count(&dir), 25);
-    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), before, "a finished patient was encoded again");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        before,
+        "a finished patient was encoded again"
+    );
     // The cached maps equal a fresh encoding of the same cells.
     let cache = amlmil::features::FeatureCache::open(&dir, Some(&s.encoder)).unwrap();
     let f = cache.load(&first).unwrap();
     let enc = amlmil::inference::FrozenEncoder::load(&s.encoder, &options.encoder).unwrap();
-    let cells: Vec<_> = ds.patients()[0].load_cells().unwrap().into_iter().map(|(_, c)| c).collect();
-    let fresh = enc.feature_maps(&cells, amlmil::inference::Flip::None, &mut |_, _, _| true).unwrap();
+    let cells: Vec<_> = ds.patients()[0]
+        .load_cells()
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    let fresh = enc
+        .feature_maps(&cells, amlmil::inference::Flip::None, &mut |_, _, _| true)
+        .unwrap();
     let diff = f64::try_from((f.maps.get(0).to_kind(Kind::Float) - &fresh).abs().max()).unwrap();
     let scale = f64::try_from(fresh.abs().max()).unwrap();
-    assert!(diff <= scale * 1e-3, "cached f16 maps differ by {diff} (scale {scale})");
+    assert!(
+        diff <= scale * 1e-3,
+        "cached f16 maps differ by {diff} (scale {scale})"
+    );
     // Another encoder may not extend or read this cache.
     let other = s.root.join("other-encoder-2.safetensors");
     common::write_encoder(&other, EncoderArch::ResNet18, 64, 77);
-    let e = amlmil::features::extract_features(&ds, &other, &dir, &options, &mut |_, _, _| true).unwrap_err();
+    let e = amlmil::features::extract_features(&ds, &other, &dir, &options, &mut |_, _, _| true)
+        .unwrap_err();
     assert!(matches!(e, Error::Mismatch(_)), "{e}");
     let e = amlmil::features::FeatureCache::open(&dir, Some(&other)).unwrap_err();
     assert!(e.to_string().contains("extracted with encoder"), "{e}");

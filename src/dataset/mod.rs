@@ -107,7 +107,8 @@ impl OpenOptions {
 }
 
 /// How serious an [`Issue`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Something is ignored that is probably a mistake, but nothing was left out
     /// of the cohort (e.g. a patient folder that `metadata.csv` does not list).
@@ -128,7 +129,8 @@ impl fmt::Display for Severity {
 }
 
 /// What kind of problem an [`Issue`] is, for callers that group or filter them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IssueKind {
     /// A `metadata.csv` row is unreadable, lacks a field, or its `patient_id`
     /// cannot be a folder name.
@@ -160,7 +162,7 @@ pub enum IssueKind {
 }
 
 /// One problem found in a dataset: which file, what is wrong, how serious.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Issue {
     pub severity: Severity,
     pub kind: IssueKind,

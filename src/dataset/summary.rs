@@ -8,7 +8,7 @@ use super::Dataset;
 use crate::classes::BAG_LABELS;
 
 /// Counts for one class.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClassSummary {
     /// The class's `bag_label`.
     pub bag_label: &'static str,
@@ -25,7 +25,7 @@ pub struct ClassSummary {
 }
 
 /// Counts for a whole dataset; see [`Dataset::summary`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DatasetSummary {
     /// The dataset's root folder.
     pub root: PathBuf,

@@ -13,6 +13,7 @@
 
 pub mod bag;
 mod boundary;
+pub mod data;
 pub mod log;
 pub mod result;
 pub mod session;
@@ -22,6 +23,7 @@ pub mod training;
 use std::ffi::c_char;
 
 pub use bag::*;
+pub use data::*;
 pub use log::*;
 pub use result::*;
 pub use session::*;

@@ -23,7 +23,7 @@ use crate::classes::BAG_LABELS;
 use crate::error::{Error, Result};
 
 /// One generated patient, as listed in `metadata.csv`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PatientRecord {
     pub patient_id: String,
     pub bag_label: &'static str,
@@ -34,7 +34,7 @@ pub struct PatientRecord {
 }
 
 /// What [`generate_cohort`] wrote.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CohortSummary {
     pub out: PathBuf,
     /// Patients in `metadata.csv` order (by id).

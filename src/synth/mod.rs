@@ -47,7 +47,8 @@ use crate::error::{Error, Result};
 
 /// Settings of a synthetic cohort. `Default` gives the documented default
 /// cohort (20 patients per class, 100–300 cells each, 144 px).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CohortConfig {
     /// Patients of each of the five classes (≥ 1).
     pub patients_per_class: usize,
