@@ -521,6 +521,38 @@ amlmil_status amlmil_set_log_callback(amlmil_log_callback callback,
                                       uint32_t max_level);
 
 /*
+ Pre-trains a cell encoder (DESIGN §2) with SimCLR, SwAV, DINO or the
+ supervised cell-type baseline on all cells of a data set, writing after
+ every epoch `<output>/encoder.safetensors` (an encoder checkpoint for
+ `amlmil_session_new` and `amlmil_extract_features`, its manifest naming the
+ method) and the resumable `<output>/state.safetensors`.
+
+ @param config_json JSON object: `method` ("simclr" | "swav" | "dino" |
+   "supervised", required), `dataset` and `output` (required), `preset`
+   ("paper": 144 px, batch 512; "cpu-small": 64 px, batch 32), and overrides
+   of any preset value, nested objects merged key by key (e.g. `"epochs": 20`,
+   `"swav": {"num_prototypes": 30}`, `"resume": true`, `"device": "cpu"`).
+   Unknown keys and impossible values are errors naming the key.
+ @param progress optional; stage "decode" (cells decoded, epoch -1),
+   "pretrain" (steps of the epoch, with epoch and the epoch's running mean
+   loss) and "pretrain-epoch" (epochs done, with the epoch's mean loss, after
+   its checkpoint is written). Non-zero cancels: the call returns
+   AMLMIL_STATUS_CANCELLED and the files of the last finished epoch stay
+   intact, so `"resume": true` continues from them.
+ @param[out] out_report_json the report: method, cells, steps per epoch,
+   epochs and steps completed, per-epoch history (loss, learning rate,
+   images/s), every step's loss, output paths (library-owned;
+   `amlmil_string_free`). Untouched on failure.
+ @return AMLMIL_STATUS_OK, AMLMIL_STATUS_CANCELLED, or an error status; a
+   non-finite loss stops the run with an error naming the epoch, step and value.
+ Thread safety: may run beside sessions; one pre-training per output directory.
+ */
+amlmil_status amlmil_pretrain(const char *config_json,
+                              amlmil_progress_callback progress,
+                              void *user_data,
+                              char **out_report_json);
+
+/*
  Frees a result. `NULL` is a no-op.
  */
 void amlmil_result_free(amlmil_result *result);

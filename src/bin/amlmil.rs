@@ -42,6 +42,8 @@ enum Command {
     /// Inspect a data set folder.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Pre-train a cell encoder (SimCLR, SwAV, DINO or supervised on cell types).
+    Pretrain(PretrainArgs),
     /// Encode every cell of a data set once (with flip variants) into a feature cache.
     ExtractFeatures(ExtractArgs),
     /// Train one attention-MIL head (fold F of seed S: 60/20/20) and write its checkpoint.
@@ -60,6 +62,26 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct PretrainArgs {
+    #[arg(long, value_parser = ["simclr", "swav", "dino", "supervised"])]
+    method: String,
+    #[arg(long, default_value = "paper", value_parser = ["paper", "cpu-small"])]
+    preset: String,
+    #[arg(long)]
+    dataset: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Continue from OUTPUT/state.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// JSON object of further overrides, e.g. '{"batch_size": 64}'.
+    #[arg(long)]
+    set: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -103,6 +125,9 @@ struct ExperimentArgs {
     preset: Option<String>,
     #[arg(long)]
     epochs: Option<usize>,
+    /// The per-cell network g: four-conv (paper; needs 144 px / 5x5 maps), scemila or pooled.
+    #[arg(long, value_enum)]
+    cell_net: Option<GVariant>,
     #[arg(long)]
     device: Option<String>,
 }
@@ -278,7 +303,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => {
-            println!("{:#}", amlmil::runtime_info());
+            emit(&format!("{:#}", amlmil::runtime_info()));
             Ok(())
         }
         Command::Predict(args) => predict(args),
@@ -292,6 +317,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth(args),
         Command::Bench(args) => bench(args),
         Command::ExtractFeatures(args) => extract(args),
+        Command::Pretrain(args) => pretrain_cmd(args),
         Command::TrainMil(args) => train_mil(args),
         Command::Cv(args) => cv(args),
         Command::Dataset(cmd) => dataset(cmd),
@@ -314,6 +340,61 @@ fn progress_bar(len: usize, unit: &str) -> ProgressBar {
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     )
+}
+
+fn pretrain_cmd(args: PretrainArgs) -> amlmil::Result<()> {
+    use amlmil::ssl::{pretrain, PretrainConfig, PretrainStage};
+    let mut v = serde_json::json!({
+        "method": args.method, "preset": args.preset,
+        "dataset": args.dataset, "output": args.output, "resume": args.resume,
+    });
+    if let Some(e) = args.epochs {
+        v["epochs"] = e.into();
+    }
+    if let Some(extra) = &args.set {
+        let extra: serde_json::Value = serde_json::from_str(extra)
+            .map_err(|e| amlmil::Error::invalid("--set", e.to_string()))?;
+        if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(x.clone());
+        }
+    }
+    let config = PretrainConfig::from_value(v)?;
+    let bar = progress_bar(0, "steps");
+    let report = pretrain(&config, &mut |e| {
+        match e.stage {
+            PretrainStage::Decode => {
+                bar.set_message("decoding cells");
+                bar.set_length(e.total);
+                bar.set_position(e.done);
+            }
+            PretrainStage::Step => {
+                bar.set_message(format!(
+                    "{} epoch {}/{} loss {:.4} {:.0} img/s",
+                    config.method.name(),
+                    e.epoch + 1,
+                    e.epochs,
+                    e.loss,
+                    e.images_per_second
+                ));
+                bar.set_length(e.total);
+                bar.set_position(e.done);
+            }
+            PretrainStage::Epoch => bar.println(format!(
+                "epoch {}/{}: loss {:.4}, {:.1} images/s, checkpoint written",
+                e.done, e.total, e.loss, e.images_per_second
+            )),
+        }
+        true
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "{} encoder: {} ({} epochs, {} steps)",
+        report.method.name(),
+        report.encoder.display(),
+        report.epochs_completed,
+        report.steps_completed
+    );
+    Ok(())
 }
 
 fn extract(args: ExtractArgs) -> amlmil::Result<()> {
@@ -401,6 +482,10 @@ fn experiment(args: &ExperimentArgs) -> amlmil::Result<amlmil::training::CvConfi
         }
         if let Some(e) = args.epochs {
             t.insert("epochs".into(), e.into());
+        }
+        if let Some(g) = args.cell_net {
+            let net = serde_json::to_value(cell_net(g)).unwrap_or_default();
+            t.insert("cell_net".into(), net);
         }
     }
     for key in ["dataset", "encoder", "output"] {
@@ -609,6 +694,23 @@ fn dataset(cmd: DatasetCommand) -> amlmil::Result<()> {
     }
 }
 
+fn cell_net(g: GVariant) -> CellNet {
+    match g {
+        GVariant::FourConv => CellNet::default(),
+        GVariant::Scemila => CellNet::Scemila,
+        GVariant::Pooled => CellNet::Pooled,
+    }
+}
+
+/// Prints to standard output; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"));
+}
+
 fn init_checkpoint(args: InitArgs) -> amlmil::Result<()> {
     let arch: EncoderArch = args.arch.parse()?;
     match args.kind {
@@ -618,11 +720,7 @@ fn init_checkpoint(args: InitArgs) -> amlmil::Result<()> {
         InitKind::Mil => {
             let side = arch.feature_side(args.input_size);
             let config = MilConfig {
-                cell_net: match args.g {
-                    GVariant::FourConv => CellNet::default(),
-                    GVariant::Scemila => CellNet::Scemila,
-                    GVariant::Pooled => CellNet::Pooled,
-                },
+                cell_net: cell_net(args.g),
                 in_side: side,
                 ..MilConfig::default()
             };
@@ -729,7 +827,7 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
     let json = serde_json::to_string_pretty(&reports).unwrap_or_default();
     match args.out {
         Some(path) => amlmil::checkpoint::write_atomic(&path, json.as_bytes())?,
-        None => println!("{json}"),
+        None => emit(&json),
     }
     Ok(())
 }

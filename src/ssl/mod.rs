@@ -19,17 +19,31 @@
 //! normalises them as the encoder expects, and evaluates the [`schedule`]
 //! functions each step. Losses are written from the papers' formulas and checked
 //! against PyTorch in `tests/ssl_losses.rs`.
+//!
+//! The pre-training loop itself is [`train::pretrain`] (configuration
+//! [`train::PretrainConfig`], presets `paper` and `cpu-small`), with the
+//! optimisers it needs in [`optim`] (SGD + LARC, AdamW with DINO's parameter
+//! groups) and the k-NN probe that compares encoders in [`probe`].
 pub mod augment;
 pub mod dino;
+pub mod optim;
+pub mod probe;
 pub mod schedule;
 pub mod simclr;
 pub mod swav;
+pub mod train;
 
 pub use augment::{
     ColorJitter, CropBox, CropSpec, GaussianBlur, MultiCropConfig, Padding, Solarize, ViewAugment,
     CELL_SIZE, CPU_SMALL_SIZE,
 };
 pub use dino::{clip_gradients, ema_update, ema_update_tensors, DinoConfig, DinoHead, DinoLoss};
+pub use optim::{AdamW, AdamWConfig, Param, Sgd, SgdConfig};
+pub use probe::{knn_probe, KnnConfig, ProbeReport, ProbeSplit};
 pub use schedule::CosineSchedule;
 pub use simclr::{nt_xent_loss, ProjectionHead, SimClrConfig};
 pub use swav::{sinkhorn, swav_loss, Prototypes, SwavConfig, SwavHead, SwavQueue};
+pub use train::{
+    pretrain, PretrainConfig, PretrainEvent, PretrainReport, PretrainStage, SslMethod,
+    SupervisedConfig,
+};
