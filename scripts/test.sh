@@ -5,5 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-# Plain `cargo test` also builds the examples as programs, which tests/examples.rs runs.
+# `cargo test` does not link the cdylib; the C/C++ example and export tests need
+# target/debug/libamlmil.so, so build it (same profile) first. Plain `cargo test`
+# also builds the examples as programs, which tests/examples.rs runs.
+cargo build
 cargo test "$@"
