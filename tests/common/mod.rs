@@ -15,17 +15,18 @@ use tch::Tensor;
 /// A seeded random encoder that looks trained: random batch-norm affine
 /// parameters, and running statistics calibrated on a batch of cells (so
 /// activations have the O(1) scale of a real network rather than growing with
-/// depth), which parity tests then exercise term by term.
+/// depth), which parity tests then exercise term by term. Every number comes
+/// from a private ChaCha stream, never from libtorch's global generator, which
+/// tests running in parallel threads share.
 pub fn write_encoder(
     path: &Path,
     arch: EncoderArch,
     input_size: i64,
     seed: u64,
 ) -> EncoderManifest {
-    tch::manual_seed(seed as i64);
     let vs = VarStore::new(tch::Device::Cpu);
     let encoder = amlmil::model::Encoder::with_batch_norm_momentum(&vs.root(), arch, 1.0);
-    perturb_batch_norm(&vs, seed);
+    init_encoder(&vs, seed);
     let batch: Vec<CellImage> = cells(16, input_size as u32, seed);
     let refs: Vec<&CellImage> = batch.iter().collect();
     let norm = amlmil::checkpoint::Normalization::default();
@@ -37,6 +38,7 @@ pub fn write_encoder(
         tch::Kind::Float,
     )
     .unwrap();
+    // Momentum 1: one training-mode pass sets every running statistic to this batch's.
     let _ = tch::no_grad(|| encoder.feature_map(&x, true));
     let manifest =
         EncoderManifest::new(arch, input_size, Provenance::new("test-random", Some(seed)));
@@ -44,26 +46,31 @@ pub fn write_encoder(
     manifest
 }
 
-pub fn perturb_batch_norm(vs: &VarStore, seed: u64) {
-    tch::manual_seed(seed as i64 + 1000);
+/// Convolutions: uniform with He's variance (fan-in); batch-norm weights in
+/// [0.5, 1.5], biases in [-0.1, 0.1].
+fn init_encoder(vs: &VarStore, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
     tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
-            let n = t.size()[0];
-            let value = if name.ends_with("running_mean") {
-                Tensor::randn([n], (tch::Kind::Float, tch::Device::Cpu)) * 0.1
-            } else if name.ends_with("running_var")
-                || (name.contains("bn") || name.contains("downsample.1"))
-                    && name.ends_with("weight")
-            {
-                Tensor::rand([n], (tch::Kind::Float, tch::Device::Cpu)) + 0.5
-            } else if (name.contains("bn") || name.contains("downsample.1"))
-                && name.ends_with("bias")
-            {
-                Tensor::randn([n], (tch::Kind::Float, tch::Device::Cpu)) * 0.1
+        for name in names {
+            let t = &vars[name];
+            let size = t.size();
+            let n = t.numel();
+            let values: Vec<f32> = if size.len() == 4 {
+                let fan_in = (size[1] * size[2] * size[3]) as f32;
+                let bound = (6.0 / fan_in).sqrt();
+                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+            } else if name.ends_with("weight") {
+                (0..n).map(|_| rng.random_range(0.5..1.5)).collect()
+            } else if name.ends_with("bias") {
+                (0..n).map(|_| rng.random_range(-0.1..0.1)).collect()
             } else {
-                continue;
+                continue; // running statistics: calibrated afterwards
             };
-            t.copy_(&value);
+            t.shallow_clone()
+                .copy_(&Tensor::from_slice(&values).view(size.as_slice()));
         }
     });
 }
