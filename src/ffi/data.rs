@@ -1,8 +1,8 @@
 //! Data entry points for vendor scripts: synthetic test cohorts and data-set checks.
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 
 use super::boundary::{arg_str, guard, into_c_string, out_ptr};
-use super::session::{amlmil_progress, amlmil_progress_callback};
+use super::session::{amlmil_progress_callback, report_progress};
 use super::status::{amlmil_status, FfiError};
 use crate::dataset::{Dataset, OpenOptions};
 use crate::error::Error;
@@ -38,20 +38,15 @@ pub unsafe extern "C" fn amlmil_synth_cohort(
         config.validate()?;
         let out_dir = arg_str(out_dir, "out_dir")?;
         let out = out_ptr(out_summary_json, "out_summary_json")?;
-        let stage = CString::new("synth").unwrap_or_default();
         let summary = generate_cohort(&config, out_dir.as_ref(), &mut |done, total| {
-            if let Some(f) = progress {
-                let p = amlmil_progress {
-                    stage: stage.as_ptr(),
-                    done: done as u64,
-                    total: total as u64,
-                    epoch: -1,
-                    fold: -1,
-                    loss: f64::NAN,
-                };
-                // SAFETY: the caller vouches for `f` and `user_data`.
-                unsafe { f(user_data, &p) };
-            }
+            report_progress(
+                progress,
+                user_data,
+                "synth",
+                (done as u64, total as u64),
+                (-1, -1),
+                f64::NAN,
+            );
         })?;
         *out = into_c_string(
             serde_json::to_string(&summary).map_err(|e| FfiError::Panic(e.to_string()))?,

@@ -1,9 +1,9 @@
 //! Encoder pre-training for vendor scripts: JSON configuration in, progress
 //! callback with stage/epoch/loss and cancellation, JSON report out.
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 
 use super::boundary::{arg_str, guard, into_c_string, out_ptr};
-use super::session::{amlmil_progress, amlmil_progress_callback};
+use super::session::{amlmil_progress_callback, report_progress};
 use super::status::{amlmil_status, FfiError};
 use crate::ssl::train::{pretrain, PretrainConfig, PretrainEvent, PretrainStage};
 
@@ -13,22 +13,18 @@ fn pretrain_adapter(
     user_data: *mut c_void,
 ) -> impl FnMut(&PretrainEvent) -> bool {
     move |event| {
-        let Some(f) = cb else { return true };
-        let stage = CString::new(event.stage.name()).unwrap_or_default();
         let epoch = match event.stage {
             PretrainStage::Decode => -1,
             _ => event.epoch as i32,
         };
-        let p = amlmil_progress {
-            stage: stage.as_ptr(),
-            done: event.done,
-            total: event.total,
-            epoch,
-            fold: -1,
-            loss: event.loss,
-        };
-        // SAFETY: the caller vouches for `f` and `user_data`.
-        unsafe { f(user_data, &p) == 0 }
+        report_progress(
+            cb,
+            user_data,
+            event.stage.name(),
+            (event.done, event.total),
+            (epoch, -1),
+            event.loss,
+        )
     }
 }
 
@@ -78,7 +74,8 @@ pub unsafe extern "C" fn amlmil_pretrain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::CStr;
+    use crate::ffi::amlmil_progress;
+    use std::ffi::{CStr, CString};
 
     unsafe extern "C" fn cancel_in_epoch_1(_: *mut c_void, p: *const amlmil_progress) -> i32 {
         let p = &*p;

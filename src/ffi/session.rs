@@ -81,26 +81,44 @@ pub struct amlmil_progress {
 pub type amlmil_progress_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, progress: *const amlmil_progress) -> i32>;
 
+/// One progress report to a C callback; `false` when the caller asks to cancel
+/// (no callback: never). `epoch`/`fold` -1 and `loss` NaN mean "not applicable".
+pub(crate) fn report_progress(
+    cb: amlmil_progress_callback,
+    user_data: *mut c_void,
+    stage: &str,
+    (done, total): (u64, u64),
+    (epoch, fold): (i32, i32),
+    loss: f64,
+) -> bool {
+    let Some(f) = cb else { return true };
+    let stage = CString::new(stage).unwrap_or_default();
+    let p = amlmil_progress {
+        stage: stage.as_ptr(),
+        done,
+        total,
+        epoch,
+        fold,
+        loss,
+    };
+    // SAFETY: the caller vouches for `f` and `user_data`.
+    unsafe { f(user_data, &p) == 0 }
+}
+
 /// Adapts a C progress callback to the core's progress closure.
 pub(crate) fn progress_adapter(
     cb: amlmil_progress_callback,
     user_data: *mut c_void,
 ) -> impl FnMut(&str, usize, usize) -> bool {
-    move |stage, done, total| match cb {
-        None => true,
-        Some(f) => {
-            let stage = CString::new(stage).unwrap_or_default();
-            let p = amlmil_progress {
-                stage: stage.as_ptr(),
-                done: done as u64,
-                total: total as u64,
-                epoch: -1,
-                fold: -1,
-                loss: f64::NAN,
-            };
-            // SAFETY: the caller vouches for `f` and `user_data`.
-            unsafe { f(user_data, &p) == 0 }
-        }
+    move |stage, done, total| {
+        report_progress(
+            cb,
+            user_data,
+            stage,
+            (done as u64, total as u64),
+            (-1, -1),
+            f64::NAN,
+        )
     }
 }
 

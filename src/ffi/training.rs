@@ -1,9 +1,9 @@
 //! Training entry points for vendor scripts: JSON configuration in, progress
 //! callback with stage/epoch/fold/loss and cancellation, JSON report out.
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 
 use super::boundary::{arg_str, guard, into_c_string, out_ptr};
-use super::session::{amlmil_progress, amlmil_progress_callback};
+use super::session::{amlmil_progress_callback, report_progress};
 use super::status::{amlmil_status, FfiError};
 use crate::training::{self, CvConfig, CvEvent};
 
@@ -16,7 +16,6 @@ fn parse_config(json: *const c_char) -> Result<CvConfig, FfiError> {
 /// Adapts a C callback to the cross-validation's events.
 fn cv_adapter(cb: amlmil_progress_callback, user_data: *mut c_void) -> impl FnMut(CvEvent) -> bool {
     move |event| {
-        let Some(f) = cb else { return true };
         let (stage, done, total, epoch, fold, loss) = match event {
             CvEvent::Extract { done, total } => ("extract", done, total, -1, -1, f64::NAN),
             CvEvent::Train { fold, event, .. } => (
@@ -29,17 +28,14 @@ fn cv_adapter(cb: amlmil_progress_callback, user_data: *mut c_void) -> impl FnMu
             ),
             CvEvent::Report => ("report", 0, 0, -1, -1, f64::NAN),
         };
-        let stage = CString::new(stage).unwrap_or_default();
-        let p = amlmil_progress {
-            stage: stage.as_ptr(),
-            done: done as u64,
-            total: total as u64,
-            epoch,
-            fold,
+        report_progress(
+            cb,
+            user_data,
+            stage,
+            (done as u64, total as u64),
+            (epoch, fold),
             loss,
-        };
-        // SAFETY: the caller vouches for `f` and `user_data`.
-        unsafe { f(user_data, &p) == 0 }
+        )
     }
 }
 
