@@ -255,6 +255,41 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     })
 }
 
+/// Named tensors as read from a file, in file order.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// Decodes safetensors bytes into CPU tensors of their stored kind (f32, f16,
+/// bf16, f64, i64) and the `__metadata__` map; `path` names the file in errors.
+pub fn decode_tensors(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(HashMap<String, String>, NamedTensors)> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a safetensors file ({e})")))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::checkpoint(path, format!("corrupt tensor data ({e})")))?;
+    let mut tensors = Vec::new();
+    for (name, view) in st.tensors() {
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            other => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("tensor `{name}` has unsupported dtype {other:?}"),
+                ))
+            }
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.push((name, Tensor::f_from_data_size(view.data(), &shape, kind)?));
+    }
+    Ok((metadata, tensors))
+}
+
 /// A checkpoint read from disk: its manifest and its tensors (on the CPU, f32).
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -267,46 +302,26 @@ impl Checkpoint {
     pub fn read(path: &Path) -> Result<Checkpoint> {
         let bytes =
             std::fs::read(path).map_err(|e| Error::io("cannot read checkpoint", path, e))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::checkpoint(path, format!("not a safetensors file ({e})")))?;
-        let json = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(MANIFEST_KEY))
-            .ok_or_else(|| {
-                Error::checkpoint(
-                    path,
-                    format!("no `{MANIFEST_KEY}` manifest in __metadata__; was it written by amlmil (or `amlmil import`)?"),
-                )
-            })?;
+        let (meta, raw) = decode_tensors(&bytes, path)?;
+        let json = meta.get(MANIFEST_KEY).ok_or_else(|| {
+            Error::checkpoint(
+                path,
+                format!("no `{MANIFEST_KEY}` manifest in __metadata__; was it written by amlmil (or `amlmil import`)?"),
+            )
+        })?;
         let manifest: Manifest = serde_json::from_str(json)
             .map_err(|e| Error::checkpoint(path, format!("manifest is not valid: {e}")))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::checkpoint(path, format!("corrupt tensor data ({e})")))?;
-        let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
-            let kind = match view.dtype() {
-                Dtype::F32 => Kind::Float,
-                Dtype::F16 => Kind::Half,
-                Dtype::BF16 => Kind::BFloat16,
-                Dtype::F64 => Kind::Double,
-                Dtype::I64 => Kind::Int64,
-                other => {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!("tensor `{name}` has unsupported dtype {other:?}"),
-                    ))
-                }
-            };
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
-            let t = if kind == Kind::Int64 {
-                t
-            } else {
-                t.to_kind(Kind::Float)
-            };
-            tensors.insert(name, t);
-        }
+        let tensors = raw
+            .into_iter()
+            .map(|(name, t)| {
+                let t = if t.kind() == Kind::Int64 {
+                    t
+                } else {
+                    t.to_kind(Kind::Float)
+                };
+                (name, t)
+            })
+            .collect();
         Ok(Checkpoint { manifest, tensors })
     }
 

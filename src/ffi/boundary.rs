@@ -121,3 +121,10 @@ pub(crate) fn into_c_string(s: String) -> *mut c_char {
         .unwrap_or_default()
         .into_raw()
 }
+
+/// Serialises `value` into a library-owned C string (free with `amlmil_string_free`).
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> FfiResult<*mut c_char> {
+    serde_json::to_string(value)
+        .map(into_c_string)
+        .map_err(|e| FfiError::Panic(e.to_string()))
+}

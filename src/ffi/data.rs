@@ -1,9 +1,9 @@
 //! Data entry points for vendor scripts: synthetic test cohorts and data-set checks.
 use std::ffi::{c_char, c_void};
 
-use super::boundary::{arg_str, guard, into_c_string, out_ptr};
+use super::boundary::{arg_str, guard, out_ptr, to_json};
 use super::session::{amlmil_progress_callback, report_progress};
-use super::status::{amlmil_status, FfiError};
+use super::status::amlmil_status;
 use crate::dataset::{Dataset, OpenOptions};
 use crate::error::Error;
 use crate::synth::{generate_cohort, CohortConfig};
@@ -48,9 +48,7 @@ pub unsafe extern "C" fn amlmil_synth_cohort(
                 f64::NAN,
             );
         })?;
-        *out = into_c_string(
-            serde_json::to_string(&summary).map_err(|e| FfiError::Panic(e.to_string()))?,
-        );
+        *out = to_json(&summary)?;
         Ok(())
     })
 }
@@ -79,7 +77,7 @@ pub unsafe extern "C" fn amlmil_dataset_check(
         .with_image_check(check_images != 0);
         let (dataset, issues) = Dataset::open(dir, &options)?;
         let json = serde_json::json!({"summary": dataset.summary(), "issues": issues});
-        *out = into_c_string(json.to_string());
+        *out = to_json(&json)?;
         Ok(())
     })
 }

@@ -2,9 +2,9 @@
 //! callback with stage/epoch/loss and cancellation, JSON report out.
 use std::ffi::{c_char, c_void};
 
-use super::boundary::{arg_str, guard, into_c_string, out_ptr};
+use super::boundary::{arg_str, guard, out_ptr, to_json};
 use super::session::{amlmil_progress_callback, report_progress};
-use super::status::{amlmil_status, FfiError};
+use super::status::amlmil_status;
 use crate::ssl::train::{pretrain, PretrainConfig, PretrainEvent, PretrainStage};
 
 /// Adapts a C callback to the pre-training's events.
@@ -65,8 +65,7 @@ pub unsafe extern "C" fn amlmil_pretrain(
         let text = arg_str(config_json, "config_json")?;
         let config = PretrainConfig::parse(text, false)?;
         let report = pretrain(&config, &mut pretrain_adapter(progress, user_data))?;
-        let json = serde_json::to_string(&report).map_err(|e| FfiError::Panic(e.to_string()))?;
-        *out = into_c_string(json);
+        *out = to_json(&report)?;
         Ok(())
     })
 }

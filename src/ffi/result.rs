@@ -1,7 +1,7 @@
 //! `amlmil_result`: what one classification returns, read through accessors.
 use std::ffi::{c_char, CString};
 
-use super::boundary::{arg_ref, guard, guard_value, into_c_string, out_ptr, out_slice};
+use super::boundary::{arg_ref, guard, guard_value, out_ptr, out_slice, to_json};
 use super::status::{amlmil_status, FfiError};
 use crate::error::Error;
 use crate::inference::BagPrediction;
@@ -261,9 +261,7 @@ pub unsafe extern "C" fn amlmil_result_to_json(
     guard(|| {
         let r = arg_ref(result, "result")?;
         let out = out_ptr(out_json, "out_json")?;
-        let json =
-            serde_json::to_string(&r.prediction).map_err(|e| FfiError::Panic(e.to_string()))?;
-        *out = into_c_string(json);
+        *out = to_json(&r.prediction)?;
         Ok(())
     })
 }

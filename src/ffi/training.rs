@@ -2,7 +2,7 @@
 //! callback with stage/epoch/fold/loss and cancellation, JSON report out.
 use std::ffi::{c_char, c_void};
 
-use super::boundary::{arg_str, guard, into_c_string, out_ptr};
+use super::boundary::{arg_str, guard, out_ptr, to_json};
 use super::session::{amlmil_progress_callback, report_progress};
 use super::status::{amlmil_status, FfiError};
 use crate::training::{self, CvConfig, CvEvent};
@@ -37,12 +37,6 @@ fn cv_adapter(cb: amlmil_progress_callback, user_data: *mut c_void) -> impl FnMu
             loss,
         )
     }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<*mut c_char, FfiError> {
-    serde_json::to_string(value)
-        .map(into_c_string)
-        .map_err(|e| FfiError::Panic(e.to_string()))
 }
 
 /// Cross-validates the attention-MIL head (DESIGN §2): stratified folds × seeds,

@@ -1369,40 +1369,15 @@ impl Optimizer {
 
 /// Reads a safetensors file's tensors and one `__metadata__` entry.
 fn read_safetensors(path: &Path, key: &str) -> Result<(BTreeMap<String, Tensor>, String)> {
-    use safetensors::tensor::{Dtype, SafeTensors};
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::checkpoint(path, format!("not a safetensors file ({e})")))?;
-    let json = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(key))
-        .cloned()
-        .ok_or_else(|| {
-            Error::checkpoint(
-                path,
-                format!("no `{key}` metadata: not a pre-training state"),
-            )
-        })?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::checkpoint(path, format!("corrupt tensor data ({e})")))?;
-    let mut tensors = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let kind = match view.dtype() {
-            Dtype::F32 => Kind::Float,
-            Dtype::I64 => Kind::Int64,
-            Dtype::F16 => Kind::Half,
-            other => {
-                return Err(Error::checkpoint(
-                    path,
-                    format!("tensor `{name}` has unsupported dtype {other:?}"),
-                ))
-            }
-        };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        tensors.insert(name, Tensor::f_from_data_size(view.data(), &shape, kind)?);
-    }
-    Ok((tensors, json))
+    let (meta, tensors) = crate::checkpoint::decode_tensors(&bytes, path)?;
+    let json = meta.get(key).cloned().ok_or_else(|| {
+        Error::checkpoint(
+            path,
+            format!("no `{key}` metadata: not a pre-training state"),
+        )
+    })?;
+    Ok((tensors.into_iter().collect(), json))
 }
 
 fn read_state(
