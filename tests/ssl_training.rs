@@ -1,7 +1,8 @@
 //! The self-supervised pre-training loop end to end on a tiny synthetic cohort
 //! (5 patients per class × 12 cells at 64 px, trained at 32 px): every method
-//! learns without collapsing, beats a random encoder on a k-NN cell-type probe
-//! (SimCLR), resumes bit-exactly, exports a checkpoint a `Session` loads, and
+//! learns over 306 steps without collapsing and beats a random encoder on a
+//! k-NN cell-type probe (run with `--nocapture` to see both numbers), resumes
+//! bit-exactly, exports a checkpoint a `Session` loads, and
 //! refuses bad configurations naming the key.
 mod common;
 
@@ -9,12 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use amlmil::checkpoint::Normalization;
 use amlmil::dataset::{Dataset, OpenOptions};
 use amlmil::model::{CellNet, EncoderArch, MilConfig};
-use amlmil::ssl::probe::{
-    calibrated_random_encoder, embedding_std, knn_probe, labelled_cells, pooled_features, KnnConfig,
-};
+use amlmil::ssl::probe::{compare_with_random, labelled_cells, pooled_features, KnnConfig};
 use amlmil::ssl::{pretrain, PretrainConfig, PretrainEvent, PretrainStage};
 use amlmil::Error;
 use serde_json::{json, Value};
@@ -108,73 +106,113 @@ fn checkpoint_features(path: &Path) -> tch::Tensor {
     .unwrap()
 }
 
-/// Trains `method` for 2 epochs (36 steps): the loss falls, features do not
-/// collapse, the manifest names the method.
-fn learns(method: &str, extra: Value, loss_falls: bool) -> PathBuf {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let cfg = config(method, &dir, extra).unwrap();
+/// Epochs of the learning runs: 17 × 18 steps of 16 cells = 306 steps.
+const LEARN_EPOCHS: u64 = 17;
+/// Steps averaged at either end of a learning run.
+const ENDS: usize = 30;
+
+/// Trains `method` for [`LEARN_EPOCHS`]: the loss falls (mean of the last
+/// [`ENDS`] steps below the first, after `skip` steps of schedule warm-up), the
+/// features keep their spread, and a k-NN cell-type probe on the frozen
+/// features beats the same probe on a random encoder of the same seed.
+fn learns(method: &str, extra: Value, skip: usize, knn_beats_random: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra_all = json!({"epochs": LEARN_EPOCHS});
+    merge(&mut extra_all, extra);
+    let cfg = config(method, dir.path(), extra_all).unwrap();
     let start = std::time::Instant::now();
     let report = pretrain(&cfg, &mut quiet).unwrap();
     let losses = &report.step_losses;
     assert_eq!(losses.len() as u64, report.steps_completed);
-    let (first, last) = (mean(&losses[..5]), mean(&losses[losses.len() - 5..]));
-    let std = embedding_std(&checkpoint_features(&report.encoder)).unwrap();
-    eprintln!(
-        "{method}: {} steps in {:.1} s, loss first 5 {first:.4} → last 5 {last:.4}, embedding std {std:.4}",
-        losses.len(),
-        start.elapsed().as_secs_f64()
-    );
-    eprintln!(
-        "{method} losses: {:?}",
-        losses
-            .iter()
-            .map(|l| (l * 1000.0).round() / 1000.0)
-            .collect::<Vec<_>>()
-    );
+    assert!(losses.len() >= 300, "{} steps", losses.len());
     assert!(losses.iter().all(|l| l.is_finite()));
-    if loss_falls {
-        assert!(last < first, "{method}: loss {first} → {last}");
-    }
-    assert!(std > STD_FLOOR, "{method}: collapsed, std {std}");
+    let (first, last) = (
+        mean(&losses[skip..skip + ENDS]),
+        mean(&losses[losses.len() - ENDS..]),
+    );
+    let (ds, _) = Dataset::open(&cohort().root, &OpenOptions::fail()).unwrap();
+    let knn = KnnConfig::default();
+    let probe = compare_with_random(&report.encoder, &ds, &knn, None, Some(cfg.seed)).unwrap();
+    let random = probe.random.clone().unwrap();
+    eprintln!(
+        "{method}: {} steps in {:.0} s; loss steps {skip}..{}: {first:.4} → last {ENDS}: {last:.4}; \
+         embedding std {:.4} (random {:.4}); k-NN (k={}, {} cells, {} types) accuracy {:.3} / \
+         macro F1 {:.3}, random encoder {:.3} / {:.3}",
+        losses.len(),
+        start.elapsed().as_secs_f64(),
+        skip + ENDS,
+        probe.embedding_std,
+        probe.random_embedding_std.unwrap(),
+        probe.encoder.k,
+        probe.encoder.queries,
+        probe.classes.len(),
+        probe.encoder.accuracy,
+        probe.encoder.macro_f1,
+        random.accuracy,
+        random.macro_f1,
+    );
+    assert!(last < first, "{method}: loss {first} → {last}");
+    assert!(
+        probe.embedding_std > STD_FLOOR,
+        "{method}: collapsed, std {}",
+        probe.embedding_std
+    );
+    assert!(
+        !knn_beats_random
+            || (probe.encoder.accuracy > random.accuracy
+                && probe.encoder.macro_f1 > random.macro_f1),
+        "{method}: k-NN {:?} vs random {random:?}",
+        probe.encoder
+    );
     let (m, _) = amlmil::checkpoint::Checkpoint::read_encoder(&report.encoder).unwrap();
     assert_eq!(m.provenance.method, method);
     assert_eq!(m.input_size, 32);
-    assert_eq!(m.provenance.details["epochs_completed"], json!(2));
-    assert!(dir.join("state.safetensors").exists());
-    dir
+    assert_eq!(
+        m.provenance.details["epochs_completed"],
+        json!(LEARN_EPOCHS)
+    );
+    assert!(dir.path().join("state.safetensors").exists());
 }
 
 #[test]
-fn simclr_learns_and_beats_a_random_encoder_on_knn() {
-    let dir = learns("simclr", json!({}), true);
-    let encoder = dir.join("encoder.safetensors");
-    // k-NN on the cell types (leave-one-out over all typed cells at 32 px).
-    let (ds, _) = Dataset::open(&cohort().root, &OpenOptions::fail()).unwrap();
-    let cells = labelled_cells(&ds, 32, None, 0).unwrap();
-    let knn = KnnConfig::default();
-    let trained = amlmil::ssl::probe::probe_checkpoint(&encoder, &ds, &knn, None).unwrap();
-    let norm = Normalization::default();
-    let (random, _vs) =
-        calibrated_random_encoder(EncoderArch::ResNet18, 11, &cells.images, &norm).unwrap();
-    let f = pooled_features(&random, &cells.images, &norm, 32, Device::Cpu).unwrap();
-    let baseline = knn_probe(&f, &cells.labels, cells.classes.len(), &knn).unwrap();
-    eprintln!(
-        "k-NN (k={}, {} cells, {} types): simclr accuracy {:.3} / macro F1 {:.3}; random accuracy {:.3} / macro F1 {:.3}",
-        trained.k,
-        trained.queries,
-        cells.classes.len(),
-        trained.accuracy,
-        trained.macro_f1,
-        baseline.accuracy,
-        baseline.macro_f1
-    );
-    assert!(
-        trained.accuracy > baseline.accuracy,
-        "trained {trained:?} vs random {baseline:?}"
-    );
+fn simclr_learns() {
+    learns("simclr", json!({}), 0, true);
+}
 
-    // The checkpoint loads in a session with a 64-px-geometry MIL head.
-    let mil = dir.join("mil.safetensors");
+#[test]
+fn swav_learns() {
+    learns("swav", json!({}), 0, true);
+}
+
+#[test]
+fn dino_learns() {
+    // The teacher temperature warms up over the first 2 epochs (36 steps),
+    // which raises the loss by design: compare from its end. Not asserted (a
+    // known gap, README "Status"): at this scale DINO's head drifts towards
+    // uniform outputs (teacher entropy → ln K, see `RUST_LOG=amlmil=debug`),
+    // and its k-NN probe does not beat the random encoder's.
+    learns("dino", json!({}), 36, false);
+}
+
+#[test]
+fn supervised_learns() {
+    learns("supervised", json!({}), 0, true);
+}
+
+#[test]
+fn a_pretrained_checkpoint_loads_in_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        "simclr",
+        dir.path(),
+        json!({"epochs": 1, "steps_per_epoch": 2, "max_cells": 64}),
+    )
+    .unwrap();
+    let report = pretrain(&cfg, &mut quiet).unwrap();
+    let features = checkpoint_features(&report.encoder);
+    assert_eq!(features.size(), [96, 512]);
+    // A MIL head for the checkpoint's 32-px geometry.
+    let mil = dir.path().join("mil.safetensors");
     let mil_config = MilConfig {
         cell_net: CellNet::Pooled,
         in_side: EncoderArch::ResNet18.feature_side(32),
@@ -185,28 +223,8 @@ fn simclr_learns_and_beats_a_random_encoder_on_knn() {
         device: amlmil::DeviceSpec::Cpu,
         ..Default::default()
     };
-    let session = amlmil::Session::new(&encoder, &mil, &options).unwrap();
+    let session = amlmil::Session::new(&report.encoder, &mil, &options).unwrap();
     assert_eq!(session.encoder_manifest().provenance.method, "simclr");
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-#[test]
-fn swav_learns() {
-    let _ = std::fs::remove_dir_all(learns("swav", json!({}), true));
-}
-
-#[test]
-fn dino_learns() {
-    // Not asserted for DINO: in 36 steps of 16 images its loss rises (here
-    // 6.71 → 7.26 at the preset, towards ln K as the centre adapts and the
-    // teacher temperature warms up; also with 10× the rate and a fixed τ_t). The
-    // run is still checked for finite losses, no feature collapse, checkpoints.
-    let _ = std::fs::remove_dir_all(learns("dino", json!({}), false));
-}
-
-#[test]
-fn supervised_learns() {
-    let _ = std::fs::remove_dir_all(learns("supervised", json!({}), true));
 }
 
 /// Every tensor of a safetensors file, as raw bytes by name.

@@ -44,6 +44,9 @@ enum Command {
     Dataset(DatasetCommand),
     /// Pre-train a cell encoder (SimCLR, SwAV, DINO or supervised on cell types).
     Pretrain(PretrainArgs),
+    /// k-NN cell-type probe of an encoder on a data set's typed cells, against a
+    /// random encoder (JSON).
+    Probe(ProbeArgs),
     /// Encode every cell of a data set once (with flip variants) into a feature cache.
     ExtractFeatures(ExtractArgs),
     /// Train one attention-MIL head (fold F of seed S: 60/20/20) and write its checkpoint.
@@ -82,6 +85,28 @@ struct PretrainArgs {
     /// JSON object of further overrides, e.g. '{"batch_size": 64}'.
     #[arg(long)]
     set: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// Encoder checkpoint.
+    #[arg(long)]
+    encoder: PathBuf,
+    /// Data set root whose cells.csv gives cell types.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Neighbours.
+    #[arg(long, default_value_t = 5)]
+    k: usize,
+    /// Probe a seeded subset of at most this many typed cells.
+    #[arg(long)]
+    max_cells: Option<usize>,
+    /// Seed of the random-encoder baseline.
+    #[arg(long, default_value_t = 0)]
+    random_seed: u64,
+    /// Skip the random-encoder baseline.
+    #[arg(long)]
+    no_baseline: bool,
 }
 
 #[derive(clap::Args)]
@@ -318,6 +343,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::ExtractFeatures(args) => extract(args),
         Command::Pretrain(args) => pretrain_cmd(args),
+        Command::Probe(args) => probe(args),
         Command::TrainMil(args) => train_mil(args),
         Command::Cv(args) => cv(args),
         Command::Dataset(cmd) => dataset(cmd),
@@ -394,6 +420,20 @@ fn pretrain_cmd(args: PretrainArgs) -> amlmil::Result<()> {
         report.epochs_completed,
         report.steps_completed
     );
+    Ok(())
+}
+
+fn probe(args: ProbeArgs) -> amlmil::Result<()> {
+    use amlmil::dataset::{Dataset, OpenOptions};
+    use amlmil::ssl::probe::{compare_with_random, KnnConfig};
+    let (ds, _) = Dataset::open(&args.dataset, &OpenOptions::fail())?;
+    let knn = KnnConfig {
+        k: args.k,
+        ..KnnConfig::default()
+    };
+    let seed = (!args.no_baseline).then_some(args.random_seed);
+    let report = compare_with_random(&args.encoder, &ds, &knn, args.max_cells, seed)?;
+    emit(&serde_json::to_string_pretty(&report).unwrap_or_default());
     Ok(())
 }
 

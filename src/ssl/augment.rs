@@ -39,8 +39,8 @@ pub const CELL_SIZE: i64 = 144;
 /// Side of the `cpu-small` presets, for runs on a laptop's CPU.
 pub const CPU_SMALL_SIZE: i64 = 64;
 /// Global and local crop sides of the reference implementations (ImageNet).
-const REFERENCE_GLOBAL: f64 = 224.0;
-const REFERENCE_LOCAL: f64 = 96.0;
+pub const GLOBAL_REFERENCE_SIDE: f64 = 224.0;
+pub const LOCAL_REFERENCE_SIDE: f64 = 96.0;
 
 /// How `grid_sample` fills pixels that come from outside the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -662,7 +662,10 @@ pub fn gaussian_blur(images: &Tensor, sigmas: &[f64]) -> Result<Tensor> {
     Ok(x.reshape([n, c, h, w]))
 }
 
-/// Gaussian blur settings: probability and σ range in pixels.
+/// Gaussian blur settings: probability and σ range in pixels **of the
+/// references' view sizes** (σ 0.1–2 on 224-px global and 96-px local crops);
+/// [`GaussianBlur::apply`] scales σ by the view's side over that reference, so
+/// a 32-px crop is blurred as much, relative to its content, as a 224-px one.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GaussianBlur {
     pub p: f64,
@@ -675,16 +678,23 @@ impl GaussianBlur {
         check_range("blur.sigma", self.sigma, f64::MIN_POSITIVE)
     }
 
-    /// Blurs each image with probability `p` (draws per image: whether, then σ).
-    pub fn apply<R: Rng + ?Sized>(&self, images: &Tensor, rng: &mut R) -> Result<Tensor> {
-        let [n, ..] = check_images(images, "images", false)?;
+    /// Blurs each image with probability `p` (draws per image: whether, then
+    /// σ · side / `reference_side`).
+    pub fn apply<R: Rng + ?Sized>(
+        &self,
+        images: &Tensor,
+        rng: &mut R,
+        reference_side: f64,
+    ) -> Result<Tensor> {
+        let [n, _, _, side] = check_images(images, "images", false)?;
         self.validate()?;
+        let relative = side as f64 / reference_side;
         let mut chosen = Vec::new();
         let mut sigmas = Vec::new();
         for i in 0..n as usize {
             if rng.random_bool(self.p) {
                 chosen.push(i);
-                sigmas.push(uniform(rng, self.sigma));
+                sigmas.push(uniform(rng, self.sigma) * relative);
             }
         }
         apply_to_subset(images, &chosen, |x| gaussian_blur(x, &sigmas))
@@ -816,8 +826,15 @@ impl ViewAugment {
         self.solarize.validate()
     }
 
-    /// Applies the chain to already cropped images.
-    pub fn apply<R: Rng + ?Sized>(&self, images: &Tensor, rng: &mut R) -> Result<Tensor> {
+    /// Applies the chain to already cropped images; `reference_side` is the
+    /// side the references give the blur's σ for (224 for global views, 96 for
+    /// local ones: [`GLOBAL_REFERENCE_SIDE`], [`LOCAL_REFERENCE_SIDE`]).
+    pub fn apply<R: Rng + ?Sized>(
+        &self,
+        images: &Tensor,
+        rng: &mut R,
+        reference_side: f64,
+    ) -> Result<Tensor> {
         self.validate()?;
         let mut x = random_flips(images, self.p_horizontal_flip, self.p_vertical_flip, rng)?;
         if let Some(degrees) = self.rotation {
@@ -825,7 +842,7 @@ impl ViewAugment {
         }
         x = self.color_jitter.apply(&x, rng)?;
         x = random_grayscale(&x, self.p_grayscale, rng)?;
-        x = self.blur.apply(&x, rng)?;
+        x = self.blur.apply(&x, rng, reference_side)?;
         self.solarize.apply(&x, rng)
     }
 }
@@ -856,7 +873,7 @@ pub struct MultiCropConfig {
 /// Local crop side for a global side, keeping the references' 96 : 224 ratio
 /// (rounded to an even number of pixels).
 pub fn local_size_for(global_size: i64) -> i64 {
-    2 * ((REFERENCE_LOCAL / REFERENCE_GLOBAL * global_size as f64) / 2.0).round() as i64
+    2 * ((LOCAL_REFERENCE_SIDE / GLOBAL_REFERENCE_SIDE * global_size as f64) / 2.0).round() as i64
 }
 
 impl MultiCropConfig {
@@ -973,10 +990,13 @@ impl MultiCropConfig {
         check_images(images, "images", true)?;
         self.validate()?;
         let mut out = Vec::with_capacity(self.num_views());
-        for spec in [&self.global, &self.local] {
+        for (spec, reference) in [
+            (&self.global, GLOBAL_REFERENCE_SIDE),
+            (&self.local, LOCAL_REFERENCE_SIDE),
+        ] {
             for i in 0..spec.count {
                 let x = random_resized_crop(images, spec.size, spec.scale, self.ratio, rng)?;
-                out.push(spec.augment[i % spec.augment.len()].apply(&x, rng)?);
+                out.push(spec.augment[i % spec.augment.len()].apply(&x, rng, reference)?);
             }
         }
         Ok(out)

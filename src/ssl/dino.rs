@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -38,6 +38,9 @@ pub struct DinoConfig {
     pub out_dim: i64,
     /// Keep the last layer's weight norm `g` fixed at 1 (DINO's `norm_last_layer`).
     pub norm_last_layer: bool,
+    /// Batch norm after the two hidden linear layers (DINO's `use_bn_in_head`).
+    #[serde(default)]
+    pub use_bn_in_head: bool,
     pub student_temperature: f64,
     pub warmup_teacher_temperature: f64,
     pub teacher_temperature: f64,
@@ -63,6 +66,7 @@ impl Default for DinoConfig {
             bottleneck_dim: 256,
             out_dim: 65536,
             norm_last_layer: true,
+            use_bn_in_head: false,
             student_temperature: 0.1,
             warmup_teacher_temperature: 0.04,
             teacher_temperature: 0.07,
@@ -114,19 +118,22 @@ fn check_momentum(arg: &str, m: f64) -> Result<()> {
 }
 
 /// DINO's head: `mlp` (Linear → GELU → Linear → GELU → Linear to the
-/// bottleneck), L2 normalisation, then `last_layer` with weight `W = g · V/‖V‖`
-/// (row-wise, `weight_g` `[K, 1]`, `weight_v` `[K, D]`, no bias).
+/// bottleneck, with batch norm before each GELU when `use_bn_in_head`), L2
+/// normalisation, then `last_layer` with weight `W = g · V/‖V‖` (row-wise,
+/// `weight_g` `[K, 1]`, `weight_v` `[K, D]`, no bias).
 #[derive(Debug)]
 pub struct DinoHead {
     mlp: [nn::Linear; 3],
+    bn: Option<[nn::BatchNorm; 2]>,
     weight_g: Tensor,
     weight_v: Tensor,
     norm_last_layer: bool,
 }
 
 impl DinoHead {
-    /// Parameters `mlp.0`, `mlp.2`, `mlp.4`, `last_layer.weight_g`,
-    /// `last_layer.weight_v` under `p`. The MLP is initialised as DINO's
+    /// Parameters `mlp.0`, `mlp.2`, `mlp.4` (with batch norm: `mlp.0`, `mlp.1`
+    /// BN, `mlp.3`, `mlp.4` BN, `mlp.6`, as DINO's `nn.Sequential`),
+    /// `last_layer.weight_g`, `last_layer.weight_v` under `p`. The MLP is initialised as DINO's
     /// `trunc_normal_(std=0.02)` (whose ±2 cut-off is absolute, so a plain normal),
     /// biases 0; `V` as PyTorch's `nn.Linear`, `g` = 1.
     pub fn new(p: &nn::Path, config: &DinoConfig) -> Result<Self> {
@@ -141,10 +148,19 @@ impl DinoHead {
         };
         let mlp = p / "mlp";
         let c = config;
+        let names = if c.use_bn_in_head {
+            ["0", "3", "6"]
+        } else {
+            ["0", "2", "4"]
+        };
+        let bn = c.use_bn_in_head.then(|| {
+            let bn = |name: &str| nn::batch_norm1d(&mlp / name, c.hidden_dim, Default::default());
+            [bn("1"), bn("4")]
+        });
         let mlp = [
-            nn::linear(&mlp / "0", c.in_dim, c.hidden_dim, cfg),
-            nn::linear(&mlp / "2", c.hidden_dim, c.hidden_dim, cfg),
-            nn::linear(&mlp / "4", c.hidden_dim, c.bottleneck_dim, cfg),
+            nn::linear(&mlp / names[0], c.in_dim, c.hidden_dim, cfg),
+            nn::linear(&mlp / names[1], c.hidden_dim, c.hidden_dim, cfg),
+            nn::linear(&mlp / names[2], c.hidden_dim, c.bottleneck_dim, cfg),
         ];
         let last = p / "last_layer";
         let bound = 1.0 / (c.bottleneck_dim as f64).sqrt();
@@ -163,6 +179,7 @@ impl DinoHead {
         };
         Ok(DinoHead {
             mlp,
+            bn,
             weight_g,
             weight_v,
             norm_last_layer: c.norm_last_layer,
@@ -191,16 +208,17 @@ impl DinoHead {
     }
 }
 
-impl Module for DinoHead {
-    /// `[N, in_dim]` pooled features → `[N, K]` logits.
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let x = xs
-            .apply(&self.mlp[0])
-            .gelu("none")
-            .apply(&self.mlp[1])
-            .gelu("none")
-            .apply(&self.mlp[2]);
-        l2_normalize(&x).matmul(&self.last_layer_weight().tr())
+impl ModuleT for DinoHead {
+    /// `[N, in_dim]` pooled features → `[N, K]` logits (`train`: batch norm,
+    /// if any, on batch statistics).
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let hidden = |x: Tensor, i: usize| match &self.bn {
+            Some(bn) => x.apply_t(&bn[i], train).gelu("none"),
+            None => x.gelu("none"),
+        };
+        let x = hidden(xs.apply(&self.mlp[0]), 0);
+        let x = hidden(x.apply(&self.mlp[1]), 1);
+        l2_normalize(&x.apply(&self.mlp[2])).matmul(&self.last_layer_weight().tr())
     }
 }
 
@@ -334,6 +352,35 @@ impl DinoLoss {
             }
         }
         Ok(total.expect("≥ 2 student crops give at least one pair") / terms as f64)
+    }
+
+    /// DINO's collapse monitors (Caron et al. 2021, §5.3): the mean entropy of
+    /// the teacher's centred, sharpened distributions and the mean KL divergence
+    /// from them to the student's, over the loss's crop pairs. Uniform collapse
+    /// shows as entropy → ln K with KL → 0; one-dimension collapse as
+    /// entropy → 0.
+    pub fn monitors(
+        &self,
+        student: &[Tensor],
+        teacher: &[Tensor],
+        epoch: u64,
+    ) -> Result<(f64, f64)> {
+        let loss = self.loss(student, teacher, epoch)?.f_double_value(&[])?;
+        let tau_t = self.teacher_temperature(epoch);
+        let entropy = tch::no_grad(|| -> Result<f64> {
+            let mut sum = 0.0;
+            for t in teacher {
+                let logp = ((t.detach() - &self.center) / tau_t).log_softmax(1, Kind::Float);
+                sum -= (logp.exp() * &logp)
+                    .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                    .mean(Kind::Float)
+                    .f_double_value(&[])?;
+            }
+            Ok(sum / teacher.len() as f64)
+        })?;
+        // Cross-entropy = entropy + KL, per pair; every teacher crop appears in
+        // the same number of pairs.
+        Ok((entropy, loss - entropy))
     }
 
     /// `c ← m c + (1 − m) · mean over all teacher rows` (no gradient).
@@ -507,11 +554,11 @@ mod tests {
 
         let x = Tensor::randn([4, 512], (Kind::Float, Device::Cpu));
         assert!(head.freeze_last_layer(0, 1));
-        head.forward(&x).sum(Kind::Float).backward();
+        head.forward_t(&x, true).sum(Kind::Float).backward();
         assert!(!head.weight_v.grad().defined());
         assert!(vs.variables()["mlp.0.weight"].grad().defined());
         assert!(!head.freeze_last_layer(1, 1));
-        head.forward(&x).sum(Kind::Float).backward();
+        head.forward_t(&x, true).sum(Kind::Float).backward();
         assert!(head.weight_v.grad().defined());
     }
 

@@ -410,6 +410,108 @@ fn restore(t: &Tensor, p: &Param, key: &str) -> Result<Tensor> {
     Ok(t.to_kind(Kind::Float).to_device(p.tensor.device()).copy())
 }
 
+/// Dynamic loss scaling for fp16 mixed precision, as PyTorch's
+/// `torch.amp.GradScaler` with its defaults: the loss is multiplied by `scale`
+/// (2¹⁶ at first) before the backward pass; the gradients are divided by it
+/// before clipping and the optimiser step; a step whose gradients hold an inf
+/// or NaN is skipped and halves the scale, and 2000 finite steps in a row
+/// double it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradScaler {
+    scale: f64,
+    /// Finite steps since the scale last changed.
+    good_steps: i64,
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        GradScaler {
+            scale: 65536.0,
+            good_steps: 0,
+        }
+    }
+}
+
+impl GradScaler {
+    pub const GROWTH_FACTOR: f64 = 2.0;
+    pub const BACKOFF_FACTOR: f64 = 0.5;
+    pub const GROWTH_INTERVAL: i64 = 2000;
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// `loss · scale`.
+    pub fn scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        Ok(loss.f_mul_scalar(self.scale)?)
+    }
+
+    /// Divides every defined gradient of `params` by the scale in place and
+    /// tells whether all of them are finite (if not, the gradients are
+    /// meaningless and the step must be skipped).
+    pub fn unscale(&self, params: &[Param]) -> Result<bool> {
+        let mut found_inf: Option<Tensor> = None;
+        for p in params {
+            let mut g = p.tensor.grad();
+            if !g.defined() {
+                continue;
+            }
+            let found =
+                found_inf.get_or_insert_with(|| Tensor::zeros([1], (Kind::Float, g.device())));
+            let inv = Tensor::full([1], 1.0 / self.scale, (Kind::Float, g.device()));
+            g.f_internal_amp_non_finite_check_and_unscale(found, &inv)?;
+        }
+        Ok(match found_inf {
+            Some(f) => f.f_double_value(&[0])? == 0.0,
+            None => true,
+        })
+    }
+
+    /// After a step: back off on non-finite gradients, grow after
+    /// [`Self::GROWTH_INTERVAL`] finite steps.
+    pub fn update(&mut self, finite: bool) {
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps >= Self::GROWTH_INTERVAL {
+                self.scale *= Self::GROWTH_FACTOR;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale *= Self::BACKOFF_FACTOR;
+            self.good_steps = 0;
+        }
+    }
+
+    /// `grad_scaler.scale` (f64) and `grad_scaler.good_steps` (i64) scalars.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("grad_scaler.scale".into(), Tensor::from(self.scale)),
+            (
+                "grad_scaler.good_steps".into(),
+                Tensor::from(self.good_steps),
+            ),
+        ]
+    }
+
+    /// Restores [`GradScaler::state`] (a state without it: the initial scaler).
+    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+        *self = GradScaler::default();
+        if let Some(t) = state.get("grad_scaler.scale") {
+            self.scale = t.f_double_value(&[])?;
+        }
+        if let Some(t) = state.get("grad_scaler.good_steps") {
+            self.good_steps = t.f_int64_value(&[])?;
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(Error::Mismatch(format!(
+                "grad_scaler.scale {} is not a positive number",
+                self.scale
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,5 +632,33 @@ mod tests {
         opt.step(0.01, 0.1).unwrap();
         let want = 0.5 * (1.0 - 0.001) - 0.01;
         assert!((values(&w0)[0] - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn grad_scaler_unscales_skips_and_adapts() {
+        let w = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let params = vec![Param::new("w", w.shallow_clone())];
+        let mut scaler = GradScaler::default();
+        let loss = (&w * &w).sum(Kind::Float);
+        scaler.scale_loss(&loss).unwrap().backward();
+        assert!(scaler.unscale(&params).unwrap());
+        let g = Vec::<f32>::try_from(w.grad()).unwrap();
+        assert_eq!(g, vec![2.0, 4.0]);
+        scaler.update(true);
+        assert_eq!(scaler.scale(), 65536.0);
+        // An overflowing gradient: found, scale halves, growth counter resets.
+        let _ = w.grad().fill_(f64::INFINITY);
+        assert!(!scaler.unscale(&params).unwrap());
+        scaler.update(false);
+        assert_eq!(scaler.scale(), 32768.0);
+        for _ in 0..GradScaler::GROWTH_INTERVAL {
+            scaler.update(true);
+        }
+        assert_eq!(scaler.scale(), 65536.0);
+        let mut restored = GradScaler::default();
+        scaler.update(true);
+        let state: BTreeMap<String, Tensor> = scaler.state().into_iter().collect();
+        restored.load_state(&state).unwrap();
+        assert_eq!(restored, scaler);
     }
 }

@@ -273,16 +273,59 @@ pub fn probe_checkpoint(
     config: &KnnConfig,
     max_cells: Option<usize>,
 ) -> Result<ProbeReport> {
+    Ok(compare_with_random(path, dataset, config, max_cells, None)?.encoder)
+}
+
+/// [`probe_checkpoint`] and, optionally, the same probe on the same cells for
+/// a seeded random encoder of the checkpoint's architecture
+/// ([`calibrated_random_encoder`]): the "better than chance features" check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeComparison {
+    pub encoder: ProbeReport,
+    /// The random encoder's report (when a seed was given).
+    pub random: Option<ProbeReport>,
+    /// [`embedding_std`] of the encoder's features (and the random one's).
+    pub embedding_std: f64,
+    pub random_embedding_std: Option<f64>,
+    /// Cell types, sorted (the classes of the probe).
+    pub classes: Vec<String>,
+}
+
+/// Probes the encoder checkpoint at `path` and, when `random_seed` is given,
+/// a random encoder on the same cells (CPU).
+pub fn compare_with_random(
+    path: &std::path::Path,
+    dataset: &Dataset,
+    config: &KnnConfig,
+    max_cells: Option<usize>,
+    random_seed: Option<u64>,
+) -> Result<ProbeComparison> {
     let (encoder, manifest, _vs) = crate::inference::load_encoder(path, Device::Cpu)?;
     let cells = labelled_cells(dataset, manifest.input_size, max_cells, 0)?;
-    let features = pooled_features(
-        &encoder,
-        &cells.images,
-        &manifest.normalization,
-        64,
-        Device::Cpu,
-    )?;
-    knn_probe(&features, &cells.labels, cells.classes.len(), config)
+    let norm = &manifest.normalization;
+    let probe = |encoder: &Encoder| -> Result<(ProbeReport, f64)> {
+        let f = pooled_features(encoder, &cells.images, norm, 64, Device::Cpu)?;
+        Ok((
+            knn_probe(&f, &cells.labels, cells.classes.len(), config)?,
+            embedding_std(&f)?,
+        ))
+    };
+    let (report, std) = probe(&encoder)?;
+    let random = match random_seed {
+        Some(seed) => {
+            let (random, _vs) =
+                calibrated_random_encoder(manifest.architecture, seed, &cells.images, norm)?;
+            Some(probe(&random)?)
+        }
+        None => None,
+    };
+    Ok(ProbeComparison {
+        encoder: report,
+        embedding_std: std,
+        random_embedding_std: random.as_ref().map(|r| r.1),
+        random: random.map(|r| r.0),
+        classes: cells.classes,
+    })
 }
 
 #[cfg(test)]

@@ -31,9 +31,10 @@
 //! mode and leaves biases and 1-D parameters out of weight decay and adaptation
 //! (SimCLR's LARS does; SwAV's reference clips nothing and adapts all; both are
 //! [`SgdConfig`] switches). DINO exports the **teacher** encoder (DINO evaluates
-//! the teacher); the others the student. No mixed precision: tch's `autocast`
-//! is CUDA-only and fp16 would need a gradient scaler, so every run is fp32
-//! (documented gap). No activation checkpointing. Epoch counts of the `paper`
+//! the teacher); the others the student. Mixed precision (`mixed_precision`,
+//! CUDA only) autocasts the forward passes to fp16 with dynamic loss scaling
+//! ([`GradScaler`]); losses and Sinkhorn codes see fp32 where autocast's op
+//! lists put them. No activation checkpointing. Epoch counts of the `paper`
 //! preset (500 for the self-supervised methods, 100 for supervised) follow
 //! SwAV's 500 of DESIGN.md §2; the paper gives no others.
 //!
@@ -75,9 +76,10 @@ use crate::inference::DeviceSpec;
 use crate::model::{Encoder, EncoderArch};
 use crate::ssl::augment::{
     random_resized_crop, CropSpec, MultiCropConfig, ViewAugment, CELL_SIZE, CPU_SMALL_SIZE,
+    GLOBAL_REFERENCE_SIDE,
 };
 use crate::ssl::dino::{clip_gradients, ema_update, DinoConfig, DinoHead, DinoLoss};
-use crate::ssl::optim::{AdamW, AdamWConfig, Param, Sgd, SgdConfig};
+use crate::ssl::optim::{AdamW, AdamWConfig, GradScaler, Param, Sgd, SgdConfig};
 use crate::ssl::schedule::{self, scaled_learning_rate};
 use crate::ssl::simclr::{nt_xent_loss, ProjectionHead, SimClrConfig};
 use crate::ssl::swav::{swav_loss, Prototypes, SwavConfig, SwavHead};
@@ -219,6 +221,10 @@ pub struct PretrainConfig {
     pub keep_every: u64,
     /// Threads decoding images (0: available cores, at most 8).
     pub decode_threads: usize,
+    /// fp16 autocast of the forward passes with dynamic loss scaling, on CUDA
+    /// (ignored, with a warning, on the CPU).
+    #[serde(default)]
+    pub mixed_precision: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sgd: Option<SgdConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,6 +277,7 @@ impl PretrainConfig {
             resume: false,
             keep_every: if small { 0 } else { 50 },
             decode_threads: 0,
+            mixed_precision: false,
             sgd: None,
             adamw: None,
             simclr: None,
@@ -384,6 +391,16 @@ impl PretrainConfig {
         Self::from_value(value)
     }
 
+    /// The multi-crop views of a self-supervised method (`None`: supervised).
+    pub fn multi_crop(&self) -> Option<&MultiCropConfig> {
+        match self.method {
+            SslMethod::SimClr => self.simclr.as_ref().map(|c| &c.crops),
+            SslMethod::Swav => self.swav.as_ref().map(|c| &c.crops),
+            SslMethod::Dino => self.dino.as_ref().map(|c| &c.crops),
+            SslMethod::Supervised => None,
+        }
+    }
+
     /// Learning rate at step 0 of the cosine: `base_learning_rate · batch / 256`.
     pub fn peak_learning_rate(&self) -> f64 {
         scaled_learning_rate(self.base_learning_rate, self.batch_size)
@@ -460,18 +477,23 @@ impl PretrainConfig {
         }
         self.device.parse::<DeviceSpec>()?;
         let method = self.method.name();
-        let optimiser = match self.method {
-            SslMethod::Dino => ("adamw", self.adamw.is_some(), self.sgd.is_some()),
-            _ => ("sgd", self.sgd.is_some(), self.adamw.is_some()),
-        };
-        if !optimiser.1 || optimiser.2 {
-            return Err(Error::invalid(
-                optimiser.0,
-                format!(
-                    "{method} trains with exactly the `{}` optimiser",
-                    optimiser.0
-                ),
-            ));
+        // DINO trains with AdamW or, as its reference does for ResNets, SGD;
+        // the others with SGD (+ LARC). Exactly one optimiser section is set.
+        match (self.method, self.sgd.is_some(), self.adamw.is_some()) {
+            (_, true, false) | (SslMethod::Dino, false, true) => {}
+            (SslMethod::Dino, ..) => {
+                return Err(Error::invalid(
+                    "adamw",
+                    "dino trains with exactly one of the `adamw` and `sgd` optimisers \
+                     (set the other to null)",
+                ))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "sgd",
+                    format!("{method} trains with exactly the `sgd` optimiser"),
+                ))
+            }
         }
         if let Some(s) = &self.sgd {
             s.validate()?;
@@ -504,43 +526,21 @@ impl PretrainConfig {
             other => other,
         };
         let feature_dim = self.architecture.feature_dim();
-        let (in_dim, crops) = match (&self.simclr, &self.swav, &self.dino, &self.supervised) {
-            (Some(c), ..) => {
-                c.validate().map_err(prefixed)?;
-                (
-                    c.in_dim,
-                    vec![
-                        ("crops.global", &c.crops.global),
-                        ("crops.local", &c.crops.local),
-                    ],
-                )
-            }
+        let in_dim = match (&self.simclr, &self.swav, &self.dino, &self.supervised) {
+            (Some(c), ..) => c.validate().map_err(prefixed).map(|()| c.in_dim)?,
             (_, Some(c), ..) => {
                 c.validate().map_err(prefixed)?;
                 c.check_batch_size(self.batch_size)?;
-                (
-                    c.in_dim,
-                    vec![
-                        ("crops.global", &c.crops.global),
-                        ("crops.local", &c.crops.local),
-                    ],
-                )
+                c.in_dim
             }
-            (_, _, Some(c), _) => {
-                c.validate().map_err(prefixed)?;
-                (
-                    c.in_dim,
-                    vec![
-                        ("crops.global", &c.crops.global),
-                        ("crops.local", &c.crops.local),
-                    ],
-                )
-            }
-            (_, _, _, Some(c)) => {
-                c.validate().map_err(prefixed)?;
-                (feature_dim, vec![("crop", &c.crop)])
-            }
+            (_, _, Some(c), _) => c.validate().map_err(prefixed).map(|()| c.in_dim)?,
+            (_, _, _, Some(c)) => c.validate().map_err(prefixed).map(|()| feature_dim)?,
             _ => unreachable!("exactly one method section was checked above"),
+        };
+        let crops = match (self.multi_crop(), &self.supervised) {
+            (Some(c), _) => vec![("crops.global", &c.global), ("crops.local", &c.local)],
+            (None, Some(c)) => vec![("crop", &c.crop)],
+            (None, None) => unreachable!("exactly one method section was checked above"),
         };
         if in_dim != feature_dim {
             return Err(Error::invalid(
@@ -576,6 +576,18 @@ fn merge(base: &mut Value, over: Value, path: &str, method: SslMethod) -> Result
                 } else {
                     format!("{path}.{k}")
                 };
+                if path.is_empty() && k == "sgd" && method == SslMethod::Dino && !b.contains_key(&k)
+                {
+                    // DINO's SGD alternative starts from plain momentum SGD.
+                    let plain = SgdConfig {
+                        larc_trust: None,
+                        ..SgdConfig::default()
+                    };
+                    b.insert(
+                        k.clone(),
+                        serde_json::to_value(plain).unwrap_or(Value::Null),
+                    );
+                }
                 match b.get_mut(&k) {
                     Some(slot) => merge(slot, v, &key, method)?,
                     None => {
@@ -945,7 +957,9 @@ impl EmbeddingQueue {
 
     fn push(&mut self, embeddings: &[Tensor]) -> Result<()> {
         let l = self.embeddings.size()[1];
-        let new = Tensor::f_stack(embeddings, 0)?.detach();
+        let new = Tensor::f_stack(embeddings, 0)?
+            .detach()
+            .to_kind(Kind::Float);
         let b = new.size()[1];
         self.embeddings = if b >= l {
             new.narrow(1, 0, l)
@@ -1142,22 +1156,20 @@ impl Model {
         }
     }
 
-    /// The loss of one batch (with gradient), freezing what the step asks for.
+    /// The loss of one batch (with gradient) from its normalised views
+    /// ([`make_views`]), freezing what the step asks for.
     fn loss(
         &mut self,
         config: &PretrainConfig,
-        images: &Tensor,
+        views: &[Tensor],
         indices: &Tensor,
         epoch: u64,
         step: u64,
-        rng: &mut ChaCha8Rng,
     ) -> Result<Tensor> {
-        let norm = &config.normalization;
         match &mut self.head {
             Head::SimClr(head) => {
                 let c = config.simclr.as_ref().expect("validated");
-                let views = normalize_views(&c.crops.views(images, rng)?, norm)?;
-                let z = embed_views(&self.encoder, &views, true, &|x| head.forward(x))?;
+                let z = embed_views(&self.encoder, views, true, &|x| head.forward(x))?;
                 nt_xent_loss(&z[0], &z[1], c.temperature)
             }
             Head::Swav {
@@ -1168,8 +1180,7 @@ impl Model {
                 let c = config.swav.as_ref().expect("validated");
                 prototypes.normalize_();
                 prototypes.freeze_for_iterations(step, c.freeze_prototypes_iterations);
-                let views = normalize_views(&c.crops.views(images, rng)?, norm)?;
-                let z = embed_views(&self.encoder, &views, true, &|x| head.forward_t(x, true))?;
+                let z = embed_views(&self.encoder, views, true, &|x| head.forward_t(x, true))?;
                 let scores = z
                     .iter()
                     .map(|e| prototypes.scores(e))
@@ -1201,22 +1212,21 @@ impl Model {
             } => {
                 let c = config.dino.as_ref().expect("validated");
                 head.freeze_last_layer(epoch, c.freeze_last_layer_epochs);
-                let views = normalize_views(&c.crops.views(images, rng)?, norm)?;
                 let globals = c.crops.global.count;
                 let t_out = tch::no_grad(|| {
                     embed_views(&teacher.encoder, &views[..globals], true, &|x| {
-                        teacher.head.forward(x)
+                        teacher.head.forward_t(x, true)
                     })
                 })?;
-                let s_out = embed_views(&self.encoder, &views, true, &|x| head.forward(x))?;
+                let s_out = embed_views(&self.encoder, views, true, &|x| head.forward_t(x, true))?;
+                if log::log_enabled!(log::Level::Debug) {
+                    let (h, kl) = loss.monitors(&s_out, &t_out, epoch)?;
+                    log::debug!("dino step {step}: teacher entropy {h:.4}, KL {kl:.4}");
+                }
                 loss.forward(&s_out, &t_out, epoch)
             }
             Head::Supervised { classifier, labels } => {
-                let c = config.supervised.as_ref().expect("validated");
-                let x = random_resized_crop(images, c.crop.size, c.crop.scale, c.ratio, rng)?;
-                let x = c.crop.augment[0].apply(&x, rng)?;
-                let x = normalize_views(&[x], norm)?.remove(0);
-                let logits = self.encoder.forward_t(&x, true).apply(classifier);
+                let logits = self.encoder.forward_t(&views[0], true).apply(classifier);
                 let target = labels
                     .f_index_select(0, indices)?
                     .f_to_device(logits.device())?;
@@ -1315,52 +1325,94 @@ impl Model {
     }
 }
 
-enum Optimizer {
+enum Rule {
     Sgd(Sgd),
     AdamW(AdamW),
 }
 
+/// The update rule, with a loss scaler when training in fp16 mixed precision.
+struct Optimizer {
+    rule: Rule,
+    scaler: Option<GradScaler>,
+}
+
 impl Optimizer {
-    fn new(config: &PretrainConfig, params: Vec<Param>) -> Result<Self> {
-        match (&config.sgd, &config.adamw) {
-            (Some(s), _) => Ok(Optimizer::Sgd(Sgd::new(params, *s)?)),
-            (_, Some(a)) => Ok(Optimizer::AdamW(AdamW::new(params, *a)?)),
-            _ => Err(Error::invalid("sgd", "no optimiser configured")),
-        }
+    fn new(config: &PretrainConfig, params: Vec<Param>, mixed_precision: bool) -> Result<Self> {
+        let rule = match (&config.sgd, &config.adamw) {
+            (Some(s), _) => Rule::Sgd(Sgd::new(params, *s)?),
+            (_, Some(a)) => Rule::AdamW(AdamW::new(params, *a)?),
+            _ => return Err(Error::invalid("sgd", "no optimiser configured")),
+        };
+        Ok(Optimizer {
+            rule,
+            scaler: mixed_precision.then(GradScaler::default),
+        })
     }
 
     fn params(&self) -> &[Param] {
-        match self {
-            Optimizer::Sgd(o) => o.params(),
-            Optimizer::AdamW(o) => o.params(),
+        match &self.rule {
+            Rule::Sgd(o) => o.params(),
+            Rule::AdamW(o) => o.params(),
         }
     }
 
-    fn zero_grad(&mut self) {
-        match self {
-            Optimizer::Sgd(o) => o.zero_grad(),
-            Optimizer::AdamW(o) => o.zero_grad(),
+    /// Zeroes the gradients, back-propagates `loss` (scaled in mixed precision)
+    /// and returns whether the gradients, unscaled, are finite, so that a step
+    /// may follow (always true in fp32).
+    fn backward(&mut self, loss: &Tensor) -> Result<bool> {
+        match &mut self.rule {
+            Rule::Sgd(o) => o.zero_grad(),
+            Rule::AdamW(o) => o.zero_grad(),
+        }
+        match &self.scaler {
+            Some(scaler) => {
+                scaler.scale_loss(loss)?.f_backward()?;
+                scaler.unscale(self.params())
+            }
+            None => {
+                loss.f_backward()?;
+                Ok(true)
+            }
         }
     }
 
-    fn step(&mut self, lr: f64, wd: f64) -> Result<()> {
-        match self {
-            Optimizer::Sgd(o) => o.step(lr, wd),
-            Optimizer::AdamW(o) => o.step(lr, wd),
+    /// The update with `lr` and `wd` when the gradients are `finite`, else a
+    /// skipped step (the scaler backs off).
+    fn step(&mut self, lr: f64, wd: f64, finite: bool) -> Result<()> {
+        if finite {
+            match &mut self.rule {
+                Rule::Sgd(o) => o.step(lr, wd)?,
+                Rule::AdamW(o) => o.step(lr, wd)?,
+            }
         }
+        if let Some(scaler) = &mut self.scaler {
+            scaler.update(finite);
+        }
+        Ok(())
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        match self {
-            Optimizer::Sgd(o) => o.state(),
-            Optimizer::AdamW(o) => o.state(),
+        let mut out = match &self.rule {
+            Rule::Sgd(o) => o.state(),
+            Rule::AdamW(o) => o.state(),
+        };
+        if let Some(scaler) = &self.scaler {
+            out.extend(scaler.state());
         }
+        out
     }
 
     fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        match self {
-            Optimizer::Sgd(o) => o.load_state(state),
-            Optimizer::AdamW(o) => o.load_state(state),
+        let (scaler, rule): (BTreeMap<_, _>, BTreeMap<_, _>) = state
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .partition(|(k, _)| k.starts_with("grad_scaler."));
+        if let Some(s) = &mut self.scaler {
+            s.load_state(&scaler)?;
+        }
+        match &mut self.rule {
+            Rule::Sgd(o) => o.load_state(&rule),
+            Rule::AdamW(o) => o.load_state(&rule),
         }
     }
 }
@@ -1503,6 +1555,80 @@ fn save_epoch(
 
 // ----------------------------------------------------------------------- loop
 
+/// The normalised views of one batch of `[B, 3, S, S]` images in [0, 1]: the
+/// method's multi-crop views (global crops first), or the supervised one view.
+fn make_views(
+    config: &PretrainConfig,
+    images: &Tensor,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Tensor>> {
+    let views = match config.multi_crop() {
+        Some(crops) => crops.views(images, rng)?,
+        None => {
+            let c = config.supervised.as_ref().expect("validated");
+            let x = random_resized_crop(images, c.crop.size, c.crop.scale, c.ratio, rng)?;
+            vec![c.crop.augment[0].apply(&x, rng, GLOBAL_REFERENCE_SIDE)?]
+        }
+    };
+    normalize_views(&views, &config.normalization)
+}
+
+/// One step's input, made ahead of the step by the view thread.
+struct Batch {
+    step: u64,
+    /// `[B]` cache indices of the batch's cells.
+    indices: Tensor,
+    views: Vec<Tensor>,
+}
+
+/// Batches prepared ahead of the training step.
+const PREFETCH_BATCHES: usize = 2;
+
+/// Makes the batches of epochs `first_epoch..` in order and sends them to
+/// `tx` until the receiver hangs up or a batch fails (sent as the error). Each
+/// step's views come from its own `(seed, epoch, step)` stream, so what this
+/// thread makes does not depend on timing.
+fn produce_batches(
+    config: &PretrainConfig,
+    images: &Tensor,
+    labels: &[i64],
+    first_epoch: u64,
+    steps_per_epoch: u64,
+    device: Device,
+    tx: &std::sync::mpsc::SyncSender<Result<Batch>>,
+) {
+    let _guard = tch::no_grad_guard();
+    for epoch in first_epoch..config.epochs {
+        let order = epoch_order(
+            config,
+            images.size()[0] as usize,
+            labels,
+            epoch,
+            steps_per_epoch,
+        );
+        for i in 0..steps_per_epoch {
+            let step = epoch * steps_per_epoch + i;
+            let batch = (|| -> Result<Batch> {
+                let at = i as usize * config.batch_size;
+                let indices = Tensor::f_from_slice(&order[at..at + config.batch_size])?;
+                let x = to_unit_float(&images.f_index_select(0, &indices)?, device)?;
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(stream_seed(config.seed, STREAM_VIEWS, epoch, step));
+                let views = make_views(config, &x, &mut rng)?;
+                Ok(Batch {
+                    step,
+                    indices,
+                    views,
+                })
+            })();
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
 /// The cell order of one epoch: `steps · batch` indices, from shuffled passes
 /// or (supervised with oversampling) drawn with weight ∝ 1/type frequency.
 fn epoch_order(
@@ -1629,7 +1755,11 @@ pub fn pretrain(
     let total_steps = steps_per_epoch * config.epochs;
     let num_types = cell_types.as_ref().map_or(0, Vec::len);
     let mut model = Model::new(config, device, num_types, &labels)?;
-    let mut optimizer = Optimizer::new(config, model.params())?;
+    let amp = config.mixed_precision && device.is_cuda();
+    if config.mixed_precision && !amp {
+        log::warn!("mixed_precision applies on CUDA only: training in fp32 on {device:?}");
+    }
+    let mut optimizer = Optimizer::new(config, model.params(), amp)?;
     let mut meta = StateMeta {
         format_version: STATE_FORMAT_VERSION,
         method: config.method,
@@ -1693,108 +1823,131 @@ pub fn pretrain(
     let warmup_steps = config.warmup_epochs * steps_per_epoch;
     let clip = config.dino.as_ref().map_or(0.0, |d| d.clip_grad);
     let batch = config.batch_size as i64;
-    for epoch in meta.epochs_completed..config.epochs {
-        let order = epoch_order(config, n, &labels, epoch, steps_per_epoch);
-        let started = Instant::now();
-        let mut loss_sum = 0.0;
-        let mut lr = 0.0;
-        for i in 0..steps_per_epoch {
-            let step = epoch * steps_per_epoch + i;
-            lr = schedule::learning_rate(
-                step,
-                lr_peak,
-                config.final_learning_rate,
-                warmup_steps,
-                total_steps,
-            );
-            let wd = schedule::weight_decay(
-                step,
-                config.weight_decay,
-                config.weight_decay_end,
-                total_steps,
-            );
-            let at = (i as i64 * batch) as usize;
-            let indices = Tensor::f_from_slice(&order[at..at + config.batch_size])?;
-            let images = to_unit_float(&cache.images.f_index_select(0, &indices)?, device)?;
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(stream_seed(config.seed, STREAM_VIEWS, epoch, step));
-            let loss = model.loss(config, &images, &indices, epoch, step, &mut rng)?;
-            let value = loss.f_double_value(&[])?;
-            if !value.is_finite() {
-                return Err(Error::NonFinite(format!(
-                    "{} loss at epoch {epoch}, step {step} ({value}); training stopped, the \
+    let first_epoch = meta.epochs_completed;
+    // Views are made one or two steps ahead by a thread of their own (on the
+    // training device), so the model does not wait on augmentation.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_BATCHES);
+        let images = cache.images.shallow_clone();
+        let labels = &labels;
+        scope.spawn(move || {
+            produce_batches(
+                config,
+                &images,
+                labels,
+                first_epoch,
+                steps_per_epoch,
+                device,
+                &tx,
+            )
+        });
+        for epoch in first_epoch..config.epochs {
+            let started = Instant::now();
+            let mut loss_sum = 0.0;
+            let mut lr = 0.0;
+            for i in 0..steps_per_epoch {
+                let step = epoch * steps_per_epoch + i;
+                lr = schedule::learning_rate(
+                    step,
+                    lr_peak,
+                    config.final_learning_rate,
+                    warmup_steps,
+                    total_steps,
+                );
+                let wd = schedule::weight_decay(
+                    step,
+                    config.weight_decay,
+                    config.weight_decay_end,
+                    total_steps,
+                );
+                let Batch {
+                    step: made_for,
+                    indices,
+                    views,
+                } = rx.recv().map_err(|_| Error::Dataset {
+                    path: config.dataset.clone(),
+                    reason: format!("the view thread stopped before step {step}"),
+                })??;
+                debug_assert_eq!(made_for, step);
+                let loss =
+                    tch::autocast(amp, || model.loss(config, &views, &indices, epoch, step))?;
+                let value = loss.f_double_value(&[])?;
+                if !value.is_finite() {
+                    return Err(Error::NonFinite(format!(
+                        "{} loss at epoch {epoch}, step {step} ({value}); training stopped, the \
                      checkpoint of epoch {} is kept",
-                    config.method.name(),
-                    meta.epochs_completed
-                )));
-            }
-            optimizer.zero_grad();
-            loss.f_backward()?;
-            if clip > 0.0 {
-                let params: Vec<Tensor> = optimizer
-                    .params()
-                    .iter()
-                    .map(|p| p.tensor.shallow_clone())
-                    .collect();
-                clip_gradients(&params, clip)?;
-            }
-            optimizer.step(lr, wd)?;
-            model.after_step(config, step, total_steps)?;
-            loss_sum += value;
-            meta.step_losses.push(value);
-            meta.steps_completed = step + 1;
-            let secs = started.elapsed().as_secs_f64();
-            let event = PretrainEvent {
-                stage: PretrainStage::Step,
-                epoch,
-                epochs: config.epochs,
-                done: i + 1,
-                total: steps_per_epoch,
-                loss: loss_sum / (i + 1) as f64,
-                images_per_second: ((i + 1) as f64 * batch as f64) / secs.max(1e-9),
-            };
-            if !progress(&event) {
-                return Err(Error::Cancelled(format!(
+                        config.method.name(),
+                        meta.epochs_completed
+                    )));
+                }
+                let finite = optimizer.backward(&loss)?;
+                if finite && clip > 0.0 {
+                    let params: Vec<Tensor> = optimizer
+                        .params()
+                        .iter()
+                        .map(|p| p.tensor.shallow_clone())
+                        .collect();
+                    clip_gradients(&params, clip)?;
+                }
+                optimizer.step(lr, wd, finite)?;
+                model.after_step(config, step, total_steps)?;
+                loss_sum += value;
+                meta.step_losses.push(value);
+                meta.steps_completed = step + 1;
+                let secs = started.elapsed().as_secs_f64();
+                let event = PretrainEvent {
+                    stage: PretrainStage::Step,
+                    epoch,
+                    epochs: config.epochs,
+                    done: i + 1,
+                    total: steps_per_epoch,
+                    loss: loss_sum / (i + 1) as f64,
+                    images_per_second: ((i + 1) as f64 * batch as f64) / secs.max(1e-9),
+                };
+                if !progress(&event) {
+                    return Err(Error::Cancelled(format!(
                     "pre-training at epoch {epoch}, step {} of {steps_per_epoch}; the checkpoint \
                      of epoch {} is kept",
                     i + 1,
                     meta.epochs_completed
                 )));
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let record = EpochRecord {
+                epoch,
+                mean_loss: loss_sum / steps_per_epoch as f64,
+                learning_rate: lr,
+                seconds,
+                images_per_second: (steps_per_epoch as f64 * batch as f64) / seconds.max(1e-9),
+            };
+            log::info!(
+                "{} epoch {epoch}: loss {:.4}, lr {lr:.5}, {:.1} images/s",
+                config.method.name(),
+                record.mean_loss,
+                record.images_per_second
+            );
+            meta.history.push(record.clone());
+            meta.epochs_completed = epoch + 1;
+            meta.queue_filled = model.queue_filled();
+            save_epoch(config, &model, &optimizer, &meta, cell_types.as_deref())?;
+            let event = PretrainEvent {
+                stage: PretrainStage::Epoch,
+                epoch,
+                epochs: config.epochs,
+                done: epoch + 1,
+                total: config.epochs,
+                loss: record.mean_loss,
+                images_per_second: record.images_per_second,
+            };
+            if !progress(&event) && epoch + 1 < config.epochs {
+                return Err(Error::Cancelled(format!(
+                    "pre-training after epoch {epoch}; its checkpoint is kept"
+                )));
             }
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let record = EpochRecord {
-            epoch,
-            mean_loss: loss_sum / steps_per_epoch as f64,
-            learning_rate: lr,
-            seconds,
-            images_per_second: (steps_per_epoch as f64 * batch as f64) / seconds.max(1e-9),
-        };
-        log::info!(
-            "{} epoch {epoch}: loss {:.4}, lr {lr:.5}, {:.1} images/s",
-            config.method.name(),
-            record.mean_loss,
-            record.images_per_second
-        );
-        meta.history.push(record.clone());
-        meta.epochs_completed = epoch + 1;
-        meta.queue_filled = model.queue_filled();
-        save_epoch(config, &model, &optimizer, &meta, cell_types.as_deref())?;
-        let event = PretrainEvent {
-            stage: PretrainStage::Epoch,
-            epoch,
-            epochs: config.epochs,
-            done: epoch + 1,
-            total: config.epochs,
-            loss: record.mean_loss,
-            images_per_second: record.images_per_second,
-        };
-        if !progress(&event) && epoch + 1 < config.epochs {
-            return Err(Error::Cancelled(format!(
-                "pre-training after epoch {epoch}; its checkpoint is kept"
-            )));
-        }
-    }
+        Ok(())
+    })?;
     Ok(PretrainReport {
         method: config.method,
         preset: config.preset.clone(),
