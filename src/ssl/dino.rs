@@ -528,6 +528,40 @@ mod tests {
     }
 
     #[test]
+    fn head_with_batch_norm_uses_dinos_sequential_names() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = DinoConfig {
+            use_bn_in_head: true,
+            ..small()
+        };
+        let head = DinoHead::new(&vs.root(), &cfg).unwrap();
+        let mut names: Vec<String> = vs
+            .variables()
+            .into_keys()
+            .filter(|n| n.starts_with("mlp."))
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = Vec::new();
+        for (layer, vars) in [
+            ("0", &["bias", "weight"][..]),
+            ("1", &["bias", "running_mean", "running_var", "weight"]),
+            ("3", &["bias", "weight"]),
+            ("4", &["bias", "running_mean", "running_var", "weight"]),
+            ("6", &["bias", "weight"]),
+        ] {
+            want.extend(vars.iter().map(|v| format!("mlp.{layer}.{v}")));
+        }
+        want.sort();
+        assert_eq!(names, want);
+        // Training mode normalises over the batch: a constant shift of the
+        // input changes nothing.
+        let x = Tensor::randn([6, 512], (Kind::Float, Device::Cpu));
+        let a = head.forward_t(&x, true);
+        let b = head.forward_t(&(&x + 3.0), true);
+        assert!((a - b).abs().max().double_value(&[]) < 1e-4);
+    }
+
+    #[test]
     fn head_names_weight_norm_and_freeze() {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
