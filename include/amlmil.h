@@ -30,39 +30,9 @@
 /* Version of the library this header belongs to (compare with amlmil_version()). */
 #define AMLMIL_VERSION "0.1.0"
 
-
-/*
- The paper's number of folds.
- */
-#define DEFAULT_FOLDS 5
-
-#define CACHE_FORMAT_VERSION 1
-
-/*
- Version of the C ABI: bumped on any incompatible change to this header.
- */
+/* ABI version of this header (compare with amlmil_abi_version()). */
 #define AMLMIL_ABI_VERSION 1
 
-/*
- Side of the cells of the data set (DESIGN.md §2), which presets scale to.
- */
-#define CELL_SIZE 144
-
-/*
- Side of the `cpu-small` presets, for runs on a laptop's CPU.
- */
-#define CPU_SMALL_SIZE 64
-
-/*
- Smallest crop side the renderer accepts: below it nuclei and granules are
- under a pixel and the types stop being distinguishable.
- */
-#define MIN_IMAGE_SIZE 32
-
-/*
- Crop side of the public AML data set (144 px = 24.9 µm).
- */
-#define DEFAULT_IMAGE_SIZE 144
 
 /*
  Result of every fallible `amlmil_*` function. Numbers are fixed forever; a
@@ -369,12 +339,6 @@ typedef struct {
    */
   uint32_t channels_last;
 } amlmil_session_options;
-
-
-
-
-
-
 
 #ifdef __cplusplus
 extern "C" {
