@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::model::EncoderArch;
 use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
 use crate::ssl::schedule;
-use crate::ssl::simclr::{check_temperature, l2_normalize};
+use crate::ssl::simclr::{check_temperature, l2_normalize, torch_batch_norm};
 
 /// Settings of DINO pre-training that the model, loss and helpers need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,7 +154,7 @@ impl DinoHead {
             ["0", "2", "4"]
         };
         let bn = c.use_bn_in_head.then(|| {
-            let bn = |name: &str| nn::batch_norm1d(&mlp / name, c.hidden_dim, Default::default());
+            let bn = |name: &str| nn::batch_norm1d(&mlp / name, c.hidden_dim, torch_batch_norm());
             [bn("1"), bn("4")]
         });
         let mlp = [
@@ -553,6 +553,15 @@ mod tests {
         }
         want.sort();
         assert_eq!(names, want);
+        // PyTorch's initialisation, weight 1 and bias 0 (tch's default weight
+        // is random, which the seeded initialisation would keep: runs differed).
+        let vars = vs.variables();
+        for layer in ["1", "4"] {
+            let w = &vars[&format!("mlp.{layer}.weight")];
+            let b = &vars[&format!("mlp.{layer}.bias")];
+            assert!(w.eq(1.0).all().int64_value(&[]) == 1, "mlp.{layer}.weight");
+            assert!(b.eq(0.0).all().int64_value(&[]) == 1, "mlp.{layer}.bias");
+        }
         // Training mode normalises over the batch: a constant shift of the
         // input changes nothing.
         let x = Tensor::randn([6, 512], (Kind::Float, Device::Cpu));

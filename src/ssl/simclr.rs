@@ -68,6 +68,16 @@ pub(crate) fn check_temperature(arg: &str, t: f64) -> Result<()> {
     Ok(())
 }
 
+/// PyTorch's batch-norm initialisation (weight 1, bias 0; tch's default draws
+/// the weight from U(0, 1), which [`crate::ssl::train::init_seeded`] would keep).
+pub(crate) fn torch_batch_norm() -> nn::BatchNormConfig {
+    nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.0),
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    }
+}
+
 /// `nn.Linear` with PyTorch's default initialisation, `U(±1/√fan_in)` for
 /// weight and bias (tch's default is Kaiming with the ReLU gain instead).
 pub(crate) fn torch_linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {

@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::model::EncoderArch;
 use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
-use crate::ssl::simclr::{check_temperature, l2_normalize, torch_linear};
+use crate::ssl::simclr::{check_temperature, l2_normalize, torch_batch_norm, torch_linear};
 
 /// Settings of SwAV pre-training that the model and loss need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,14 +162,9 @@ impl SwavHead {
     pub fn new(p: &nn::Path, config: &SwavConfig) -> Result<Self> {
         config.validate()?;
         let head = p / "head";
-        let bn = nn::BatchNormConfig {
-            ws_init: nn::Init::Const(1.0),
-            bs_init: nn::Init::Const(0.0),
-            ..Default::default()
-        };
         Ok(SwavHead {
             fc1: torch_linear(&head / "0", config.in_dim, config.hidden_dim, true),
-            bn: nn::batch_norm1d(&head / "1", config.hidden_dim, bn),
+            bn: nn::batch_norm1d(&head / "1", config.hidden_dim, torch_batch_norm()),
             fc2: torch_linear(&head / "3", config.hidden_dim, config.out_dim, true),
         })
     }
