@@ -112,10 +112,10 @@ const LEARN_EPOCHS: u64 = 17;
 const ENDS: usize = 30;
 
 /// Trains `method` for [`LEARN_EPOCHS`]: the loss falls (mean of the last
-/// [`ENDS`] steps below the first, after `skip` steps of schedule warm-up), the
-/// features keep their spread, and a k-NN cell-type probe on the frozen
-/// features beats the same probe on a random encoder of the same seed.
-fn learns(method: &str, extra: Value, skip: usize, knn_beats_random: bool) {
+/// [`ENDS`] steps below the first), the features keep their spread, and a k-NN
+/// cell-type probe on the frozen features beats the same probe on a random
+/// encoder of the same seed.
+fn learns(method: &str, extra: Value) {
     let dir = tempfile::tempdir().unwrap();
     let mut extra_all = json!({"epochs": LEARN_EPOCHS});
     merge(&mut extra_all, extra);
@@ -126,21 +126,17 @@ fn learns(method: &str, extra: Value, skip: usize, knn_beats_random: bool) {
     assert_eq!(losses.len() as u64, report.steps_completed);
     assert!(losses.len() >= 300, "{} steps", losses.len());
     assert!(losses.iter().all(|l| l.is_finite()));
-    let (first, last) = (
-        mean(&losses[skip..skip + ENDS]),
-        mean(&losses[losses.len() - ENDS..]),
-    );
+    let (first, last) = (mean(&losses[..ENDS]), mean(&losses[losses.len() - ENDS..]));
     let (ds, _) = Dataset::open(&cohort().root, &OpenOptions::fail()).unwrap();
     let knn = KnnConfig::default();
     let probe = compare_with_random(&report.encoder, &ds, &knn, None, Some(cfg.seed)).unwrap();
     let random = probe.random.clone().unwrap();
     eprintln!(
-        "{method}: {} steps in {:.0} s; loss steps {skip}..{}: {first:.4} → last {ENDS}: {last:.4}; \
+        "{method}: {} steps in {:.0} s; loss first {ENDS} steps: {first:.4} → last {ENDS}: {last:.4}; \
          embedding std {:.4} (random {:.4}); k-NN (k={}, {} cells, {} types) accuracy {:.3} / \
          macro F1 {:.3}, random encoder {:.3} / {:.3}",
         losses.len(),
         start.elapsed().as_secs_f64(),
-        skip + ENDS,
         probe.embedding_std,
         probe.random_embedding_std.unwrap(),
         probe.encoder.k,
@@ -158,9 +154,7 @@ fn learns(method: &str, extra: Value, skip: usize, knn_beats_random: bool) {
         probe.embedding_std
     );
     assert!(
-        !knn_beats_random
-            || (probe.encoder.accuracy > random.accuracy
-                && probe.encoder.macro_f1 > random.macro_f1),
+        probe.encoder.accuracy > random.accuracy && probe.encoder.macro_f1 > random.macro_f1,
         "{method}: k-NN {:?} vs random {random:?}",
         probe.encoder
     );
@@ -176,27 +170,25 @@ fn learns(method: &str, extra: Value, skip: usize, knn_beats_random: bool) {
 
 #[test]
 fn simclr_learns() {
-    learns("simclr", json!({}), 0, true);
+    learns("simclr", json!({}));
 }
 
 #[test]
 fn swav_learns() {
-    learns("swav", json!({}), 0, true);
+    learns("swav", json!({}));
 }
 
 #[test]
 fn dino_learns() {
-    // The teacher temperature warms up over the first 2 epochs (36 steps),
-    // which raises the loss by design: compare from its end. Not asserted (a
-    // known gap, README "Status"): at this scale DINO's head drifts towards
-    // uniform outputs (teacher entropy → ln K, see `RUST_LOG=amlmil=debug`),
-    // and its k-NN probe does not beat the random encoder's.
-    learns("dino", json!({}), 36, false);
+    // The preset's one warm-up epoch (the helper's default is none). With the
+    // paper's settings at this scale the head drifts to uniform outputs; the
+    // `cpu-small` preset is the setting that learns (its doc comment).
+    learns("dino", json!({"warmup_epochs": 1}));
 }
 
 #[test]
 fn supervised_learns() {
-    learns("supervised", json!({}), 0, true);
+    learns("supervised", json!({}));
 }
 
 #[test]
@@ -341,4 +333,149 @@ fn diverging_loss_stops_naming_the_step() {
     let e = pretrain(&cfg, &mut quiet).unwrap_err();
     assert!(matches!(e, Error::NonFinite(_)), "{e}");
     assert!(e.to_string().contains("step"), "{e}");
+}
+
+/// One DINO training step of the `cpu-small` preset (batch-norm head, AdamW
+/// with its weight-decay schedule, per-parameter clipping, centring, the
+/// teacher's EMA, the last layer released after its frozen epoch) equals
+/// PyTorch's (`tests/reference/dino_step.py`) from the same state: every
+/// student, teacher, centre and optimiser tensor after the step.
+///
+/// The batch is the whole 15-cell cohort and both global views are the
+/// unaugmented cell, so the step does not depend on the order the batch was
+/// drawn in and PyTorch can rebuild it from the image files.
+#[test]
+fn dino_step_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cohort");
+    let cohort = amlmil::synth::CohortConfig {
+        patients_per_class: 1,
+        cells_min: 3,
+        cells_max: 3,
+        image_size: 32,
+        seed: 5,
+        threads: 2,
+        ..Default::default()
+    };
+    amlmil::synth::generate_cohort(&cohort, &root, &mut |_, _| {}).unwrap();
+    let identity = serde_json::to_value(amlmil::ssl::augment::ViewAugment::identity()).unwrap();
+    let run = dir.path().join("run");
+    let config = |epochs: u64, resume: bool| {
+        PretrainConfig::from_value(json!({
+            "method": "dino", "preset": "cpu-small", "dataset": root, "output": run,
+            "image_size": 32, "batch_size": 15, "epochs": epochs, "resume": resume,
+            "device": "cpu", "decode_threads": 2, "seed": 11,
+            // Adam divides by √v + eps: with the default 1e-8, a gradient
+            // that is rounding noise on both sides (the biases feeding batch
+            // norm, whose true gradient is 0) becomes a full ±lr step either
+            // way. A larger eps bounds that amplification by 1/eps.
+            "adamw": {"eps": 1e-4},
+            "dino": {"crops": {
+                "global": {"count": 2, "size": 32, "scale": [1.0, 1.0], "augment": [identity]},
+                "local": {"count": 0},
+                "ratio": [1.0, 1.0],
+            }},
+        }))
+        .unwrap()
+    };
+    // Epoch 0 (last layer frozen), then epoch 1 resumed from its state.
+    pretrain(&config(1, false), &mut quiet).unwrap();
+    let before = dir.path().join("before.safetensors");
+    std::fs::copy(run.join("state.safetensors"), &before).unwrap();
+    let cfg = config(2, true);
+    let report = pretrain(&cfg, &mut quiet).unwrap();
+    assert_eq!(report.steps_completed, 2);
+
+    let d = cfg.dino.as_ref().unwrap();
+    let adamw = cfg.adamw.as_ref().unwrap();
+    let settings = json!({
+        "architecture": cfg.architecture.name(),
+        "in_dim": d.in_dim, "hidden_dim": d.hidden_dim, "bottleneck_dim": d.bottleneck_dim,
+        "out_dim": d.out_dim, "use_bn_in_head": d.use_bn_in_head,
+        "norm_last_layer": d.norm_last_layer,
+        "mean": cfg.normalization.mean, "std": cfg.normalization.std,
+        "global_views": d.crops.global.count,
+        // One step per epoch: warm-up steps = warm-up epochs.
+        "step": 1, "epoch": 1, "total_steps": 2, "warmup_steps": cfg.warmup_epochs,
+        "peak_lr": cfg.peak_learning_rate(), "final_lr": cfg.final_learning_rate,
+        "weight_decay": cfg.weight_decay, "weight_decay_end": cfg.weight_decay_end,
+        "betas": [adamw.beta1, adamw.beta2], "eps": adamw.eps,
+        "teacher_momentum": d.teacher_momentum,
+        "student_temperature": d.student_temperature,
+        "warmup_teacher_temperature": d.warmup_teacher_temperature,
+        "teacher_temperature": d.teacher_temperature,
+        "warmup_teacher_temperature_epochs": d.warmup_teacher_temperature_epochs,
+        "center_momentum": d.center_momentum, "clip_grad": d.clip_grad,
+        "freeze_last_layer_epochs": d.freeze_last_layer_epochs,
+    });
+    let settings_path = dir.path().join("settings.json");
+    std::fs::write(&settings_path, settings.to_string()).unwrap();
+    let expected_path = dir.path().join("expected.safetensors");
+    common::run_reference(
+        "dino_step.py",
+        &[&before, &settings_path, &root, &expected_path],
+    );
+
+    let read = |p: &Path| -> BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(p)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, t.to_kind(tch::Kind::Double)))
+            .collect()
+    };
+    let (start, ours, expected) = (
+        read(&before),
+        read(&run.join("state.safetensors")),
+        read(&expected_path),
+    );
+    let loss = report.step_losses[1];
+    let want = expected["loss"].double_value(&[]);
+    assert!((loss - want).abs() < 1e-5, "loss {loss} vs PyTorch {want}");
+    assert!(d.use_bn_in_head);
+    let mut compared = 0;
+    let mut worst = (0.0, String::new());
+    let mut failures = Vec::new();
+    for (name, want) in expected.iter().filter(|(n, _)| *n != "loss") {
+        let got = ours
+            .get(name)
+            .unwrap_or_else(|| panic!("our state lacks `{name}`"));
+        assert_eq!(got.size(), want.size(), "{name}");
+        // What the step changed (from 0 for moments it creates), ours against
+        // PyTorch's: ‖Δours − Δtorch‖ ≤ 1e-3 ‖Δtorch‖ + 2.5e-7 ‖x‖ + 1e-8 √n,
+        // the second term two f32 roundings of the values (the teacher's step,
+        // (1 − λ) of the student's, is only tens of roundings).
+        let from = start
+            .get(name)
+            .map_or_else(|| want.zeros_like(), |t| t.shallow_clone());
+        let (ours_step, torch_step) = (got - &from, want - &from);
+        let err = (&ours_step - &torch_step).norm().double_value(&[]);
+        let size = torch_step.norm().double_value(&[]);
+        let rounding = 2.5e-7 * want.norm().double_value(&[]);
+        let ok = err <= 1e-3 * size + rounding + 1e-8 * (want.numel() as f64).sqrt();
+        let relative = err / size.max(1e-30);
+        if size > 1e-6 && relative > worst.0 {
+            worst = (relative, name.clone());
+        }
+        if !ok {
+            failures.push(format!(
+                "{name}: ‖Δours − Δtorch‖ {err:e}, ‖Δtorch‖ {size:e}"
+            ));
+        }
+        compared += 1;
+    }
+    // Everything in our state but AdamW's step counters: student and teacher
+    // (encoder + head, batch-norm statistics included), the centre, and both
+    // moments of every parameter (the last layer's, first stepped now).
+    let counters = ours
+        .keys()
+        .filter(|k| k.starts_with("optimizer.step."))
+        .count();
+    assert_eq!(compared, ours.len() - counters, "tensors compared");
+    assert!(
+        failures.is_empty(),
+        "steps differ from PyTorch's: {failures:#?}"
+    );
+    eprintln!(
+        "dino step: {compared} tensors step as PyTorch's; largest relative difference {worst:?}"
+    );
 }

@@ -943,6 +943,20 @@ impl MultiCropConfig {
         }
     }
 
+    /// Turns off colour jitter and greyscale in every view (the `cpu-small`
+    /// DINO preset: at that scale they drive DINO's head to uniform outputs).
+    pub fn without_colour_changes(&mut self) {
+        for a in self
+            .global
+            .augment
+            .iter_mut()
+            .chain(self.local.augment.iter_mut())
+        {
+            a.color_jitter = ColorJitter::none();
+            a.p_grayscale = 0.0;
+        }
+    }
+
     /// Number of views [`MultiCropConfig::views`] returns.
     pub fn num_views(&self) -> usize {
         self.global.count + self.local.count

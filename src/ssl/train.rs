@@ -321,10 +321,24 @@ impl PretrainConfig {
                     ..Default::default()
                 };
                 if small {
+                    // Measured on the synthetic cohort (README "Pre-training"):
+                    // with the paper's settings at this scale (batch 16–32, a
+                    // few hundred steps, 32–64 px) the head drifts to uniform
+                    // outputs and the encoder learns nothing a random one lacks.
+                    // What learns: DINO's ResNet head (batch norm), K = 256, τ_t
+                    // 0.04 without warm-up, a teacher that follows faster
+                    // (λ 0.98 → 1), lr 1e-2 × B/256, and no colour jitter or
+                    // greyscale (crops, flips, rotation, blur, solarisation stay).
+                    c.base_learning_rate = 0.01;
                     dino.hidden_dim = 512;
                     dino.bottleneck_dim = 128;
-                    dino.out_dim = 1024;
-                    dino.warmup_teacher_temperature_epochs = 2;
+                    dino.out_dim = 256;
+                    dino.use_bn_in_head = true;
+                    dino.warmup_teacher_temperature = 0.04;
+                    dino.teacher_temperature = 0.04;
+                    dino.warmup_teacher_temperature_epochs = 0;
+                    dino.teacher_momentum = 0.98;
+                    dino.crops.without_colour_changes();
                 }
                 c.dino = Some(dino);
             }
