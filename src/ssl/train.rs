@@ -321,7 +321,8 @@ impl PretrainConfig {
                     ..Default::default()
                 };
                 if small {
-                    // Measured on the synthetic cohort (README "Pre-training"):
+                    // Measured on the synthetic cohort (README, "Self-supervised
+                    // pre-training of the encoder"):
                     // with the paper's settings at this scale (batch 16–32, a
                     // few hundred steps, 32–64 px) the head drifts to uniform
                     // outputs and the encoder learns nothing a random one lacks.
