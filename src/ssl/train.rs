@@ -330,6 +330,8 @@ impl PretrainConfig {
                     // 0.04 without warm-up, a teacher that follows faster
                     // (λ 0.98 → 1), lr 1e-2 × B/256, and no colour jitter or
                     // greyscale (crops, flips, rotation, blur, solarisation stay).
+                    // It beats a random encoder's k-NN at 32 px; at 64 px it
+                    // learns, but in 306 steps not the cell types (README).
                     c.base_learning_rate = 0.01;
                     dino.hidden_dim = 512;
                     dino.bottleneck_dim = 128;
