@@ -21,15 +21,23 @@
 //! against PyTorch in `tests/ssl_losses.rs`.
 //!
 //! The pre-training loop itself is [`train::pretrain`] (configuration
-//! [`train::PretrainConfig`], presets `paper` and `cpu-small`), with the
-//! optimisers it needs in [`optim`] (SGD + LARC, AdamW with DINO's parameter
-//! groups) and the k-NN probe that compares encoders in [`probe`].
+//! [`train::PretrainConfig`], presets `paper` and `cpu-small`, in [`config`]),
+//! with its data and views in [`data`], each method's step in [`step`], its
+//! checkpoints and resumable state in [`state`] and its seeded random streams in
+//! [`seed`]; the optimisers it needs are in [`optim`] (SGD + LARC, AdamW with
+//! DINO's parameter groups) and the k-NN probe that compares encoders in
+//! [`probe`].
 pub mod augment;
+pub mod config;
+pub mod data;
 pub mod dino;
 pub mod optim;
 pub mod probe;
 pub mod schedule;
+pub mod seed;
 pub mod simclr;
+pub mod state;
+pub mod step;
 pub mod swav;
 pub mod train;
 

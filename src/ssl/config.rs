@@ -1,0 +1,602 @@
+//! The configuration of a pre-training run (DESIGN.md §2): the method
+//! ([`SslMethod`]), the run's settings and each method's section
+//! ([`PretrainConfig`]), built from the `paper` or `cpu-small` preset plus JSON
+//! or TOML overrides merged key by key, and validated with errors that name the
+//! key.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::checkpoint::Normalization;
+use crate::error::{Error, Result};
+use crate::inference::DeviceSpec;
+use crate::model::EncoderArch;
+use crate::ssl::augment::{CropSpec, MultiCropConfig, ViewAugment, CELL_SIZE, CPU_SMALL_SIZE};
+use crate::ssl::dino::DinoConfig;
+use crate::ssl::optim::{AdamWConfig, SgdConfig};
+use crate::ssl::schedule::scaled_learning_rate;
+use crate::ssl::simclr::SimClrConfig;
+use crate::ssl::swav::SwavConfig;
+
+/// How the encoder is pre-trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SslMethod {
+    SimClr,
+    Swav,
+    Dino,
+    Supervised,
+}
+
+impl SslMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMethod::SimClr => "simclr",
+            SslMethod::Swav => "swav",
+            SslMethod::Dino => "dino",
+            SslMethod::Supervised => "supervised",
+        }
+    }
+}
+
+impl std::str::FromStr for SslMethod {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "simclr" => Ok(SslMethod::SimClr),
+            "swav" => Ok(SslMethod::Swav),
+            "dino" => Ok(SslMethod::Dino),
+            "supervised" => Ok(SslMethod::Supervised),
+            _ => Err(Error::invalid(
+                "method",
+                format!("`{s}` is not a pre-training method (simclr, swav, dino, supervised)"),
+            )),
+        }
+    }
+}
+
+/// The supervised baseline's view and sampling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisedConfig {
+    /// The one training view (`count` must be 1).
+    pub crop: CropSpec,
+    pub ratio: (f64, f64),
+    /// Draw cells with replacement, weight ∝ 1 / frequency of their type.
+    pub oversample: bool,
+}
+
+impl SupervisedConfig {
+    fn for_size(size: i64) -> Self {
+        SupervisedConfig {
+            crop: CropSpec {
+                count: 1,
+                size,
+                scale: (0.5, 1.0),
+                augment: vec![ViewAugment {
+                    p_horizontal_flip: 0.5,
+                    p_vertical_flip: 0.5,
+                    rotation: Some((-180.0, 180.0)),
+                    ..ViewAugment::identity()
+                }],
+            },
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            oversample: true,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.crop.count != 1 {
+            return Err(Error::invalid(
+                "crop.count",
+                "the supervised view is one crop",
+            ));
+        }
+        // Reuse the multi-crop checks on a two-view set of this crop.
+        let mut spec = self.crop.clone();
+        spec.count = 2;
+        MultiCropConfig {
+            global: spec,
+            local: CropSpec {
+                count: 0,
+                ..self.crop.clone()
+            },
+            ratio: self.ratio,
+        }
+        .validate()
+    }
+}
+
+/// Everything a pre-training run needs. Build it with [`PretrainConfig::from_value`]
+/// (a preset plus overrides) so unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    pub method: SslMethod,
+    /// `paper` or `cpu-small`.
+    pub preset: String,
+    /// Data set root (DESIGN.md §3); all patients' cells are used.
+    pub dataset: PathBuf,
+    /// Output directory of `encoder.safetensors`, `state.safetensors`, `epoch_<k>/`.
+    pub output: PathBuf,
+    pub architecture: EncoderArch,
+    /// Cells are resized to this side, which is the exported encoder's input size.
+    pub image_size: i64,
+    /// Applied to the views and written to the encoder's manifest.
+    pub normalization: Normalization,
+    pub epochs: u64,
+    pub batch_size: usize,
+    /// `null`: ⌊cells / batch⌋.
+    pub steps_per_epoch: Option<u64>,
+    /// Use a seeded subset of at most this many cells (`null`: all).
+    pub max_cells: Option<usize>,
+    /// Learning rate per 256 images (linear scaling rule).
+    pub base_learning_rate: f64,
+    /// Where the cosine ends (absolute).
+    pub final_learning_rate: f64,
+    pub warmup_epochs: u64,
+    /// Weight decay at step 0; a cosine leads to `weight_decay_end` (DINO).
+    pub weight_decay: f64,
+    pub weight_decay_end: f64,
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// Continue from `<output>/state.safetensors` if it exists.
+    pub resume: bool,
+    /// Keep `epoch_<k>/encoder.safetensors` every this many epochs (0: never).
+    pub keep_every: u64,
+    /// Threads decoding images (0: available cores, at most 8).
+    pub decode_threads: usize,
+    /// fp16 autocast of the forward passes with dynamic loss scaling, on CUDA
+    /// (ignored, with a warning, on the CPU).
+    #[serde(default)]
+    pub mixed_precision: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sgd: Option<SgdConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adamw: Option<AdamWConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simclr: Option<SimClrConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swav: Option<SwavConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dino: Option<DinoConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervised: Option<SupervisedConfig>,
+}
+
+impl PretrainConfig {
+    /// A preset of `method`: `paper` (144 px, batch 512, the references'
+    /// schedules) or `cpu-small` (64 px, batch 32, small heads, 10 epochs).
+    /// `dataset` and `output` are left empty.
+    pub fn preset(method: SslMethod, preset: &str) -> Result<Self> {
+        let small = match preset {
+            "paper" => false,
+            "cpu-small" => true,
+            other => {
+                return Err(Error::invalid(
+                    "preset",
+                    format!("`{other}` is not a preset (paper, cpu-small)"),
+                ))
+            }
+        };
+        let size = if small { CPU_SMALL_SIZE } else { CELL_SIZE };
+        let mut c = PretrainConfig {
+            method,
+            preset: preset.to_owned(),
+            dataset: PathBuf::new(),
+            output: PathBuf::new(),
+            architecture: EncoderArch::ResNet18,
+            image_size: size,
+            normalization: Normalization::default(),
+            epochs: if small { 10 } else { 500 },
+            batch_size: if small { 32 } else { 512 },
+            steps_per_epoch: None,
+            max_cells: None,
+            base_learning_rate: 0.3,
+            final_learning_rate: 0.0,
+            warmup_epochs: if small { 1 } else { 10 },
+            weight_decay: 1e-6,
+            weight_decay_end: 1e-6,
+            seed: 0,
+            device: "auto".into(),
+            resume: false,
+            keep_every: if small { 0 } else { 50 },
+            decode_threads: 0,
+            mixed_precision: false,
+            sgd: None,
+            adamw: None,
+            simclr: None,
+            swav: None,
+            dino: None,
+            supervised: None,
+        };
+        match method {
+            SslMethod::SimClr => {
+                // SimCLR: LARS lr 0.3 × B/256, wd 1e-6, 10 warm-up epochs.
+                c.sgd = Some(SgdConfig::default());
+                c.simclr = Some(SimClrConfig {
+                    crops: MultiCropConfig::simclr(size),
+                    ..Default::default()
+                });
+            }
+            SslMethod::Swav => {
+                // SwAV: base 4.8 at batch 4096 (0.3 per 256), final lr base/1000.
+                c.sgd = Some(SgdConfig::default());
+                c.final_learning_rate = scaled_learning_rate(0.3, c.batch_size) / 1000.0;
+                let mut swav = SwavConfig {
+                    crops: MultiCropConfig::swav(size),
+                    ..Default::default()
+                };
+                if small {
+                    swav.hidden_dim = 512;
+                    swav.num_prototypes = 30;
+                    swav.freeze_prototypes_iterations = 20;
+                }
+                c.swav = Some(swav);
+            }
+            SslMethod::Dino => {
+                // DINO: AdamW lr 5e-4 × B/256 → 1e-6, wd 0.04 → 0.4.
+                c.base_learning_rate = 0.0005;
+                c.final_learning_rate = 1e-6;
+                c.weight_decay = 0.04;
+                c.weight_decay_end = 0.4;
+                c.adamw = Some(AdamWConfig::default());
+                let mut dino = DinoConfig {
+                    crops: MultiCropConfig::dino(size),
+                    ..Default::default()
+                };
+                if small {
+                    // Measured on the synthetic cohort (README, "Self-supervised
+                    // pre-training of the encoder"):
+                    // with the paper's settings at this scale (batch 16–32, a
+                    // few hundred steps, 32–64 px) the head drifts to uniform
+                    // outputs and the encoder learns nothing a random one lacks.
+                    // What learns: DINO's ResNet head (batch norm), K = 256, τ_t
+                    // 0.04 without warm-up, a teacher that follows faster
+                    // (λ 0.98 → 1), lr 1e-2 × B/256, and no colour jitter or
+                    // greyscale (crops, flips, rotation, blur, solarisation stay).
+                    // It beats a random encoder's k-NN at 32 px; at 64 px it
+                    // learns, but in 306 steps not the cell types (README).
+                    c.base_learning_rate = 0.01;
+                    dino.hidden_dim = 512;
+                    dino.bottleneck_dim = 128;
+                    dino.out_dim = 256;
+                    dino.use_bn_in_head = true;
+                    dino.warmup_teacher_temperature = 0.04;
+                    dino.teacher_temperature = 0.04;
+                    dino.warmup_teacher_temperature_epochs = 0;
+                    dino.teacher_momentum = 0.98;
+                    dino.crops.without_colour_changes();
+                }
+                c.dino = Some(dino);
+            }
+            SslMethod::Supervised => {
+                c.base_learning_rate = 0.1;
+                c.weight_decay = 1e-4;
+                c.weight_decay_end = 1e-4;
+                c.epochs = if small { 10 } else { 100 };
+                c.warmup_epochs = if small { 0 } else { 5 };
+                c.sgd = Some(SgdConfig {
+                    larc_trust: None,
+                    ..SgdConfig::default()
+                });
+                c.supervised = Some(SupervisedConfig::for_size(size));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Builds a configuration from a JSON object: `method` (required), `preset`
+    /// (default `paper`), and any other keys overriding the preset's values,
+    /// objects merged key by key (`{"swav": {"num_prototypes": 30}}`). A key the
+    /// preset does not have is an error naming its path.
+    pub fn from_value(value: Value) -> Result<Self> {
+        let Value::Object(overrides) = value else {
+            return Err(Error::invalid("config", "must be a JSON object"));
+        };
+        let method: SslMethod = match overrides.get("method") {
+            Some(Value::String(m)) => m.parse()?,
+            Some(other) => {
+                return Err(Error::invalid(
+                    "method",
+                    format!("{other} is not a method name (simclr, swav, dino, supervised)"),
+                ))
+            }
+            None => {
+                return Err(Error::invalid(
+                    "method",
+                    "required: simclr, swav, dino or supervised",
+                ))
+            }
+        };
+        let preset = match overrides.get("preset") {
+            None => "paper",
+            Some(Value::String(p)) => p.as_str(),
+            Some(other) => return Err(Error::invalid("preset", format!("{other} is not a name"))),
+        };
+        let mut merged = serde_json::to_value(Self::preset(method, preset)?)
+            .map_err(|e| Error::invalid("config", e.to_string()))?;
+        merge(&mut merged, Value::Object(overrides), "", method)?;
+        let config: Self =
+            serde_json::from_value(merged).map_err(|e| Error::invalid("config", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses JSON (or TOML when `is_toml`) with [`PretrainConfig::from_value`].
+    pub fn parse(text: &str, is_toml: bool) -> Result<Self> {
+        let value: Value = if is_toml {
+            toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
+        } else {
+            serde_json::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
+        };
+        Self::from_value(value)
+    }
+
+    /// The multi-crop views of a self-supervised method (`None`: supervised).
+    pub fn multi_crop(&self) -> Option<&MultiCropConfig> {
+        match self.method {
+            SslMethod::SimClr => self.simclr.as_ref().map(|c| &c.crops),
+            SslMethod::Swav => self.swav.as_ref().map(|c| &c.crops),
+            SslMethod::Dino => self.dino.as_ref().map(|c| &c.crops),
+            SslMethod::Supervised => None,
+        }
+    }
+
+    /// Learning rate at step 0 of the cosine: `base_learning_rate · batch / 256`.
+    pub fn peak_learning_rate(&self) -> f64 {
+        scaled_learning_rate(self.base_learning_rate, self.batch_size)
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.dataset.as_os_str().is_empty() {
+            return Err(Error::invalid("dataset", "required: the data set root"));
+        }
+        if self.output.as_os_str().is_empty() {
+            return Err(Error::invalid("output", "required: the output directory"));
+        }
+        if self.batch_size < 2 {
+            let why = match self.method {
+                SslMethod::Supervised => "batch norm needs at least 2 images per batch",
+                _ => "the contrastive loss is undefined without another image in the batch",
+            };
+            return Err(Error::invalid(
+                "batch_size",
+                format!("{} image(s): {why}", self.batch_size),
+            ));
+        }
+        if !(32..=1024).contains(&self.image_size) {
+            return Err(Error::invalid(
+                "image_size",
+                format!("{} px; must be between 32 and 1024", self.image_size),
+            ));
+        }
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", "must be at least 1"));
+        }
+        if self.warmup_epochs > self.epochs {
+            return Err(Error::invalid(
+                "warmup_epochs",
+                format!("{} exceeds epochs {}", self.warmup_epochs, self.epochs),
+            ));
+        }
+        if self.steps_per_epoch == Some(0) {
+            return Err(Error::invalid("steps_per_epoch", "must be ≥ 1 (or null)"));
+        }
+        if self.max_cells.is_some_and(|m| m < self.batch_size) {
+            return Err(Error::invalid(
+                "max_cells",
+                "must be at least batch_size (or null)",
+            ));
+        }
+        if !(self.base_learning_rate.is_finite() && self.base_learning_rate > 0.0) {
+            return Err(Error::invalid("base_learning_rate", "must be > 0"));
+        }
+        if !(self.final_learning_rate.is_finite() && self.final_learning_rate >= 0.0) {
+            return Err(Error::invalid("final_learning_rate", "must be ≥ 0"));
+        }
+        for (key, v) in [
+            ("weight_decay", self.weight_decay),
+            ("weight_decay_end", self.weight_decay_end),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::invalid(key, format!("{v} must be ≥ 0")));
+            }
+        }
+        for (key, n) in [
+            ("mean", &self.normalization.mean),
+            ("std", &self.normalization.std),
+        ] {
+            if n.iter()
+                .any(|v| !v.is_finite() || (key == "std" && *v <= 0.0))
+            {
+                return Err(Error::invalid(
+                    format!("normalization.{key}"),
+                    format!("{n:?}: finite values (std > 0) expected"),
+                ));
+            }
+        }
+        self.device.parse::<DeviceSpec>()?;
+        let method = self.method.name();
+        // DINO trains with AdamW or, as its reference does for ResNets, SGD;
+        // the others with SGD (+ LARC). Exactly one optimiser section is set.
+        match (self.method, self.sgd.is_some(), self.adamw.is_some()) {
+            (_, true, false) | (SslMethod::Dino, false, true) => {}
+            (SslMethod::Dino, ..) => {
+                return Err(Error::invalid(
+                    "adamw",
+                    "dino trains with exactly one of the `adamw` and `sgd` optimisers \
+                     (set the other to null)",
+                ))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "sgd",
+                    format!("{method} trains with exactly the `sgd` optimiser"),
+                ))
+            }
+        }
+        if let Some(s) = &self.sgd {
+            s.validate()?;
+        }
+        if let Some(a) = &self.adamw {
+            a.validate()?;
+        }
+        let present = [
+            (SslMethod::SimClr, self.simclr.is_some()),
+            (SslMethod::Swav, self.swav.is_some()),
+            (SslMethod::Dino, self.dino.is_some()),
+            (SslMethod::Supervised, self.supervised.is_some()),
+        ];
+        for (m, is_set) in present {
+            if is_set != (m == self.method) {
+                return Err(Error::invalid(
+                    m.name(),
+                    if is_set {
+                        format!("section given, but the method is {method}")
+                    } else {
+                        format!("section missing for method {method}")
+                    },
+                ));
+            }
+        }
+        let prefixed = |e: Error| match e {
+            Error::InvalidArgument { arg, reason } => {
+                Error::invalid(format!("{method}.{arg}"), reason)
+            }
+            other => other,
+        };
+        let feature_dim = self.architecture.feature_dim();
+        let in_dim = match (&self.simclr, &self.swav, &self.dino, &self.supervised) {
+            (Some(c), ..) => c.validate().map_err(prefixed).map(|()| c.in_dim)?,
+            (_, Some(c), ..) => {
+                c.validate().map_err(prefixed)?;
+                c.check_batch_size(self.batch_size)?;
+                c.in_dim
+            }
+            (_, _, Some(c), _) => c.validate().map_err(prefixed).map(|()| c.in_dim)?,
+            (_, _, _, Some(c)) => c.validate().map_err(prefixed).map(|()| feature_dim)?,
+            _ => unreachable!("exactly one method section was checked above"),
+        };
+        let crops = match (self.multi_crop(), &self.supervised) {
+            (Some(c), _) => vec![("crops.global", &c.global), ("crops.local", &c.local)],
+            (None, Some(c)) => vec![("crop", &c.crop)],
+            (None, None) => unreachable!("exactly one method section was checked above"),
+        };
+        if in_dim != feature_dim {
+            return Err(Error::invalid(
+                format!("{method}.in_dim"),
+                format!(
+                    "{in_dim}, but {} gives {feature_dim}-d features",
+                    self.architecture.name()
+                ),
+            ));
+        }
+        for (key, spec) in crops {
+            if spec.count > 0 && spec.size > self.image_size {
+                return Err(Error::invalid(
+                    format!("{method}.{key}.size"),
+                    format!(
+                        "{} px crops are larger than the {} px images (image_size)",
+                        spec.size, self.image_size
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Merges `over` into `base` key by key; keys absent from `base` are errors.
+fn merge(base: &mut Value, over: Value, path: &str, method: SslMethod) -> Result<()> {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                let key = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if path.is_empty() && k == "sgd" && method == SslMethod::Dino && !b.contains_key(&k)
+                {
+                    // DINO's SGD alternative starts from plain momentum SGD.
+                    let plain = SgdConfig {
+                        larc_trust: None,
+                        ..SgdConfig::default()
+                    };
+                    b.insert(
+                        k.clone(),
+                        serde_json::to_value(plain).unwrap_or(Value::Null),
+                    );
+                }
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v, &key, method)?,
+                    None => {
+                        return Err(Error::invalid(
+                            key,
+                            format!(
+                                "unknown key (not a setting of {} pre-training)",
+                                method.name()
+                            ),
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
+        (slot, v) => {
+            *slot = v;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(method: &str, extra: Value) -> Result<PretrainConfig> {
+        let mut v = serde_json::json!({"method": method, "preset": "cpu-small",
+            "dataset": "d", "output": "o"});
+        if let (Value::Object(a), Value::Object(b)) = (&mut v, extra) {
+            a.extend(b);
+        }
+        PretrainConfig::from_value(v)
+    }
+
+    #[test]
+    fn presets_validate_and_overrides_merge() {
+        for m in ["simclr", "swav", "dino", "supervised"] {
+            with(m, serde_json::json!({})).unwrap();
+            let paper = PretrainConfig::preset(m.parse().unwrap(), "paper").unwrap();
+            assert_eq!((paper.image_size, paper.batch_size), (144, 512));
+        }
+        let c = with("swav", serde_json::json!({"swav": {"num_prototypes": 20}})).unwrap();
+        let swav = c.swav.unwrap();
+        assert_eq!((swav.num_prototypes, swav.hidden_dim), (20, 512));
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let e = |m: &str, v: Value| with(m, v).unwrap_err().to_string();
+        assert!(e("simclr", serde_json::json!({"batch_size": 1})).contains("batch_size"));
+        assert!(with("byol", serde_json::json!({}))
+            .unwrap_err()
+            .to_string()
+            .contains("byol"));
+        let msg = e(
+            "dino",
+            serde_json::json!({"dino": {"crops": {"global": {"size": 65}}}}),
+        );
+        assert!(msg.contains("dino.crops.global.size"), "{msg}");
+        let msg = e("swav", serde_json::json!({"swav": {"num_prototypes": 64}}));
+        assert!(msg.contains("prototypes"), "{msg}");
+        let msg = e("simclr", serde_json::json!({"simclr": {"temperatur": 0.2}}));
+        assert!(msg.contains("simclr.temperatur"), "{msg}");
+        let msg = e("simclr", serde_json::json!({"swav": {}}));
+        assert!(msg.contains("swav"), "{msg}");
+    }
+}
