@@ -240,6 +240,127 @@ fn one_optimiser_step_per_accumulated_group_of_bags() {
     assert_eq!(t.curve.last().unwrap().optimizer_steps, 75);
 }
 
+/// The head's parameters after one epoch of `config` on `bags` (best state = epoch 0).
+fn parameters_after_one_epoch(
+    config: &MilTrainConfig,
+    bags: &[&TrainBag],
+) -> Vec<(String, Tensor)> {
+    let t = train_mil(
+        config,
+        &head(),
+        bags,
+        &bags[..1],
+        9,
+        Device::Cpu,
+        &mut |_| true,
+    )
+    .unwrap();
+    let mut vars: Vec<(String, Tensor)> = t.vars.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+#[test]
+fn accumulated_gradients_are_averaged_so_the_step_does_not_grow_with_the_group() {
+    // One step over 10 copies of a bag must move the head as one step over the
+    // bag alone: summing (the rule that diverged on small cohorts) moves it 10×.
+    let bags = random_bags(1, 11);
+    let one = MilTrainConfig {
+        epochs: 1,
+        accumulate: 1,
+        bags_per_epoch: Some(1),
+        momentum: 0.0,
+        nesterov: false,
+        max_grad_norm: None,
+        flips: false,
+        balanced_sampling: false,
+        ..MilTrainConfig::paper()
+    };
+    let ten = MilTrainConfig {
+        accumulate: 10,
+        bags_per_epoch: Some(10),
+        ..one.clone()
+    };
+    let copies: Vec<&TrainBag> = std::iter::repeat_n(&bags[0], 10).collect();
+    let start = parameters_after_one_epoch(
+        &MilTrainConfig {
+            learning_rate: 1e-30,
+            ..one.clone()
+        },
+        &copies[..1],
+    );
+    let single = parameters_after_one_epoch(&one, &copies[..1]);
+    let grouped = parameters_after_one_epoch(&ten, &copies);
+    let summed = parameters_after_one_epoch(
+        &MilTrainConfig {
+            accumulation: amlmil::training::config::Accumulation::Sum,
+            ..ten.clone()
+        },
+        &copies,
+    );
+    let mut moved = 0.0f64;
+    for (((name, s0), s1), (g, s10)) in start.iter().zip(&single).zip(grouped.iter().zip(&summed)) {
+        let step1 = &s1.1 - s0;
+        let diff = f64::try_from((&g.1 - &s1.1).abs().max()).unwrap();
+        let scale = f64::try_from(step1.abs().max()).unwrap();
+        assert!(
+            diff <= 1e-6 + 1e-4 * scale,
+            "{name}: mean of 10 copies differs by {diff} (step {scale})"
+        );
+        let sum_step = f64::try_from((&s10.1 - s0).abs().max()).unwrap();
+        if scale > 1e-6 {
+            assert!(
+                (sum_step / scale - 10.0).abs() < 0.01,
+                "{name}: summed step {sum_step} vs {scale}"
+            );
+        }
+        moved = moved.max(scale);
+    }
+    assert!(moved > 1e-4, "the step moved nothing ({moved})");
+}
+
+#[test]
+fn gradient_clipping_bounds_the_step() {
+    // Plain SGD, one bag, one step: the update is lr · g with ‖g‖ ≤ max_grad_norm.
+    let bags = random_bags(1, 12);
+    let base = MilTrainConfig {
+        epochs: 1,
+        accumulate: 1,
+        bags_per_epoch: Some(1),
+        momentum: 0.0,
+        nesterov: false,
+        flips: false,
+        balanced_sampling: false,
+        learning_rate: 1.0,
+        ..MilTrainConfig::paper()
+    };
+    let b: Vec<&TrainBag> = bags.iter().collect();
+    let start = parameters_after_one_epoch(
+        &MilTrainConfig {
+            learning_rate: 1e-30,
+            ..base.clone()
+        },
+        &b,
+    );
+    let clipped = parameters_after_one_epoch(
+        &MilTrainConfig {
+            max_grad_norm: Some(1e-3),
+            ..base.clone()
+        },
+        &b,
+    );
+    let norm: f64 = start
+        .iter()
+        .zip(&clipped)
+        .map(|(a, c)| f64::try_from((&c.1 - &a.1).square().sum(Kind::Double)).unwrap())
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        norm > 0.5e-3 && norm <= 1.0001e-3,
+        "clipped step norm {norm}"
+    );
+}
+
 #[test]
 fn early_stopping_keeps_and_restores_the_best_state() {
     // Labels carry little signal in these bags: the head overfits and validation loss rises.

@@ -1,7 +1,9 @@
 //! One attention-MIL training run on cached features (DESIGN §2): SGD with
 //! Nesterov momentum, per-epoch cosine annealing, gradients of `accumulate` bags
-//! summed into one optimiser step (as SCEMILA's loop: backward per bag, step per
-//! N bags; a partial group at the end of an epoch is stepped too), at most
+//! averaged (or, as SCEMILA's loop, summed) into one optimiser step (backward
+//! per bag, step per N bags; a partial group at the end of an epoch is stepped
+//! too, its mean taken over its own bags), the step's gradient norm optionally
+//! clipped, at most
 //! `max_cells` cells per bag drawn at random, a random flip variant per cell,
 //! class-balanced bag sampling with replacement, and early stopping on the
 //! validation loss that restores the best state.
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{OptimizerConfig, VarStore};
 use tch::{Device, Kind, Tensor};
 
-use super::config::MilTrainConfig;
+use super::config::{Accumulation, MilTrainConfig};
 use crate::error::{Error, Result};
 use crate::model::{AttentionMil, MilConfig};
 
@@ -237,6 +239,24 @@ pub fn init_seeded(vars: &VarStore, seed: u64) -> Result<()> {
     })
 }
 
+/// libtorch's intra-op thread count for a scope, restored on drop (it is
+/// process-wide: a session classifying on other threads meanwhile runs with it too).
+struct CpuThreads(i32);
+
+impl CpuThreads {
+    fn set(threads: usize) -> Self {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(threads as i32);
+        CpuThreads(before)
+    }
+}
+
+impl Drop for CpuThreads {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}
+
 /// Trains a fresh head (seeded) on `train`, early-stopping on `validation`.
 /// `progress` is called after every bag; returning `false` cancels.
 pub fn train_mil(
@@ -256,6 +276,7 @@ pub fn train_mil(
             "both splits need at least one bag",
         ));
     }
+    let _threads = (device == Device::Cpu).then(|| CpuThreads::set(config.cpu_threads));
     let vars = VarStore::new(device);
     let mil = AttentionMil::new(&vars.root(), head.clone());
     init_seeded(&vars, seed)?;
@@ -290,6 +311,8 @@ pub fn train_mil(
         let mut loss_sum = 0.0;
         let mut pending = 0usize;
         for (i, &b) in draws.iter().enumerate() {
+            // Bags in this step's group: `accumulate`, or what is left of the epoch.
+            let group = config.accumulate.min(draws.len() - (i - pending));
             let bag = train[b];
             let maps = bag.sample(config.max_cells, config.flips, &mut rng, device);
             let loss = bag_loss(&mil, &maps, bag.label);
@@ -300,10 +323,16 @@ pub fn train_mil(
                     i, bag.patient_id
                 )));
             }
-            loss.backward();
+            match config.accumulation {
+                Accumulation::Mean => (loss / group as f64).backward(),
+                Accumulation::Sum => loss.backward(),
+            }
             loss_sum += value;
             pending += 1;
-            if pending == config.accumulate || i + 1 == draws.len() {
+            if pending == group {
+                if let Some(max_norm) = config.max_grad_norm {
+                    opt.clip_grad_norm(max_norm);
+                }
                 opt.step();
                 opt.zero_grad();
                 steps += 1;
