@@ -750,6 +750,37 @@ amlmil_status amlmil_extract_features(const char *dataset_dir,
                                       void *user_data,
                                       char **out_manifest_json);
 
+/*
+ Runs (or resumes) the paper's experiment (DESIGN §2): generates the synthetic
+ MIL cohort and a disjoint pre-training cohort unless data sets are given,
+ pre-trains the supervised, SimCLR, SwAV and DINO encoders and keeps a random
+ floor, probes each with a k-NN cell-type classifier, cross-validates the
+ attention-MIL head on each (folds × seeds), and writes `report.md`,
+ `report.html`, `report.json` and `figures/` under `output`. Every stage that
+ is complete under `output` is reused, so calling it again after a
+ cancellation continues where it stopped.
+
+ @param config_json JSON object: `output` (required), `preset` ("quick" |
+   "cpu-small" | "paper", default "quick") and overrides of the preset:
+   `dataset` and `pretrain_dataset` (data set roots), `cohort` and
+   `pretrain_cohort` (synthetic cohort settings), `encoders`, `pretrain`
+   (`{"all": {…}, "<method>": {…}}` pre-training overrides), `training` (MIL
+   preset and overrides), `folds`, `seeds`, `device`, `gallery_cells`,
+   `probe_cells`, `umap_cells`, `seed`. Unknown keys are errors naming the key.
+ @param progress optional; `stage` is "experiment/<stage>" or
+   "experiment/<stage>/<encoder>" with <stage> one of cohort, pretrain, probe,
+   cv, embedding, report; `done`/`total` count the current step's units
+   (cells, steps, bags), `loss` is the latest loss or NaN. Non-zero cancels
+   (AMLMIL_STATUS_CANCELLED); finished stages stay on disk.
+ @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
+   Untouched on failure.
+ Thread safety: one experiment per output directory; may run beside sessions.
+ */
+amlmil_status amlmil_experiment(const char *config_json,
+                                amlmil_progress_callback progress,
+                                void *user_data,
+                                char **out_report_json);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

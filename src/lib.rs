@@ -26,6 +26,7 @@ pub mod checkpoint;
 pub mod classes;
 pub mod dataset;
 pub mod error;
+pub mod experiment;
 pub mod features;
 pub mod ffi;
 pub mod inference;

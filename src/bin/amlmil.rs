@@ -3,7 +3,8 @@
 //! `amlmil info` prints versions and devices; `amlmil predict` classifies folders
 //! of cell images (one folder = one patient's bag) and prints JSON;
 //! `amlmil init-checkpoint` writes seeded, randomly initialised checkpoints;
-//! `amlmil synth` writes a synthetic cohort, `amlmil dataset check` validates one.
+//! `amlmil synth` writes a synthetic cohort, `amlmil dataset check` validates one;
+//! `amlmil experiment` runs the paper's whole experiment and writes its report.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -20,6 +21,9 @@ use indicatif::{ProgressBar, ProgressStyle};
     about = "AML subtype classification from single-cell images (attention-MIL)"
 )]
 struct Cli {
+    /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else warn).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +57,9 @@ enum Command {
     TrainMil(TrainArgs),
     /// Cross-validate the attention-MIL head: folds x seeds, metrics, plots, attention.
     Cv(CvArgs),
+    /// The paper's experiment in one command: cohorts, pre-training of every encoder,
+    /// k-NN probe, MIL cross-validation per encoder, and report.md/.html/.json.
+    Experiment(ExperimentCmdArgs),
     /// Measure encoder throughput (cells/s) on this machine, per memory layout.
     Bench(BenchArgs),
     /// Write a montage PNG of synthetic cells per cell type and subtype.
@@ -83,6 +90,27 @@ struct PretrainArgs {
     #[arg(long)]
     resume: bool,
     /// JSON object of further overrides, e.g. '{"batch_size": 64}'.
+    #[arg(long)]
+    set: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExperimentCmdArgs {
+    /// quick (minutes), cpu-small (all five encoders, 5 folds x 3 seeds) or paper (GPU scale).
+    #[arg(long, value_parser = ["quick", "cpu-small", "paper"])]
+    preset: Option<String>,
+    /// JSON or TOML file of settings (a preset plus overrides); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Patient-labelled data set; without it a synthetic cohort is generated.
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// Cells to pre-train the encoders on, disjoint from --dataset's patients.
+    #[arg(long)]
+    pretrain_dataset: Option<PathBuf>,
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// JSON object of further overrides, e.g. '{"seeds": [0]}'.
     #[arg(long)]
     set: Option<String>,
 }
@@ -324,8 +352,13 @@ struct InitArgs {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    if let Some(level) = &cli.log_level {
+        logger.parse_filters(level);
+    }
+    logger.init();
     let result = match cli.command {
         Command::Info => {
             emit(&format!("{:#}", amlmil::runtime_info()));
@@ -346,6 +379,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe(args),
         Command::TrainMil(args) => train_mil(args),
         Command::Cv(args) => cv(args),
+        Command::Experiment(args) => experiment_cmd(args),
         Command::Dataset(cmd) => dataset(cmd),
         Command::Montage { out, size, seed } => amlmil::synth::write_montage(&out, size, seed)
             .map(|()| eprintln!("wrote {}", out.display())),
@@ -599,6 +633,119 @@ fn cv(args: CvArgs) -> amlmil::Result<()> {
         println!("attention ROC AUC, abnormal vs normal cells: {auc:.3}");
     }
     eprintln!("report: {}", config.output.join("report.json").display());
+    Ok(())
+}
+
+fn experiment_cmd(args: ExperimentCmdArgs) -> amlmil::Result<()> {
+    use amlmil::experiment::{run_experiment, ExperimentConfig};
+    use indicatif::MultiProgress;
+    let mut v = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| amlmil::Error::io("cannot read config", path, e))?;
+            if path.extension().is_some_and(|e| e == "toml") {
+                toml::from_str(&text).map_err(|e| {
+                    amlmil::Error::invalid(path.display().to_string(), e.to_string())
+                })?
+            } else {
+                serde_json::from_str(&text).map_err(|e| {
+                    amlmil::Error::invalid(path.display().to_string(), e.to_string())
+                })?
+            }
+        }
+        None => serde_json::json!({}),
+    };
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| amlmil::Error::invalid("--config", "must hold an object"))?;
+    let flags = [
+        ("preset", args.preset.map(serde_json::Value::from)),
+        (
+            "dataset",
+            args.dataset.map(|p| p.display().to_string().into()),
+        ),
+        (
+            "pretrain_dataset",
+            args.pretrain_dataset
+                .map(|p| p.display().to_string().into()),
+        ),
+        (
+            "output",
+            args.output.map(|p| p.display().to_string().into()),
+        ),
+    ];
+    for (key, value) in flags {
+        if let Some(value) = value {
+            obj.insert(key.into(), value);
+        }
+    }
+    if let Some(extra) = &args.set {
+        let extra: serde_json::Value = serde_json::from_str(extra)
+            .map_err(|e| amlmil::Error::invalid("--set", e.to_string()))?;
+        let extra = extra
+            .as_object()
+            .ok_or_else(|| amlmil::Error::invalid("--set", "must be a JSON object"))?;
+        obj.extend(extra.clone());
+    }
+    if !obj.contains_key("output") {
+        return Err(amlmil::Error::invalid(
+            "--output",
+            "missing: give --output DIR",
+        ));
+    }
+    let config = ExperimentConfig::from_value(v)?;
+    let bars = MultiProgress::new();
+    let overall = bars.add(
+        ProgressBar::new(1).with_style(
+            ProgressStyle::with_template(
+                "experiment [{bar:30}] {pos}/{len} items, {elapsed} elapsed, eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+    );
+    let current = bars.add(
+        ProgressBar::new(1).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+    );
+    let mut last_stage = String::new();
+    let report = run_experiment(&config, &mut |e| {
+        overall.set_length(e.items_total as u64);
+        overall.set_position(e.items_done as u64);
+        let stage = format!("{} {}", e.stage.name(), e.encoder.unwrap_or(""));
+        if stage != last_stage {
+            current.reset();
+            last_stage = stage.clone();
+        }
+        let loss = if e.loss.is_finite() {
+            format!(" loss {:.4}", e.loss)
+        } else {
+            String::new()
+        };
+        current.set_message(format!("{stage}: {}{loss}", e.detail));
+        current.set_length(e.total.max(1));
+        current.set_position(e.done);
+        true
+    })?;
+    current.finish_and_clear();
+    overall.finish_and_clear();
+    for e in &report.encoders {
+        if let Some(s) = &e.cv.summary {
+            println!(
+                "{:<11} macro F1 {:.3}  ROC AUC {:.3}  PR AUC {:.3}  attention AUC {}  k-NN macro F1 {:.3}",
+                e.name,
+                s.macro_f1,
+                s.roc_auc,
+                s.pr_auc,
+                e.cv.attention
+                    .abnormal_vs_normal_roc_auc
+                    .map_or("-".into(), |a| format!("{a:.3}")),
+                e.probe.encoder.macro_f1
+            );
+        }
+    }
+    println!("report: {}", config.output.join("report.html").display());
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::ffi::{c_char, c_void};
 use super::boundary::{arg_str, guard, out_ptr, to_json};
 use super::session::{amlmil_progress_callback, report_progress};
 use super::status::{amlmil_status, FfiError};
+use crate::experiment::{run_experiment, ExperimentConfig};
 use crate::training::{self, CvConfig, CvEvent};
 
 fn parse_config(json: *const c_char) -> Result<CvConfig, FfiError> {
@@ -139,6 +140,61 @@ pub unsafe extern "C" fn amlmil_extract_features(
             &mut |_, done, total| cv(CvEvent::Extract { done, total }),
         )?;
         *out = to_json(cache.manifest())?;
+        Ok(())
+    })
+}
+
+/// Runs (or resumes) the paper's experiment (DESIGN §2): generates the synthetic
+/// MIL cohort and a disjoint pre-training cohort unless data sets are given,
+/// pre-trains the supervised, SimCLR, SwAV and DINO encoders and keeps a random
+/// floor, probes each with a k-NN cell-type classifier, cross-validates the
+/// attention-MIL head on each (folds × seeds), and writes `report.md`,
+/// `report.html`, `report.json` and `figures/` under `output`. Every stage that
+/// is complete under `output` is reused, so calling it again after a
+/// cancellation continues where it stopped.
+///
+/// @param config_json JSON object: `output` (required), `preset` ("quick" |
+///   "cpu-small" | "paper", default "quick") and overrides of the preset:
+///   `dataset` and `pretrain_dataset` (data set roots), `cohort` and
+///   `pretrain_cohort` (synthetic cohort settings), `encoders`, `pretrain`
+///   (`{"all": {…}, "<method>": {…}}` pre-training overrides), `training` (MIL
+///   preset and overrides), `folds`, `seeds`, `device`, `gallery_cells`,
+///   `probe_cells`, `umap_cells`, `seed`. Unknown keys are errors naming the key.
+/// @param progress optional; `stage` is "experiment/<stage>" or
+///   "experiment/<stage>/<encoder>" with <stage> one of cohort, pretrain, probe,
+///   cv, embedding, report; `done`/`total` count the current step's units
+///   (cells, steps, bags), `loss` is the latest loss or NaN. Non-zero cancels
+///   (AMLMIL_STATUS_CANCELLED); finished stages stay on disk.
+/// @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
+///   Untouched on failure.
+/// Thread safety: one experiment per output directory; may run beside sessions.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_experiment(
+    config_json: *const c_char,
+    progress: amlmil_progress_callback,
+    user_data: *mut c_void,
+    out_report_json: *mut *mut c_char,
+) -> amlmil_status {
+    guard(|| {
+        let out = out_ptr(out_report_json, "out_report_json")?;
+        // SAFETY: the caller passes NULL or a NUL-terminated string.
+        let text = unsafe { arg_str(config_json, "config_json") }?;
+        let config = ExperimentConfig::parse(text, false)?;
+        let report = run_experiment(&config, &mut |e| {
+            let stage = match e.encoder {
+                Some(enc) => format!("experiment/{}/{enc}", e.stage.name()),
+                None => format!("experiment/{}", e.stage.name()),
+            };
+            report_progress(
+                progress,
+                user_data,
+                &stage,
+                (e.done, e.total),
+                (-1, -1),
+                e.loss,
+            )
+        })?;
+        *out = to_json(&report)?;
         Ok(())
     })
 }

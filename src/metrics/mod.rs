@@ -36,6 +36,7 @@
 //! [`plot_confusion_matrix`] draw PNG figures.
 
 mod classification;
+mod figures;
 mod plot;
 mod ranking;
 mod summary;
@@ -43,10 +44,13 @@ mod summary;
 pub use classification::{
     argmax_predictions, confusion_matrix, macro_f1, precision_recall_f1_support, PrecisionRecallF1,
 };
-pub use plot::{plot_confusion_matrix, plot_roc_curves, PlotOutput, FONT_ENV};
+pub use figures::{plot_grouped_bars, plot_scatter_panels, Bars, ScatterPanel};
+pub use plot::{
+    plot_confusion_matrix, plot_roc_curves, plot_roc_curves_titled, PlotOutput, FONT_ENV,
+};
 pub use ranking::{
-    average_precision, average_precision_macro, average_precision_per_class, roc_auc_ovr_macro,
-    roc_auc_ovr_per_class, roc_curve, roc_curves_ovr, RocCurve,
+    average_precision, average_precision_macro, average_precision_per_class, mean_roc_curve,
+    roc_auc_ovr_macro, roc_auc_ovr_per_class, roc_curve, roc_curves_ovr, RocCurve,
 };
 pub use summary::{markdown_table, MeanSd, Report, Summary, PR_AUC_DEFINITION, SD_DEFINITION};
 

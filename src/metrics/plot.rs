@@ -32,7 +32,7 @@ pub struct PlotOutput {
 }
 
 /// Family name under which the discovered font is registered with plotters.
-const FAMILY: &str = "amlmil-plot";
+pub(super) const FAMILY: &str = "amlmil-plot";
 
 /// Checked in order when [`FONT_ENV`] is not set.
 const FONT_CANDIDATES: &[&str] = &[
@@ -65,10 +65,21 @@ pub fn plot_roc_curves<S: AsRef<str>>(
     curves: &[RocCurve],
     class_names: &[S],
 ) -> Result<PlotOutput> {
+    plot_roc_curves_titled(path, curves, class_names, "One-vs-rest ROC curves")
+}
+
+/// [`plot_roc_curves`] with another title, e.g. for one macro-average curve per
+/// encoder (then `class_names` are the series' names).
+pub fn plot_roc_curves_titled<S: AsRef<str>>(
+    path: &Path,
+    curves: &[RocCurve],
+    class_names: &[S],
+    title: &str,
+) -> Result<PlotOutput> {
     let names: Vec<&str> = class_names.iter().map(AsRef::as_ref).collect();
     check_roc_input(curves, &names)?;
     let text = font_available()?;
-    let png = render_roc(curves, &names, text, path)?;
+    let png = render_roc(curves, &names, text, path, title)?;
     write_atomically(path, &png)?;
     let series: Vec<_> = curves
         .iter()
@@ -81,7 +92,7 @@ pub fn plot_roc_curves<S: AsRef<str>>(
         .collect();
     let legend = json!({
         "image": file_name(path),
-        "kind": "one-vs-rest ROC curves",
+        "kind": title,
         "text_drawn": text,
         "x_axis": "false positive rate, 0 (left) to 1 (right)",
         "y_axis": "true positive rate, 0 (bottom) to 1 (top)",
@@ -128,7 +139,11 @@ pub fn plot_confusion_matrix<S: AsRef<str>>(
     finish(path, legend, text)
 }
 
-fn finish(path: &Path, legend: serde_json::Value, text_drawn: bool) -> Result<PlotOutput> {
+pub(super) fn finish(
+    path: &Path,
+    legend: serde_json::Value,
+    text_drawn: bool,
+) -> Result<PlotOutput> {
     let legend_path = path.with_extension("legend.json");
     let bytes = serde_json::to_vec_pretty(&legend)
         .map_err(|e| Error::io("serialise JSON for", &legend_path, std::io::Error::other(e)))?;
@@ -169,7 +184,7 @@ fn check_roc_input(curves: &[RocCurve], names: &[&str]) -> Result<()> {
 /// Registers a font with plotters once per process; `Ok(false)` when none exists.
 /// An explicitly named but unusable [`FONT_ENV`] file is an error rather than a
 /// silent text-less plot, since the caller asked for that font.
-fn font_available() -> Result<bool> {
+pub(super) fn font_available() -> Result<bool> {
     static FOUND: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
     let found = FOUND.get_or_init(|| {
         if let Some(p) = std::env::var_os(FONT_ENV).filter(|p| !p.is_empty()) {
@@ -195,30 +210,30 @@ fn register(path: &Path) -> std::result::Result<(), String> {
         .map_err(|_| "not a TrueType/OpenType font".to_string())
 }
 
-fn color(c: usize) -> RGBColor {
+pub(super) fn color(c: usize) -> RGBColor {
     PALETTE[c % PALETTE.len()]
 }
 
-fn hex(c: RGBColor) -> String {
+pub(super) fn hex(c: RGBColor) -> String {
     format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
 }
 
-fn file_name(path: &Path) -> String {
+pub(super) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
-fn font(size: f64) -> TextStyle<'static> {
+pub(super) fn font(size: f64) -> TextStyle<'static> {
     TextStyle::from((FAMILY, size).into_font()).color(&BLACK)
 }
 
-fn draw_err(path: &Path, e: impl std::fmt::Display) -> Error {
+pub(super) fn draw_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::io("draw", path, std::io::Error::other(e.to_string()))
 }
 
 /// Encodes an RGB8 buffer as PNG bytes.
-fn encode_png(buf: &[u8], (w, h): (u32, u32), path: &Path) -> Result<Vec<u8>> {
+pub(super) fn encode_png(buf: &[u8], (w, h): (u32, u32), path: &Path) -> Result<Vec<u8>> {
     use image::ImageEncoder;
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
@@ -228,7 +243,13 @@ fn encode_png(buf: &[u8], (w, h): (u32, u32), path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Draws the ROC figure and returns PNG bytes; `path` is only used in errors.
-fn render_roc(curves: &[RocCurve], names: &[&str], text: bool, path: &Path) -> Result<Vec<u8>> {
+fn render_roc(
+    curves: &[RocCurve],
+    names: &[&str],
+    text: bool,
+    path: &Path,
+    title: &str,
+) -> Result<Vec<u8>> {
     let (w, h) = (760u32, 540u32);
     // Plot square; legend to its right.
     let (x0, y0, side) = (80i32, 40i32, 420i32);
@@ -310,7 +331,7 @@ fn render_roc(curves: &[RocCurve], names: &[&str], text: bool, path: &Path) -> R
             ))
             .map_err(e)?;
             root.draw(&Text::new(
-                "One-vs-rest ROC curves",
+                title.to_owned(),
                 ((x0 + x1) / 2, y0 / 2),
                 centre,
             ))
@@ -442,7 +463,7 @@ mod tests {
     #[test]
     fn text_less_rendering_draws_the_curves() {
         // The no-font path must work on any machine.
-        let png = render_roc(&curves(), &["a", "b"], false, Path::new("x.png")).unwrap();
+        let png = render_roc(&curves(), &["a", "b"], false, Path::new("x.png"), "t").unwrap();
         let img = decode(&png);
         assert_eq!(img.dimensions(), (760, 540));
         let first = PALETTE[0];

@@ -54,6 +54,44 @@ pub fn average_precision(y_true: &[bool], y_score: &[f64]) -> Result<f64> {
     Ok(ap_from_table(&threshold_table(y_true, y_score)))
 }
 
+/// The macro-average of `curves`: the mean true positive rate, each curve
+/// linearly interpolated at every false positive rate any of them has (as
+/// scikit-learn's "macro-average ROC curve" example does). Its area is close to,
+/// but not the same as, the mean of the curves' areas. It has no thresholds.
+pub fn mean_roc_curve(curves: &[RocCurve]) -> Result<RocCurve> {
+    if curves.is_empty() {
+        return Err(Error::invalid("curves", "is empty"));
+    }
+    let mut grid: Vec<f64> = curves.iter().flat_map(|c| c.fpr.iter().copied()).collect();
+    grid.sort_by(f64::total_cmp);
+    grid.dedup();
+    let interp = |c: &RocCurve, x: f64| -> f64 {
+        // The highest TPR at the last point with fpr ≤ x, linear to the next.
+        let k = c.fpr.partition_point(|&f| f <= x);
+        if k == 0 {
+            return c.tpr[0];
+        }
+        if k == c.fpr.len() {
+            return c.tpr[k - 1];
+        }
+        let (x0, x1, y0, y1) = (c.fpr[k - 1], c.fpr[k], c.tpr[k - 1], c.tpr[k]);
+        if x1 > x0 {
+            y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+        } else {
+            y1
+        }
+    };
+    let tpr: Vec<f64> = grid
+        .iter()
+        .map(|&x| curves.iter().map(|c| interp(c, x)).sum::<f64>() / curves.len() as f64)
+        .collect();
+    Ok(RocCurve {
+        thresholds: Vec::new(),
+        fpr: grid,
+        tpr,
+    })
+}
+
 /// One-vs-rest ROC curve of every class (class `c` positive, all others negative),
 /// for plotting. Errors naming the class when a class has no positive or no
 /// negative sample.

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::cv::AttentionAnalysis;
+use serde::{Deserialize, Serialize};
+
 use super::mil::TrainBag;
 use crate::checkpoint::write_atomic;
 use crate::classes::class_index;
@@ -12,8 +13,20 @@ use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::metrics;
 
+/// Attention against cell-type truth (the paper's Fig. 4 question).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AttentionAnalysis {
+    /// Mean of N·a (1 = an average cell of its bag) per cell type, over the test
+    /// bags of leukemic patients, for the row of the patient's true class.
+    pub mean_scaled_attention_by_type: BTreeMap<String, f64>,
+    pub cells_by_type: BTreeMap<String, usize>,
+    /// ROC AUC of N·a for abnormal (positive) vs normal cells in those bags.
+    pub abnormal_vs_normal_roc_auc: Option<f64>,
+    pub note: String,
+}
+
 /// Abnormal cell types of the synthetic generator and the usual annotation names.
-fn is_abnormal(cell_type: &str) -> bool {
+pub fn is_abnormal(cell_type: &str) -> bool {
     cell_type
         .parse::<crate::synth::CellType>()
         .map(|t| t.is_abnormal())

@@ -19,12 +19,12 @@
 //! OUT/gallery/<patient>.png          top cells for the predicted class (first seed)
 //! OUT/report.json                    everything above in one JSON; `complete` flag
 //! ```
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tch::{Device, Kind};
 
+use super::attention::AttentionAnalysis;
 use super::config::CvConfig;
 use super::mil::{evaluate, head_config, train_mil, TrainBag, TrainEvent};
 use crate::checkpoint::{self, write_atomic, Manifest, MilManifest, Provenance};
@@ -54,7 +54,7 @@ pub enum CvEvent<'a> {
 }
 
 /// Per-run numbers in the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunSummary {
     pub seed: u64,
     pub fold: usize,
@@ -70,18 +70,6 @@ pub struct RunSummary {
     pub pr_auc: f64,
 }
 
-/// Attention against cell-type truth (the paper's Fig. 4 question).
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct AttentionAnalysis {
-    /// Mean of N·a (1 = an average cell of its bag) per cell type, over the test
-    /// bags of leukemic patients, for the row of the patient's true class.
-    pub mean_scaled_attention_by_type: BTreeMap<String, f64>,
-    pub cells_by_type: BTreeMap<String, usize>,
-    /// ROC AUC of N·a for abnormal (positive) vs normal cells in those bags.
-    pub abnormal_vs_normal_roc_auc: Option<f64>,
-    pub note: String,
-}
-
 /// The JSON report of a cross-validation.
 #[derive(Debug, Clone, Serialize)]
 pub struct CvReport {
@@ -93,6 +81,14 @@ pub struct CvReport {
     pub summary: Option<Summary>,
     pub attention: AttentionAnalysis,
     pub config: CvConfig,
+    /// Every run's test-fold metrics, in run order (also each run's `metrics.json`).
+    #[serde(skip)]
+    pub run_metrics: Vec<Report>,
+    /// Every test prediction of every run: (true class, probabilities).
+    #[serde(skip)]
+    pub test_predictions: Vec<(usize, Vec<f64>)>,
+    /// Runs found finished on disk and reloaded rather than trained.
+    pub runs_reloaded: usize,
 }
 
 fn write_csv(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
@@ -252,9 +248,8 @@ fn run_fold(
     split: &FoldSplit,
     (run, runs_total): (usize, usize),
     progress: &mut dyn FnMut(CvEvent) -> bool,
-) -> Result<(RunSummary, Report, Vec<TestOutput>)> {
-    let (dataset, bags, classes, head, device) =
-        (&p.dataset, &p.bags, &p.classes, &p.head, p.device);
+) -> Result<(RunSummary, Report, Vec<TestOutput>, bool)> {
+    let (dataset, bags, classes, device) = (&p.dataset, &p.bags, &p.classes, p.device);
     let mut tests = Vec::new();
     let dir = config
         .output
@@ -267,11 +262,148 @@ fn run_fold(
         pick(&split.validation),
         pick(&split.test),
     );
+    let encoder_sha256 = &p.cache.manifest().encoder_sha256;
+    let finished = finished_run(&dir, config, encoder_sha256, device);
+    let reloaded = finished.is_some();
+    let (mil, trained_summary) = match finished {
+        Some(done) => {
+            log::info!("{}: finished before, reloaded", dir.display());
+            done
+        }
+        None => train_run(
+            p,
+            config,
+            seed,
+            split,
+            &train,
+            &val,
+            &dir,
+            (run, runs_total),
+            progress,
+        )?,
+    };
+
+    // Predictions and attention of the test patients.
+    let mut pred_rows = Vec::new();
+    let mut att_rows = Vec::new();
+    let mut y_true = Vec::new();
+    let mut y_score = Vec::new();
+    for (&pi, bag) in split.test.iter().zip(&test) {
+        let (probs, att, raw) = predict(&mil, bag, device)?;
+        let predicted =
+            metrics::argmax_predictions(std::slice::from_ref(&probs), classes.len())?[0];
+        let mut row = vec![
+            bag.patient_id.clone(),
+            classes[bag.label].clone(),
+            classes[predicted].clone(),
+        ];
+        row.extend(probs.iter().map(|p| format!("{p:.6}")));
+        pred_rows.push(row);
+        let patient = &dataset.patients()[pi];
+        let n = bag.num_cells();
+        for (k, &cell_id) in bag.cell_ids.iter().enumerate() {
+            let rec = patient.cell(cell_id);
+            let mut row = vec![
+                bag.patient_id.clone(),
+                cell_id.to_string(),
+                rec.map(|r| r.file_name()).unwrap_or_default(),
+                rec.and_then(|r| r.cell_type.clone()).unwrap_or_default(),
+            ];
+            row.extend((0..classes.len()).map(|c| format!("{:.6e}", att[c * n + k])));
+            row.extend((0..classes.len()).map(|c| format!("{:.6}", raw[c * n + k])));
+            att_rows.push(row);
+        }
+        y_true.push(bag.label);
+        y_score.push(probs.clone());
+        tests.push(TestOutput {
+            patient: pi,
+            probabilities: probs,
+            attention: att,
+        });
+    }
+    let mut header: Vec<String> = ["patient_id", "true_label", "predicted_label"]
+        .map(String::from)
+        .to_vec();
+    header.extend(classes.iter().map(|c| format!("p_{c}")));
+    write_csv(&dir.join("predictions.csv"), &header, &pred_rows)?;
+    let mut header: Vec<String> = ["patient_id", "cell_id", "image", "cell_type"]
+        .map(String::from)
+        .to_vec();
+    header.extend(classes.iter().map(|c| format!("attention_{c}")));
+    header.extend(classes.iter().map(|c| format!("raw_attention_{c}")));
+    write_csv(&dir.join("attention.csv"), &header, &att_rows)?;
+    // Stratified chunks put every class in every test fold, so ROC AUC is defined.
+    let metrics = Report::from_scores(&y_true, &y_score, classes)?;
+    metrics.write_json(&dir.join("metrics.json"))?;
+    let (test_loss, test_acc) = evaluate(&mil, &test, device)?;
+    let run_summary = RunSummary {
+        macro_f1: metrics.macro_f1,
+        roc_auc: metrics.roc_auc,
+        pr_auc: metrics.pr_auc,
+        ..trained_summary.run
+    };
+    write_json(
+        &dir.join("run.json"),
+        &serde_json::json!({"status": "complete", "run": run_summary, "test_loss": test_loss, "test_accuracy": test_acc,
+            "best_validation_loss": trained_summary.best_validation_loss,
+            "encoder_sha256": encoder_sha256, "training": config.training}),
+    )?;
+    Ok((run_summary, metrics, tests, reloaded))
+}
+
+/// What a run's training left for its summary (read back from `run.json` on resume).
+struct TrainedSummary {
+    run: RunSummary,
+    best_validation_loss: f64,
+}
+
+/// A run directory whose `run.json` says complete for the same training
+/// configuration and encoder features, with its checkpoint: reloaded instead of
+/// retrained when an experiment is run again.
+fn finished_run(
+    dir: &Path,
+    config: &CvConfig,
+    encoder_sha256: &str,
+    device: Device,
+) -> Option<(AttentionMil, TrainedSummary)> {
+    let text = std::fs::read_to_string(dir.join("run.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let same = v["status"] == "complete"
+        && v["encoder_sha256"] == encoder_sha256
+        && v["training"] == serde_json::to_value(&config.training).ok()?;
+    if !same {
+        return None;
+    }
+    let run: RunSummary = serde_json::from_value(v["run"].clone()).ok()?;
+    let (mil, _, _vars) = crate::inference::load_mil(&dir.join("mil.safetensors"), device).ok()?;
+    Some((
+        mil,
+        TrainedSummary {
+            run,
+            best_validation_loss: v["best_validation_loss"].as_f64().unwrap_or(f64::NAN),
+        },
+    ))
+}
+
+/// Trains one run and writes its checkpoint and learning curve.
+#[allow(clippy::too_many_arguments)]
+fn train_run(
+    p: &Prepared,
+    config: &CvConfig,
+    seed: u64,
+    split: &FoldSplit,
+    train: &[&TrainBag],
+    val: &[&TrainBag],
+    dir: &Path,
+    (run, runs_total): (usize, usize),
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<(AttentionMil, TrainedSummary)> {
+    let (classes, head, device) = (&p.classes, &p.head, p.device);
     let result = train_mil(
         &config.training,
         head,
-        &train,
-        &val,
+        train,
+        val,
         seed * 1000 + split.fold as u64,
         device,
         &mut |e| {
@@ -322,55 +454,6 @@ fn run_fold(
         &trained.vars,
     )?;
 
-    // Predictions and attention of the test patients.
-    let mut pred_rows = Vec::new();
-    let mut att_rows = Vec::new();
-    let mut y_true = Vec::new();
-    let mut y_score = Vec::new();
-    for (&pi, bag) in split.test.iter().zip(&test) {
-        let (probs, att, raw) = predict(&trained.mil, bag, device)?;
-        let predicted =
-            metrics::argmax_predictions(std::slice::from_ref(&probs), classes.len())?[0];
-        let mut row = vec![
-            bag.patient_id.clone(),
-            classes[bag.label].clone(),
-            classes[predicted].clone(),
-        ];
-        row.extend(probs.iter().map(|p| format!("{p:.6}")));
-        pred_rows.push(row);
-        let patient = &dataset.patients()[pi];
-        let n = bag.num_cells();
-        for (k, &cell_id) in bag.cell_ids.iter().enumerate() {
-            let rec = patient.cell(cell_id);
-            let mut row = vec![
-                bag.patient_id.clone(),
-                cell_id.to_string(),
-                rec.map(|r| r.file_name()).unwrap_or_default(),
-                rec.and_then(|r| r.cell_type.clone()).unwrap_or_default(),
-            ];
-            row.extend((0..classes.len()).map(|c| format!("{:.6e}", att[c * n + k])));
-            row.extend((0..classes.len()).map(|c| format!("{:.6}", raw[c * n + k])));
-            att_rows.push(row);
-        }
-        y_true.push(bag.label);
-        y_score.push(probs.clone());
-        tests.push(TestOutput {
-            patient: pi,
-            probabilities: probs,
-            attention: att,
-        });
-    }
-    let mut header: Vec<String> = ["patient_id", "true_label", "predicted_label"]
-        .map(String::from)
-        .to_vec();
-    header.extend(classes.iter().map(|c| format!("p_{c}")));
-    write_csv(&dir.join("predictions.csv"), &header, &pred_rows)?;
-    let mut header: Vec<String> = ["patient_id", "cell_id", "image", "cell_type"]
-        .map(String::from)
-        .to_vec();
-    header.extend(classes.iter().map(|c| format!("attention_{c}")));
-    header.extend(classes.iter().map(|c| format!("raw_attention_{c}")));
-    write_csv(&dir.join("attention.csv"), &header, &att_rows)?;
     let header: Vec<String> = [
         "epoch",
         "learning_rate",
@@ -396,14 +479,10 @@ fn run_fold(
         })
         .collect();
     write_csv(&dir.join("learning_curve.csv"), &header, &rows)?;
-    // Stratified chunks put every class in every test fold, so ROC AUC is defined.
-    let metrics = Report::from_scores(&y_true, &y_score, classes)?;
-    metrics.write_json(&dir.join("metrics.json"))?;
-    let (test_loss, test_acc) = evaluate(&trained.mil, &test, device)?;
-    let run_summary = RunSummary {
+    let run = RunSummary {
         seed,
         fold: split.fold,
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         best_epoch: trained.best_epoch,
         epochs_run: trained.curve.len(),
         optimizer_steps: trained.curve.last().map_or(0, |r| r.optimizer_steps),
@@ -414,16 +493,17 @@ fn run_fold(
             .iter()
             .map(|r| r.train_loss)
             .fold(f64::INFINITY, f64::min),
-        macro_f1: metrics.macro_f1,
-        roc_auc: metrics.roc_auc,
-        pr_auc: metrics.pr_auc,
+        macro_f1: f64::NAN,
+        roc_auc: f64::NAN,
+        pr_auc: f64::NAN,
     };
-    write_json(
-        &dir.join("run.json"),
-        &serde_json::json!({"status": "complete", "run": run_summary, "test_loss": test_loss, "test_accuracy": test_acc,
-            "best_validation_loss": trained.best_validation_loss}),
-    )?;
-    Ok((run_summary, metrics, tests))
+    Ok((
+        trained.mil,
+        TrainedSummary {
+            run,
+            best_validation_loss: trained.best_validation_loss,
+        },
+    ))
 }
 
 /// Runs the whole cross-validation described by `config`.
@@ -443,6 +523,9 @@ pub fn cross_validate(
         summary: None,
         attention: AttentionAnalysis::default(),
         config: config.clone(),
+        run_metrics: Vec::new(),
+        test_predictions: Vec::new(),
+        runs_reloaded: 0,
     };
     let mut reports = Vec::new();
     let mut tests: Vec<(usize, TestOutput)> = Vec::new(); // (seed index, output)
@@ -450,7 +533,8 @@ pub fn cross_validate(
         for split in p.dataset.folds(config.folds, seed)? {
             let run = report.runs.len();
             match run_fold(&p, config, seed, &split, (run, runs_total), progress) {
-                Ok((summary, metrics, outputs)) => {
+                Ok((summary, metrics, outputs, reloaded)) => {
+                    report.runs_reloaded += usize::from(reloaded);
                     report.runs.push(summary);
                     reports.push(metrics);
                     tests.extend(outputs.into_iter().map(|t| (si, t)));
@@ -510,6 +594,8 @@ pub fn cross_validate(
         &config.output.join("gallery"),
     )?;
     report.summary = Some(summary);
+    report.test_predictions = y_true.into_iter().zip(y_score).collect();
+    report.run_metrics = reports;
     report.complete = true;
     write_json(&config.output.join("report.json"), &report)?;
     Ok(report)
@@ -531,6 +617,6 @@ pub fn train_single(
     let p = prepare(config, progress)?;
     let seed = config.seeds[0];
     let split = p.dataset.folds(config.folds, seed)?.swap_remove(fold);
-    let (summary, _, _) = run_fold(&p, config, seed, &split, (0, 1), progress)?;
+    let (summary, _, _, _) = run_fold(&p, config, seed, &split, (0, 1), progress)?;
     Ok(summary)
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod cv;
 pub mod mil;
 
-pub use config::{CvConfig, LrSchedule, MilTrainConfig};
+pub use attention::AttentionAnalysis;
+pub use config::{Accumulation, CvConfig, LrSchedule, MilTrainConfig};
 pub use cv::{cross_validate, CvEvent, CvReport};
 pub use mil::{train_mil, BagSampler, EpochRecord, TrainBag, TrainEvent, TrainedMil};

@@ -1,0 +1,368 @@
+//! Configuration of the paper's experiment and its three presets: `quick` (the
+//! main job's, minutes on two cores), `cpu-small` (all five encoders, 5 folds ×
+//! 3 seeds on a CPU) and `paper` (the paper's schedule, GPU scale).
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::ssl::SslMethod;
+use crate::synth::CohortConfig;
+use crate::training::MilTrainConfig;
+
+/// The encoders an experiment compares, in report order.
+pub const ENCODERS: [&str; 5] = ["supervised", "simclr", "swav", "dino", "random"];
+
+/// What the experiment runs. Build it with [`ExperimentConfig::from_value`] (a
+/// preset plus overrides) so unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// `quick`, `cpu-small` or `paper`.
+    pub preset: String,
+    /// Output directory; every stage's results live under it and resume from it.
+    pub output: PathBuf,
+    /// The patient-labelled data set of the MIL cross-validation; `null`: the
+    /// synthetic `cohort` is generated into `<output>/cohort`.
+    pub dataset: Option<PathBuf>,
+    /// The synthetic MIL cohort (when `dataset` is `null`).
+    pub cohort: CohortConfig,
+    /// Cells the encoders are pre-trained on, disjoint from the MIL patients
+    /// (the supervised encoder needs `cells.csv` types); `null`: the synthetic
+    /// `pretrain_cohort` is generated into `<output>/pretrain-cohort`.
+    pub pretrain_dataset: Option<PathBuf>,
+    /// The synthetic pre-training cohort: another seed than `cohort`, so no
+    /// cell of a MIL patient is seen in pre-training.
+    pub pretrain_cohort: CohortConfig,
+    /// Encoders to compare, a subset of `supervised`, `simclr`, `swav`, `dino`,
+    /// `random` (the floor: seeded weights, batch-norm statistics of the data).
+    pub encoders: Vec<String>,
+    /// Preset of the pre-training runs (`cpu-small` or `paper`).
+    pub pretrain_preset: String,
+    /// Overrides of the pre-training configuration: key `all` for every method,
+    /// a method's name for that method (`{"all": {"epochs": 4}, "dino": {…}}`).
+    pub pretrain: Map<String, Value>,
+    /// MIL training: a preset name plus overrides (as `amlmil cv`).
+    pub training: Value,
+    pub folds: usize,
+    pub seeds: Vec<u64>,
+    /// `auto`, `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// Cells per test patient in the top-attention galleries.
+    pub gallery_cells: usize,
+    /// At most this many typed cells of the MIL data set in the k-NN probe.
+    pub probe_cells: usize,
+    /// At most this many annotated cells (else typed cells) in the UMAP figure.
+    pub umap_cells: usize,
+    /// Seed of the random encoder and of the probe's cell subset.
+    pub seed: u64,
+}
+
+impl ExperimentConfig {
+    /// The named preset with `output` set.
+    pub fn preset(name: &str) -> Result<Self> {
+        let cohort = |ppc, cells: (usize, usize), size, annotated, seed| CohortConfig {
+            patients_per_class: ppc,
+            cells_min: cells.0,
+            cells_max: cells.1,
+            image_size: size,
+            annotated_fraction: annotated,
+            seed,
+            ..CohortConfig::default()
+        };
+        let mut c = match name {
+            // The main job: one SSL method beside the supervised encoder and the
+            // floor, one seed; measured under 15 minutes on two cores.
+            "quick" => ExperimentConfig {
+                preset: name.into(),
+                output: PathBuf::new(),
+                dataset: None,
+                cohort: cohort(8, (30, 60), 64, 0.1, 0),
+                pretrain_dataset: None,
+                pretrain_cohort: cohort(6, (40, 60), 64, 0.1, 1000),
+                encoders: vec!["supervised".into(), "simclr".into(), "random".into()],
+                pretrain_preset: "cpu-small".into(),
+                pretrain: pretrain_overrides(json!({
+                    "all": {"device": "cpu"},
+                    "supervised": {"epochs": 4},
+                    "simclr": {"epochs": 4},
+                })),
+                training: json!({"preset": "paper", "cell_net": {"type": "pooled"}}),
+                folds: 5,
+                seeds: vec![0],
+                device: "cpu".into(),
+                gallery_cells: 8,
+                probe_cells: 600,
+                umap_cells: 600,
+                seed: 0,
+            },
+            // All five encoders, 5 folds × 3 seeds, on the CPU.
+            "cpu-small" => ExperimentConfig {
+                preset: name.into(),
+                output: PathBuf::new(),
+                dataset: None,
+                cohort: cohort(12, (30, 60), 64, 0.1, 0),
+                pretrain_dataset: None,
+                pretrain_cohort: cohort(8, (40, 60), 64, 0.1, 1000),
+                encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
+                pretrain_preset: "cpu-small".into(),
+                pretrain: pretrain_overrides(json!({
+                    "all": {"device": "cpu"},
+                    "supervised": {"epochs": 6},
+                    "simclr": {"epochs": 6},
+                    "swav": {"epochs": 6},
+                    "dino": {"epochs": 6},
+                })),
+                training: json!({"preset": "paper", "cell_net": {"type": "pooled"}}),
+                folds: 5,
+                seeds: vec![0, 1, 2],
+                device: "cpu".into(),
+                gallery_cells: 8,
+                probe_cells: 1000,
+                umap_cells: 1000,
+                seed: 0,
+            },
+            // The paper's schedule: 144 px, batch 512, the references' epochs,
+            // the four-convolution g; GPU scale.
+            "paper" => ExperimentConfig {
+                preset: name.into(),
+                output: PathBuf::new(),
+                dataset: None,
+                cohort: cohort(38, (100, 800), 144, 0.02, 0),
+                pretrain_dataset: None,
+                pretrain_cohort: cohort(20, (200, 600), 144, 0.1, 1000),
+                encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
+                pretrain_preset: "paper".into(),
+                pretrain: Map::new(),
+                training: json!({"preset": "paper"}),
+                folds: 5,
+                seeds: vec![0, 1, 2],
+                device: "auto".into(),
+                gallery_cells: 8,
+                probe_cells: 2000,
+                umap_cells: 2000,
+                seed: 0,
+            },
+            other => {
+                return Err(Error::invalid(
+                    "preset",
+                    format!("`{other}` is not an experiment preset (quick, cpu-small, paper)"),
+                ))
+            }
+        };
+        c.output = PathBuf::new();
+        Ok(c)
+    }
+
+    /// A preset (`preset` key, default `quick`) with the object's other keys
+    /// overriding it; `cohort`, `pretrain_cohort` and `pretrain` merge key by key.
+    pub fn from_value(value: Value) -> Result<Self> {
+        let Value::Object(overrides) = value else {
+            return Err(Error::invalid("config", "must be a JSON object"));
+        };
+        let preset = match overrides.get("preset") {
+            None => "quick",
+            Some(Value::String(p)) => p.as_str(),
+            Some(other) => return Err(Error::invalid("preset", format!("{other} is not a name"))),
+        };
+        let mut merged = serde_json::to_value(Self::preset(preset)?)
+            .map_err(|e| Error::invalid("config", e.to_string()))?;
+        let m = merged
+            .as_object_mut()
+            .expect("a struct serialises to an object");
+        for (key, value) in overrides {
+            match (m.get_mut(&key), value) {
+                (Some(Value::Object(base)), Value::Object(over))
+                    if matches!(key.as_str(), "cohort" | "pretrain_cohort" | "pretrain") =>
+                {
+                    for (k, v) in over {
+                        match (base.get_mut(&k), v) {
+                            (Some(Value::Object(b)), Value::Object(o)) if key == "pretrain" => {
+                                b.extend(o)
+                            }
+                            (_, v) => {
+                                base.insert(k, v);
+                            }
+                        }
+                    }
+                }
+                (_, value) => {
+                    m.insert(key, value);
+                }
+            }
+        }
+        let config: Self =
+            serde_json::from_value(merged).map_err(|e| Error::invalid("config", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a JSON (or TOML when `is_toml`) object with [`Self::from_value`].
+    pub fn parse(text: &str, is_toml: bool) -> Result<Self> {
+        let value: Value = if is_toml {
+            toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
+        } else {
+            serde_json::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
+        };
+        Self::from_value(value)
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.output.as_os_str().is_empty() {
+            return Err(Error::invalid("output", "required: the output directory"));
+        }
+        if self.encoders.is_empty() {
+            return Err(Error::invalid("encoders", "give at least one encoder"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &self.encoders {
+            if !ENCODERS.contains(&e.as_str()) {
+                return Err(Error::invalid(
+                    "encoders",
+                    format!("`{e}` is not one of {}", ENCODERS.join(", ")),
+                ));
+            }
+            if !seen.insert(e) {
+                return Err(Error::invalid("encoders", format!("`{e}` is listed twice")));
+            }
+        }
+        for key in self.pretrain.keys() {
+            if key != "all" && key.parse::<SslMethod>().is_err() {
+                return Err(Error::invalid(
+                    format!("pretrain.{key}"),
+                    "keys are `all` or a method (supervised, simclr, swav, dino)",
+                ));
+            }
+        }
+        if !matches!(self.pretrain_preset.as_str(), "cpu-small" | "paper") {
+            return Err(Error::invalid(
+                "pretrain_preset",
+                format!("`{}` is not cpu-small or paper", self.pretrain_preset),
+            ));
+        }
+        if self.dataset.is_some() && self.pretrain_dataset.is_none() {
+            return Err(Error::invalid(
+                "pretrain_dataset",
+                "required with `dataset`: cells disjoint from the MIL patients to pre-train \
+                 the encoders on (with cells.csv types for the supervised one)",
+            ));
+        }
+        if self.dataset.is_none() {
+            self.cohort.validate()?;
+        }
+        if self.pretrain_dataset.is_none() {
+            self.pretrain_cohort.validate()?;
+            if self.dataset.is_none() && self.pretrain_cohort.seed == self.cohort.seed {
+                return Err(Error::invalid(
+                    "pretrain_cohort.seed",
+                    "must differ from cohort.seed: the pre-training cells must not be the MIL patients'",
+                ));
+            }
+        }
+        let methods = self.encoders.iter().chain(self.pretrain.keys());
+        for name in methods.filter(|e| !matches!(e.as_str(), "random" | "all")) {
+            let method: SslMethod = name.parse()?;
+            self.pretrain_config(method, "dataset".into(), "output".into())?;
+        }
+        if self.probe_cells < 10 {
+            return Err(Error::invalid("probe_cells", "must be at least 10"));
+        }
+        MilTrainConfig::from_value(self.training.clone())?;
+        self.cv_config(PathBuf::new(), PathBuf::new(), PathBuf::new())?;
+        Ok(())
+    }
+
+    /// The pre-training configuration of `method` on `dataset`, writing to `output`.
+    pub fn pretrain_config(
+        &self,
+        method: SslMethod,
+        dataset: PathBuf,
+        output: PathBuf,
+    ) -> Result<crate::ssl::PretrainConfig> {
+        let mut v =
+            json!({"method": method.name(), "preset": self.pretrain_preset, "seed": self.seed});
+        let obj = v.as_object_mut().expect("object");
+        for key in ["all", method.name()] {
+            if let Some(Value::Object(o)) = self.pretrain.get(key) {
+                obj.extend(o.clone());
+            }
+        }
+        obj.insert("dataset".into(), json!(dataset));
+        obj.insert("output".into(), json!(output));
+        obj.insert("resume".into(), json!(true));
+        crate::ssl::PretrainConfig::from_value(v).map_err(|e| match e {
+            Error::InvalidArgument { arg, reason } => {
+                Error::invalid(format!("pretrain.{} ({arg})", method.name()), reason)
+            }
+            other => other,
+        })
+    }
+
+    /// The cross-validation of one encoder.
+    pub fn cv_config(
+        &self,
+        dataset: PathBuf,
+        encoder: PathBuf,
+        output: PathBuf,
+    ) -> Result<crate::training::CvConfig> {
+        let v = json!({
+            "dataset": dataset, "encoder": encoder, "output": output,
+            "folds": self.folds, "seeds": self.seeds, "device": self.device,
+            "gallery_cells": self.gallery_cells, "training": self.training,
+        });
+        crate::training::CvConfig::parse(&v.to_string(), false)
+    }
+}
+
+fn pretrain_overrides(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_overrides_merge() {
+        for p in ["quick", "cpu-small", "paper"] {
+            let c = ExperimentConfig::from_value(json!({"preset": p, "output": "o"})).unwrap();
+            assert_eq!(c.preset, p);
+            assert_ne!(c.cohort.seed, c.pretrain_cohort.seed);
+        }
+        let c = ExperimentConfig::from_value(json!({
+            "output": "o", "cohort": {"patients_per_class": 3},
+            "pretrain": {"simclr": {"batch_size": 8}}, "seeds": [4],
+        }))
+        .unwrap();
+        assert_eq!((c.cohort.patients_per_class, c.cohort.cells_min), (3, 30));
+        assert_eq!(c.pretrain["simclr"]["epochs"], 4, "merged, not replaced");
+        assert_eq!(c.pretrain["simclr"]["batch_size"], 8);
+        let p = c
+            .pretrain_config(SslMethod::SimClr, "d".into(), "e".into())
+            .unwrap();
+        assert_eq!((p.epochs, p.batch_size, p.resume), (4, 8, true));
+        assert_eq!(c.seeds, vec![4]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = |v: Value| ExperimentConfig::from_value(v).unwrap_err().to_string();
+        assert!(err(json!({"output": "o", "encoder": ["x"]})).contains("encoder"));
+        assert!(err(json!({"output": "o", "encoders": ["byol"]})).contains("byol"));
+        assert!(err(json!({"output": "o", "encoders": []})).contains("encoders"));
+        assert!(err(json!({"preset": "fast", "output": "o"})).contains("fast"));
+        assert!(err(json!({"output": "o", "pretrain_cohort": {"seed": 0}}))
+            .contains("pretrain_cohort.seed"));
+        assert!(err(json!({"output": "o", "dataset": "d"})).contains("pretrain_dataset"));
+        assert!(err(json!({"output": "o", "pretrain": {"byol": {}}})).contains("pretrain.byol"));
+        assert!(err(json!({"output": "o", "pretrain": {"dino": {"epoch": 1}}})).contains("epoch"));
+        assert!(err(json!({"output": "o", "training": {"lr": 1}})).contains("lr"));
+        assert!(err(json!({"output": "o", "folds": 2})).contains("folds"));
+        assert!(err(json!({})).contains("output"));
+    }
+}

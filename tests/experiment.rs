@@ -1,0 +1,187 @@
+//! The paper's experiment end to end at toy scale: cohorts, pre-training,
+//! probe, cross-validation per encoder and the report; a cancelled run resumes
+//! without redoing finished stages, and every artefact is present and
+//! well-formed (tables parse, PNGs decode, the HTML references existing files).
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use amlmil::experiment::{run_experiment, ExperimentConfig, Stage};
+use amlmil::Error;
+
+fn tiny(output: &Path) -> ExperimentConfig {
+    ExperimentConfig::from_value(serde_json::json!({
+        "preset": "quick",
+        "output": output,
+        "cohort": {"patients_per_class": 3, "cells_min": 8, "cells_max": 12, "image_size": 32, "annotated_fraction": 0.5},
+        "pretrain_cohort": {"patients_per_class": 2, "cells_min": 10, "cells_max": 12, "image_size": 32},
+        "encoders": ["supervised", "simclr", "random"],
+        "pretrain": {
+            "all": {"image_size": 32, "batch_size": 8, "steps_per_epoch": 2, "decode_threads": 1},
+            "supervised": {"epochs": 1, "supervised": {"crop": {"size": 32}}},
+            "simclr": {"epochs": 1, "simclr": {"crops": {"global": {"size": 32}, "local": {"size": 16}}}},
+        },
+        "training": {"preset": "paper", "cell_net": {"type": "pooled"}, "epochs": 2, "patience": 2},
+        "folds": 3,
+        "seeds": [0],
+        "gallery_cells": 3,
+        "probe_cells": 60,
+        "umap_cells": 60,
+    }))
+    .unwrap()
+}
+
+/// The image paths an HTML file references.
+fn img_sources(html: &str) -> Vec<String> {
+    html.split("<img src=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn tiny_experiment_runs_resumes_after_cancellation_and_writes_every_artefact() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exp");
+    let config = tiny(&out);
+
+    // First run: cancelled when the second encoder's cross-validation starts training.
+    let mut stages = BTreeSet::new();
+    let err = run_experiment(&config, &mut |e| {
+        stages.insert(e.stage);
+        !(e.stage == Stage::Cv && e.encoder == Some("simclr") && e.detail.starts_with("run"))
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Cancelled(_)), "{err}");
+    assert!(stages.contains(&Stage::Pretrain) && stages.contains(&Stage::Probe));
+    assert!(
+        !out.join("report.json").exists(),
+        "no report for an unfinished experiment"
+    );
+    let supervised_encoder = out.join("encoders/supervised/encoder.safetensors");
+    let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let before = modified(&supervised_encoder);
+    let supervised_run = out.join("cv/supervised/runs/seed0_fold0/mil.safetensors");
+    let run_before = modified(&supervised_run);
+
+    // Second run: resumes.
+    let mut pretrained_again = BTreeSet::new();
+    let report = run_experiment(&config, &mut |e| {
+        if e.stage == Stage::Pretrain && e.total > 1 {
+            pretrained_again.insert(e.encoder.unwrap_or("").to_owned());
+        }
+        true
+    })
+    .unwrap();
+    assert!(report.complete);
+    assert!(
+        pretrained_again.is_empty(),
+        "finished encoders were pre-trained again: {pretrained_again:?}"
+    );
+    assert_eq!(modified(&supervised_encoder), before);
+    assert_eq!(
+        modified(&supervised_run),
+        run_before,
+        "a finished MIL run was retrained"
+    );
+    let sup = &report.encoders[0];
+    assert_eq!(
+        (sup.name.as_str(), sup.cv.runs_reloaded, sup.cv.runs.len()),
+        ("supervised", 3, 3)
+    );
+    let reused: Vec<_> = report
+        .timings
+        .iter()
+        .filter(|t| !t.computed_now)
+        .map(|t| (t.stage, t.encoder.clone().unwrap_or_default()))
+        .collect();
+    assert!(
+        reused.contains(&(Stage::Cohort, "cohort".into())),
+        "{reused:?}"
+    );
+    assert!(
+        reused.contains(&(Stage::Pretrain, "supervised".into())),
+        "{reused:?}"
+    );
+    assert!(
+        reused.contains(&(Stage::Cv, "supervised".into())),
+        "{reused:?}"
+    );
+
+    // report.json parses, is complete, and has a summary for every encoder.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["complete"], true);
+    let names: Vec<&str> = json["encoders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["supervised", "simclr", "random"]);
+    for e in json["encoders"].as_array().unwrap() {
+        let f1 = e["cv"]["summary"]["macro_f1"]["mean"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&f1));
+        assert!(e["probe"]["encoder"]["accuracy"].as_f64().is_some());
+    }
+
+    // report.md: Table 1 has a row per encoder whose cells parse as "m ± s".
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let table: Vec<&str> = md
+        .lines()
+        .skip_while(|l| !l.starts_with("| encoder | macro F1"))
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert_eq!(table.len(), 2 + 3, "{table:?}");
+    for row in &table[2..] {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        for cell in &cells[1..4] {
+            let (m, s) = cell
+                .split_once(" ± ")
+                .unwrap_or_else(|| panic!("{cell} in {row}"));
+            let (m, s): (f64, f64) = (m.parse().unwrap(), s.parse().unwrap());
+            assert!((0.0..=1.0).contains(&m) && s >= 0.0, "{row}");
+        }
+    }
+    assert!(md.contains("average_precision_score"), "PR AUC is defined");
+    assert!(md.contains("Per class") && md.contains("k-NN"));
+
+    // Every image the HTML references exists and decodes; the figures are all there.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let sources = img_sources(&html);
+    for f in [
+        "figures/roc.png",
+        "figures/attention.png",
+        "figures/embedding.png",
+        "figures/confusion_supervised.png",
+    ] {
+        assert!(sources.iter().any(|s| s == f), "{f} not in the HTML");
+    }
+    assert!(sources.iter().any(|s| s.starts_with("figures/gallery/")));
+    for src in &sources {
+        let path = out.join(src);
+        image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    // Markdown references the same files.
+    for src in &sources {
+        assert!(
+            md.contains(&format!("]({src})")),
+            "{src} missing from report.md"
+        );
+    }
+}
+
+#[test]
+fn bad_experiment_configurations_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never");
+    let err =
+        ExperimentConfig::from_value(serde_json::json!({"output": out, "encoders": ["byol"]}))
+            .unwrap_err();
+    assert!(err.to_string().contains("byol"), "{err}");
+    let err = ExperimentConfig::from_value(
+        serde_json::json!({"output": out, "dataset": dir.path().join("d")}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("pretrain_dataset"), "{err}");
+    assert!(!out.exists(), "nothing written");
+}
