@@ -86,9 +86,9 @@ impl ExperimentConfig {
                 pretrain: pretrain_overrides(json!({
                     "all": {"device": "cpu"},
                     "supervised": {"epochs": 4},
-                    "simclr": {"epochs": 4},
+                    "simclr": cpu_simclr(8),
                 })),
-                training: json!({"preset": "paper", "cell_net": {"type": "pooled"}}),
+                training: cpu_training(),
                 folds: 5,
                 seeds: vec![0],
                 device: "cpu".into(),
@@ -102,19 +102,21 @@ impl ExperimentConfig {
                 preset: name.into(),
                 output: PathBuf::new(),
                 dataset: None,
-                cohort: cohort(12, (30, 60), 64, 0.1, 0),
+                // Cohort seeds other than `quick`'s, on which the settings
+                // below were chosen: the committed report is on unseen patients.
+                cohort: cohort(12, (30, 60), 64, 0.1, 1),
                 pretrain_dataset: None,
-                pretrain_cohort: cohort(8, (40, 60), 64, 0.1, 1000),
+                pretrain_cohort: cohort(8, (40, 60), 64, 0.1, 1001),
                 encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
                 pretrain_preset: "cpu-small".into(),
                 pretrain: pretrain_overrides(json!({
                     "all": {"device": "cpu"},
                     "supervised": {"epochs": 6},
-                    "simclr": {"epochs": 6},
-                    "swav": {"epochs": 6},
-                    "dino": {"epochs": 6},
+                    "simclr": cpu_simclr(10),
+                    "swav": {"epochs": 10, "swav": {"crops": {"global": {"scale": [0.4, 1.0]}}}},
+                    "dino": {"epochs": 10},
                 })),
-                training: json!({"preset": "paper", "cell_net": {"type": "pooled"}}),
+                training: cpu_training(),
                 folds: 5,
                 seeds: vec![0, 1, 2],
                 device: "cpu".into(),
@@ -135,7 +137,7 @@ impl ExperimentConfig {
                 encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
                 pretrain_preset: "paper".into(),
                 pretrain: Map::new(),
-                training: json!({"preset": "paper"}),
+                training: json!({"preset": "paper", "standardize_features": true}),
                 folds: 5,
                 seeds: vec![0, 1, 2],
                 device: "auto".into(),
@@ -316,6 +318,25 @@ impl ExperimentConfig {
     }
 }
 
+/// SimCLR at CPU scale (measured on the `quick` cohorts, README "The
+/// experiment"): global crops of 40–100 % of the cell image (the leukocyte
+/// stays in both views), τ 0.2 and base lr 1.2 × B/256; with 552 steps its
+/// k-NN probe beat the random encoder, with 184 it did not.
+fn cpu_simclr(epochs: u64) -> Value {
+    json!({
+        "epochs": epochs,
+        "base_learning_rate": 1.2,
+        "simclr": {"temperature": 0.2, "crops": {"global": {"scale": [0.4, 1.0]}}},
+    })
+}
+
+/// The paper's MIL recipe with the pooled `g` (64 px cells give 2×2 maps),
+/// standardised features and lr 0.05: without standardisation the heads on
+/// self-supervised features never left a constant prediction (README).
+fn cpu_training() -> Value {
+    json!({"preset": "paper", "cell_net": {"type": "pooled"}, "standardize_features": true, "learning_rate": 0.05})
+}
+
 fn pretrain_overrides(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
@@ -340,12 +361,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!((c.cohort.patients_per_class, c.cohort.cells_min), (3, 30));
-        assert_eq!(c.pretrain["simclr"]["epochs"], 4, "merged, not replaced");
+        assert_eq!(c.pretrain["simclr"]["epochs"], 8, "merged, not replaced");
         assert_eq!(c.pretrain["simclr"]["batch_size"], 8);
         let p = c
             .pretrain_config(SslMethod::SimClr, "d".into(), "e".into())
             .unwrap();
-        assert_eq!((p.epochs, p.batch_size, p.resume), (4, 8, true));
+        assert_eq!((p.epochs, p.batch_size, p.resume), (8, 8, true));
         assert_eq!(c.seeds, vec![4]);
     }
 

@@ -31,7 +31,7 @@ pub struct Embedding {
     pub cell_types: Vec<String>,
     pub labels: Vec<usize>,
     /// `(encoder, [N] points)`.
-    pub panels: Vec<(String, Vec<[f32; 2]>)>,
+    pub panels: Panels,
 }
 
 const UMAP_SCRIPT: &str = r#"
@@ -108,11 +108,12 @@ fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(flat.chunks(d).map(<[f32]>::to_vec).collect())
 }
 
-/// Runs umap-learn in `$AMLMIL_PYTHON`; `Err` says why it could not.
-fn umap(
-    features: &[(String, Tensor)],
-    seed: u64,
-) -> std::result::Result<(String, Vec<(String, Vec<[f32; 2]>)>), String> {
+/// `(encoder, [N] points)` of every encoder.
+type Panels = Vec<(String, Vec<[f32; 2]>)>;
+
+/// Runs umap-learn in `$AMLMIL_PYTHON`: the method's description and the
+/// panels, or why it could not.
+fn umap(features: &[(String, Tensor)], seed: u64) -> std::result::Result<(String, Panels), String> {
     let python = std::env::var_os(PYTHON_ENV)
         .filter(|p| !p.is_empty())
         .ok_or_else(|| format!("{PYTHON_ENV} is not set"))?;

@@ -240,10 +240,11 @@ pub fn write(report: &ExperimentReport, dataset: &Dataset) -> Result<()> {
         format!("libamlmil experiment — preset `{}`", c.preset),
     )];
     b.push(Block::Para(format!(
-        "Attention-MIL classification of AML genetic subtypes with five cell encoders, after Kazeminia et al. \
-         (Table 1, Figures 2–5). libamlmil {}; {} encoders; {} folds × {} seeds = {} runs per encoder.",
-        report.libamlmil_version,
+        "Attention-MIL classification of AML genetic subtypes with {} cell encoders ({}), after Kazeminia et al. \
+         (Table 1, Figures 2–5). libamlmil {}; {} folds × {} seeds = {} runs per encoder.",
         report.encoders.len(),
+        c.encoders.join(", "),
+        report.libamlmil_version,
         c.folds,
         c.seeds.len(),
         c.folds * c.seeds.len()

@@ -65,6 +65,11 @@ pub struct MilTrainConfig {
     pub balanced_sampling: bool,
     /// Bags drawn per epoch; `null` = number of training bags.
     pub bags_per_epoch: Option<usize>,
+    /// Standardise every feature channel with the training cells' mean and
+    /// standard deviation while training, then fold that affine map into the
+    /// head's first layer, so the saved head takes raw features.
+    #[serde(default)]
+    pub standardize_features: bool,
     /// libtorch intra-op threads while training on the CPU (restored after).
     /// The head's operations are too small to split: on the 2-core machine with
     /// another process running, 2 threads took 315 ms per bag, 1 thread 10.9 ms.
@@ -107,6 +112,7 @@ impl MilTrainConfig {
             flips: true,
             balanced_sampling: true,
             bags_per_epoch: None,
+            standardize_features: false,
             cpu_threads: 1,
         }
     }

@@ -194,11 +194,87 @@ fn bag_loss(mil: &AttentionMil, maps: &Tensor, label: usize) -> Tensor {
 
 /// Mean loss and accuracy over whole bags (unflipped, every cell).
 pub fn evaluate(mil: &AttentionMil, bags: &[&TrainBag], device: Device) -> Result<(f64, f64)> {
+    evaluate_standardized(mil, bags, device, None)
+}
+
+/// Per-channel mean and standard deviation of feature maps `[N, C, h, w]`.
+struct Standardization {
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Standardization {
+    /// Over every position of the unflipped cells of `bags`.
+    fn of(bags: &[&TrainBag], device: Device) -> Result<Self> {
+        let (mut sum, mut sq, mut count) = (None::<Tensor>, None::<Tensor>, 0i64);
+        for bag in bags {
+            let x = bag.plain(device).to_kind(Kind::Double);
+            let s = x.f_sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)?;
+            let q = x
+                .square()
+                .f_sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)?;
+            let size = x.size();
+            count += size[0] * size[2] * size[3];
+            sum = Some(sum.map_or(s.shallow_clone(), |a| a + &s));
+            sq = Some(sq.map_or(q.shallow_clone(), |a| a + &q));
+        }
+        let (sum, sq) = (sum.expect("bags checked non-empty"), sq.expect("non-empty"));
+        let mean = &sum / count as f64;
+        let var = (&sq / count as f64 - mean.square()).clamp_min(0.0);
+        Ok(Standardization {
+            mean: mean.to_kind(Kind::Float),
+            std: var.sqrt().clamp_min(1e-6).to_kind(Kind::Float),
+        })
+    }
+
+    fn apply(&self, maps: &Tensor) -> Tensor {
+        let shape = [1, -1, 1, 1];
+        (maps - self.mean.view(shape)) / self.std.view(shape)
+    }
+
+    /// Folds `x ↦ (x − μ) / σ` into the head's first layer (`g.0`, a linear
+    /// layer or an unpadded convolution), so it takes raw features.
+    fn fold_into(&self, vars: &VarStore) -> Result<()> {
+        let all = vars.variables();
+        let (w, b) = match (all.get("g.0.weight"), all.get("g.0.bias")) {
+            (Some(w), Some(b)) => (w, b),
+            _ => {
+                return Err(Error::Mismatch(
+                    "the head has no first layer g.0 to fold the feature standardization into"
+                        .into(),
+                ))
+            }
+        };
+        tch::no_grad(|| -> Result<()> {
+            let inv = self.std.reciprocal();
+            let per_input: Vec<i64> = match w.dim() {
+                2 => vec![1, -1],
+                _ => vec![1, -1, 1, 1],
+            };
+            let scaled = w * inv.view(per_input.as_slice());
+            // b' = b − Σ_c,… W'[o, c, …] μ_c
+            let shift = (&scaled * self.mean.view(per_input.as_slice()))
+                .flatten(1, -1)
+                .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
+            let _ = b.shallow_clone().f_sub_(&shift)?;
+            w.shallow_clone().f_copy_(&scaled)?;
+            Ok(())
+        })
+    }
+}
+
+fn evaluate_standardized(
+    mil: &AttentionMil,
+    bags: &[&TrainBag],
+    device: Device,
+    norm: Option<&Standardization>,
+) -> Result<(f64, f64)> {
     let _g = tch::no_grad_guard();
     let mut loss = 0.0;
     let mut correct = 0usize;
     for bag in bags {
         let maps = bag.plain(device);
+        let maps = norm.map_or(maps.shallow_clone(), |n| n.apply(&maps));
         let out = mil.forward_bag(&maps, false);
         let target = Tensor::from_slice(&[bag.label as i64]).to_device(device);
         loss += f64::try_from(out.logits.unsqueeze(0).cross_entropy_for_logits(&target))?;
@@ -292,6 +368,11 @@ pub fn train_mil(
     let labels: Vec<usize> = train.iter().map(|b| b.label).collect();
     let sampler = BagSampler::new(&indices, &labels, config.balanced_sampling);
     let per_epoch = config.bags_per_epoch.unwrap_or(train.len());
+    let norm = if config.standardize_features {
+        Some(Standardization::of(train, device)?)
+    } else {
+        None
+    };
 
     let snapshot = |vars: &VarStore| -> Vec<(String, Tensor)> {
         vars.variables()
@@ -315,6 +396,9 @@ pub fn train_mil(
             let group = config.accumulate.min(draws.len() - (i - pending));
             let bag = train[b];
             let maps = bag.sample(config.max_cells, config.flips, &mut rng, device);
+            let maps = norm
+                .as_ref()
+                .map_or(maps.shallow_clone(), |n| n.apply(&maps));
             let loss = bag_loss(&mil, &maps, bag.label);
             let value = f64::try_from(&loss)?;
             if !value.is_finite() {
@@ -353,7 +437,7 @@ pub fn train_mil(
                 )));
             }
         }
-        let (val_loss, val_acc) = evaluate(&mil, validation, device)?;
+        let (val_loss, val_acc) = evaluate_standardized(&mil, validation, device, norm.as_ref())?;
         curve.push(EpochRecord {
             epoch,
             learning_rate: lr,
@@ -381,6 +465,9 @@ pub fn train_mil(
             vs_vars[name].shallow_clone().copy_(value);
         }
     });
+    if let Some(n) = &norm {
+        n.fold_into(&vars)?;
+    }
     Ok(TrainedMil {
         mil,
         vars,
@@ -394,6 +481,54 @@ pub fn train_mil(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standardization_folds_exactly_into_the_first_layer() {
+        for (cell_net, side) in [
+            (crate::model::CellNet::Pooled, 2),
+            (crate::model::CellNet::default(), 5),
+            (crate::model::CellNet::Scemila, 5),
+        ] {
+            let head = MilConfig {
+                cell_net,
+                in_side: side,
+                ..MilConfig::default()
+            };
+            let vars = VarStore::new(Device::Cpu);
+            let mil = AttentionMil::new(&vars.root(), head);
+            init_seeded(&vars, 3).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(4);
+            let mut maps = |n: i64| {
+                let v: Vec<f32> = (0..n * 512 * side * side)
+                    .map(|_| rng.random_range(0.0..3.0))
+                    .collect();
+                Tensor::from_slice(&v).view([1, n, 512, side, side])
+            };
+            let bags: Vec<TrainBag> = (0..3)
+                .map(|i| TrainBag {
+                    patient_id: format!("p{i}"),
+                    label: 0,
+                    cell_ids: (0..7).collect(),
+                    maps: maps(7) * (i + 1) as f64,
+                })
+                .collect();
+            let refs: Vec<&TrainBag> = bags.iter().collect();
+            let norm = Standardization::of(&refs, Device::Cpu).unwrap();
+            let x = bags[1].plain(Device::Cpu);
+            let want = tch::no_grad(|| mil.forward_bag(&norm.apply(&x), false));
+            norm.fold_into(&vars).unwrap();
+            let got = tch::no_grad(|| mil.forward_bag(&x, false));
+            let diff = f64::try_from((&got.logits - &want.logits).abs().max()).unwrap();
+            let att = f64::try_from((&got.attention - &want.attention).abs().max()).unwrap();
+            assert!(diff < 1e-4 && att < 1e-5, "logits {diff}, attention {att}");
+            let z = norm.apply(&Tensor::cat(
+                &[bags[0].plain(Device::Cpu), x, bags[2].plain(Device::Cpu)],
+                0,
+            ));
+            let m = f64::try_from(z.mean(Kind::Double).abs()).unwrap();
+            assert!(m < 1e-4, "standardised mean {m}");
+        }
+    }
 
     #[test]
     fn balanced_sampler_draws_classes_equally_often() {
