@@ -33,6 +33,7 @@ pub mod inference;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod settings;
 pub mod ssl;
 pub mod synth;
 pub mod training;

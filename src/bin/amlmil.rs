@@ -393,6 +393,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// A line above the bar, or on its own when the bar is hidden (standard error
+/// is not a terminal, e.g. a vendor script's log file), so logs still show progress.
+fn note(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 fn progress_bar(len: usize, unit: &str) -> ProgressBar {
     ProgressBar::new(len as u64).with_style(
         ProgressStyle::with_template(&format!(
@@ -439,10 +449,13 @@ fn pretrain_cmd(args: PretrainArgs) -> amlmil::Result<()> {
                 bar.set_length(e.total);
                 bar.set_position(e.done);
             }
-            PretrainStage::Epoch => bar.println(format!(
-                "epoch {}/{}: loss {:.4}, {:.1} images/s, checkpoint written",
-                e.done, e.total, e.loss, e.images_per_second
-            )),
+            PretrainStage::Epoch => note(
+                &bar,
+                format!(
+                    "epoch {}/{}: loss {:.4}, {:.1} images/s, checkpoint written",
+                    e.done, e.total, e.loss, e.images_per_second
+                ),
+            ),
         }
         true
     })?;
@@ -576,40 +589,23 @@ fn experiment(args: &ExperimentArgs) -> amlmil::Result<amlmil::training::CvConfi
 fn training_bar() -> ProgressBar {
     let bar = progress_bar(0, "bags");
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} bags ({elapsed})")
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
 
 fn cv_progress(bar: &ProgressBar) -> impl FnMut(amlmil::training::CvEvent) -> bool + '_ {
-    use amlmil::training::CvEvent;
     move |e| {
-        match e {
-            CvEvent::Extract { done, total } => {
-                bar.set_message("extracting features (patients)");
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
-            CvEvent::Train {
-                run,
-                runs,
-                seed,
-                fold,
-                event,
-            } => {
-                bar.set_message(format!(
-                    "run {}/{runs} seed {seed} fold {fold} epoch {}/{} loss {:.4}",
-                    run + 1,
-                    event.epoch + 1,
-                    event.epochs,
-                    event.loss
-                ));
-                bar.set_length(event.bags as u64);
-                bar.set_position(event.bag as u64);
-            }
-            CvEvent::Report => bar.set_message("writing the report"),
-        }
+        let (done, total, detail, loss) = e.describe();
+        let loss = if loss.is_finite() {
+            format!(" loss {loss:.4}")
+        } else {
+            String::new()
+        };
+        bar.set_message(format!("{detail}{loss}"));
+        bar.set_length(total);
+        bar.set_position(done);
         true
     }
 }
@@ -640,19 +636,7 @@ fn experiment_cmd(args: ExperimentCmdArgs) -> amlmil::Result<()> {
     use amlmil::experiment::{run_experiment, ExperimentConfig};
     use indicatif::MultiProgress;
     let mut v = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| amlmil::Error::io("cannot read config", path, e))?;
-            if path.extension().is_some_and(|e| e == "toml") {
-                toml::from_str(&text).map_err(|e| {
-                    amlmil::Error::invalid(path.display().to_string(), e.to_string())
-                })?
-            } else {
-                serde_json::from_str(&text).map_err(|e| {
-                    amlmil::Error::invalid(path.display().to_string(), e.to_string())
-                })?
-            }
-        }
+        Some(path) => amlmil::settings::read_value(path)?,
         None => serde_json::json!({}),
     };
     let obj = v
@@ -716,6 +700,15 @@ fn experiment_cmd(args: ExperimentCmdArgs) -> amlmil::Result<()> {
         let stage = format!("{} {}", e.stage.name(), e.encoder.unwrap_or(""));
         if stage != last_stage {
             current.reset();
+            note(
+                &overall,
+                format!(
+                    "[{}/{} items, {:.0} s] {stage}",
+                    e.items_done,
+                    e.items_total,
+                    overall.elapsed().as_secs_f64()
+                ),
+            );
             last_stage = stage.clone();
         }
         let loss = if e.loss.is_finite() {

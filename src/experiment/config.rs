@@ -202,12 +202,7 @@ impl ExperimentConfig {
 
     /// Parses a JSON (or TOML when `is_toml`) object with [`Self::from_value`].
     pub fn parse(text: &str, is_toml: bool) -> Result<Self> {
-        let value: Value = if is_toml {
-            toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
-        } else {
-            serde_json::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
-        };
-        Self::from_value(value)
+        Self::from_value(crate::settings::parse_value(text, is_toml)?)
     }
 
     /// Checks every value; errors name the key.

@@ -454,35 +454,10 @@ impl Runner<'_, '_> {
         let runs_before = self.items_done;
         let report = {
             let mut on_event = |e: CvEvent| {
-                let (done, total, detail, loss) = match e {
-                    CvEvent::Extract { done, total } => (
-                        done as u64,
-                        total as u64,
-                        "extracting features (patients)".to_owned(),
-                        f64::NAN,
-                    ),
-                    CvEvent::Train {
-                        run,
-                        runs,
-                        seed,
-                        fold,
-                        event,
-                    } => {
-                        self.items_done = runs_before + run;
-                        (
-                            event.bag as u64,
-                            event.bags as u64,
-                            format!(
-                                "run {}/{runs} seed {seed} fold {fold} epoch {}/{}",
-                                run + 1,
-                                event.epoch + 1,
-                                event.epochs
-                            ),
-                            event.loss,
-                        )
-                    }
-                    CvEvent::Report => (0, 1, "summarising".to_owned(), f64::NAN),
-                };
+                if let CvEvent::Train { run, .. } = e {
+                    self.items_done = runs_before + run;
+                }
+                let (done, total, detail, loss) = e.describe();
                 self.event(Stage::Cv, Some(name), (done, total), detail, loss)
                     .is_ok()
             };

@@ -222,8 +222,16 @@ pub fn plot_grouped_bars(
         let y1 = y0 + plot_h;
         let py = |v: f64| y1 - (v / top * plot_h as f64).round() as i32;
         let x1 = x0 + group_w * groups.len() as i32;
-        for k in 0..=4 {
-            let v = top / 1.1 * k as f64 / 4.0;
+        // Ticks at a round step: 1, 2 or 5 × 10^k, about four of them.
+        let raw = top / 1.1 / 4.0;
+        let mag = 10f64.powf(raw.log10().floor());
+        let step = [1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .map(|m| m * mag)
+            .find(|s| *s >= raw)
+            .unwrap_or(10.0 * mag);
+        for k in 0..=((top / step).floor() as usize) {
+            let v = step * k as f64;
             root.draw(&PathElement::new(
                 vec![(x0, py(v)), (x1, py(v))],
                 RGBColor(0xDD, 0xDD, 0xDD),
@@ -231,8 +239,13 @@ pub fn plot_grouped_bars(
             .map_err(e)?;
             if text {
                 let style = font(12.0).pos(Pos::new(HPos::Right, VPos::Center));
-                root.draw(&Text::new(format!("{v:.2}"), (x0 - 6, py(v)), style))
-                    .map_err(e)?;
+                let decimals = (-step.log10().floor()).max(0.0) as usize;
+                root.draw(&Text::new(
+                    format!("{v:.decimals$}"),
+                    (x0 - 6, py(v)),
+                    style,
+                ))
+                .map_err(e)?;
             }
         }
         if let Some(r) = reference {

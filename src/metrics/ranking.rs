@@ -81,10 +81,13 @@ pub fn mean_roc_curve(curves: &[RocCurve]) -> Result<RocCurve> {
             y1
         }
     };
-    let tpr: Vec<f64> = grid
+    let mut tpr: Vec<f64> = grid
         .iter()
         .map(|&x| curves.iter().map(|c| interp(c, x)).sum::<f64>() / curves.len() as f64)
         .collect();
+    // Start at (0, 0) like every ROC curve; the vertical first step adds no area.
+    grid.insert(0, 0.0);
+    tpr.insert(0, 0.0);
     Ok(RocCurve {
         thresholds: Vec::new(),
         fpr: grid,
@@ -348,6 +351,24 @@ mod infinity_as_null {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_roc_curve_averages_interpolated_tpr_and_starts_at_the_origin() {
+        let a = RocCurve {
+            fpr: vec![0.0, 0.0, 1.0],
+            tpr: vec![0.0, 1.0, 1.0],
+            thresholds: vec![],
+        };
+        let b = RocCurve {
+            fpr: vec![0.0, 1.0],
+            tpr: vec![0.0, 1.0],
+            thresholds: vec![],
+        };
+        let m = mean_roc_curve(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!((m.fpr[0], m.tpr[0]), (0.0, 0.0));
+        assert!((m.auc() - (a.auc() + b.auc()) / 2.0).abs() < 1e-12, "{m:?}");
+        assert_eq!(*m.tpr.last().unwrap(), 1.0);
+    }
 
     #[test]
     fn roc_of_a_textbook_example() {

@@ -327,12 +327,7 @@ impl PretrainConfig {
 
     /// Parses JSON (or TOML when `is_toml`) with [`PretrainConfig::from_value`].
     pub fn parse(text: &str, is_toml: bool) -> Result<Self> {
-        let value: Value = if is_toml {
-            toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
-        } else {
-            serde_json::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
-        };
-        Self::from_value(value)
+        Self::from_value(crate::settings::parse_value(text, is_toml)?)
     }
 
     /// The multi-crop views of a self-supervised method (`None`: supervised).

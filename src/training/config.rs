@@ -325,28 +325,22 @@ fn training_from_value<'de, D: serde::Deserializer<'de>>(
 impl CvConfig {
     /// Parses JSON (or TOML when `is_toml`) and validates it.
     pub fn parse(text: &str, is_toml: bool) -> Result<Self> {
-        let config: CvConfig = if is_toml {
-            let value: serde_json::Value =
-                toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
-            serde_json::from_value(value).map_err(|e| Error::invalid("config", e.to_string()))?
-        } else {
-            serde_json::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?
-        };
+        let value = crate::settings::parse_value(text, is_toml)?;
+        let config: CvConfig =
+            serde_json::from_value(value).map_err(|e| Error::invalid("config", e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads a `.json` or `.toml` file.
     pub fn read(path: &std::path::Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io("cannot read config", path, e))?;
-        let is_toml = path.extension().is_some_and(|e| e == "toml");
-        Self::parse(&text, is_toml).map_err(|e| match e {
-            Error::InvalidArgument { arg, reason } => {
-                Error::invalid(format!("{} ({arg})", path.display()), reason)
-            }
-            other => other,
-        })
+        let value = crate::settings::read_value(path)?;
+        let config: CvConfig = serde_json::from_value(value)
+            .map_err(|e| crate::settings::in_file(path, Error::invalid("config", e.to_string())))?;
+        config
+            .validate()
+            .map_err(|e| crate::settings::in_file(path, e))?;
+        Ok(config)
     }
 
     pub fn validate(&self) -> Result<()> {

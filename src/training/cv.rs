@@ -53,6 +53,39 @@ pub enum CvEvent<'a> {
     Report,
 }
 
+impl CvEvent<'_> {
+    /// `(done, total, what they count, loss)` for a progress display; the loss
+    /// is NaN outside training.
+    pub fn describe(&self) -> (u64, u64, String, f64) {
+        match *self {
+            CvEvent::Extract { done, total } => (
+                done as u64,
+                total as u64,
+                "extracting features (patients)".into(),
+                f64::NAN,
+            ),
+            CvEvent::Train {
+                run,
+                runs,
+                seed,
+                fold,
+                event,
+            } => (
+                event.bag as u64,
+                event.bags as u64,
+                format!(
+                    "run {}/{runs} seed {seed} fold {fold} epoch {}/{} (bags)",
+                    run + 1,
+                    event.epoch + 1,
+                    event.epochs
+                ),
+                event.loss,
+            ),
+            CvEvent::Report => (0, 1, "writing the report".into(), f64::NAN),
+        }
+    }
+}
+
 /// Per-run numbers in the report.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunSummary {
