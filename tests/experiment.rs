@@ -185,3 +185,68 @@ fn bad_experiment_configurations_are_refused_before_any_work() {
     assert!(err.to_string().contains("pretrain_dataset"), "{err}");
     assert!(!out.exists(), "nothing written");
 }
+
+unsafe extern "C" fn record_and_cancel_at_pretrain(
+    user_data: *mut std::ffi::c_void,
+    p: *const amlmil::ffi::amlmil_progress,
+) -> i32 {
+    let seen = &mut *(user_data as *mut Vec<String>);
+    let stage = std::ffi::CStr::from_ptr((*p).stage)
+        .to_string_lossy()
+        .into_owned();
+    let cancel = stage.starts_with("experiment/pretrain/");
+    seen.push(stage);
+    cancel as i32
+}
+
+#[test]
+fn c_abi_runs_cancels_and_refuses_bad_configurations() {
+    use amlmil::ffi::*;
+    use std::ffi::{c_char, CStr, CString};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c-exp");
+    let json = CString::new(serde_json::to_string(&tiny(&out)).unwrap()).unwrap();
+    unsafe {
+        let last_error = || {
+            CStr::from_ptr(amlmil_last_error())
+                .to_string_lossy()
+                .into_owned()
+        };
+        let mut seen: Vec<String> = Vec::new();
+        let mut untouched = 0x42 as *mut c_char;
+        let st = amlmil_experiment(
+            json.as_ptr(),
+            Some(record_and_cancel_at_pretrain),
+            &mut seen as *mut _ as *mut std::ffi::c_void,
+            &mut untouched,
+        );
+        assert_eq!(st, amlmil_status::Cancelled, "{}", last_error());
+        assert_eq!(untouched, 0x42 as *mut c_char);
+        assert!(seen.iter().any(|s| s == "experiment/cohort"), "{seen:?}");
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("experiment/pretrain/supervised")
+        );
+
+        let mut report: *mut c_char = std::ptr::null_mut();
+        let st = amlmil_experiment(json.as_ptr(), None, std::ptr::null_mut(), &mut report);
+        assert_eq!(st, amlmil_status::Ok, "{}", last_error());
+        let v: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(report).to_str().unwrap()).unwrap();
+        amlmil_string_free(report);
+        assert_eq!(v["complete"], true);
+        assert_eq!(v["encoders"].as_array().unwrap().len(), 3);
+        assert!(out.join("report.html").is_file());
+
+        let bad = CString::new(r#"{"output": "x", "folds": 2}"#).unwrap();
+        let mut report: *mut c_char = std::ptr::null_mut();
+        let st = amlmil_experiment(bad.as_ptr(), None, std::ptr::null_mut(), &mut report);
+        assert_eq!(st, amlmil_status::InvalidArgument);
+        assert!(last_error().contains("folds"), "{}", last_error());
+        assert!(report.is_null());
+        assert_eq!(
+            amlmil_experiment(std::ptr::null(), None, std::ptr::null_mut(), &mut report),
+            amlmil_status::NullArgument
+        );
+    }
+}
