@@ -227,6 +227,11 @@ typedef struct CellType CellType;
 typedef struct Flip Flip;
 
 /*
+ Where a file to import comes from: which names its tensors carry.
+ */
+typedef struct ImportSource ImportSource;
+
+/*
  Opaque bag of cells. Create with `amlmil_bag_new`, free with `amlmil_bag_free`.
 
  Thread safety: a bag may be classified from several threads at once; adding
@@ -471,6 +476,31 @@ amlmil_status amlmil_dataset_check(const char *dataset_dir,
                                    uint32_t skip,
                                    uint32_t check_images,
                                    char **out_json);
+
+/*
+ Converts a PyTorch-trained model to a libamlmil checkpoint: a ResNet18/34
+ encoder from torchvision, VISSL, DINO, SwAV or lightly layouts, or SCEMILA's
+ attention-MIL head. Safetensors files are read directly; pickled files
+ (`.pth`, `.pt`, `.ckpt`, …) need the Python side (`bindings/python`, a
+ Python with torch in `options.python` or `$AMLMIL_PYTHON`).
+
+ @param source_path the file to import.
+ @param out_path the checkpoint to write; written only when the whole model
+   checks out (nothing is left behind on failure).
+ @param options_json NULL for the defaults, or a JSON object: `source`
+   ("auto" | "torchvision" | "vissl" | "dino" | "swav" | "lightly" |
+   "scemila"), `branch` ("teacher" | "student"), `prefix`, `input_size` (144),
+   `normalization` ({"mean": [r,g,b], "std": [r,g,b]}, ImageNet's), `classes`
+   or `class_conversion` (SCEMILA), `python`. Unknown keys are errors.
+ @param[out] out_report_json what was written: kind, source, prefix,
+   architecture, tensor counts (library-owned; `amlmil_string_free`).
+   Untouched on failure.
+ Thread safety: any thread; imports to different `out_path`s may run at once.
+ */
+amlmil_status amlmil_import(const char *source_path,
+                            const char *out_path,
+                            const char *options_json,
+                            char **out_report_json);
 
 /*
  Routes the library's log records at or above `max_level` to `callback`.

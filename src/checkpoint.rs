@@ -362,9 +362,23 @@ impl Checkpoint {
 /// variables are ignored only when listed in `ignorable_suffixes`.
 pub fn load_into(
     vs: &mut VarStore,
+    tensors: HashMap<String, Tensor>,
+    path: &Path,
+    ignorable_suffixes: &[&str],
+) -> Result<()> {
+    load_into_named(vs, tensors, path, ignorable_suffixes, &|name| {
+        name.to_owned()
+    })
+}
+
+/// [`load_into`] for tensors renamed on their way in (`amlmil import`): errors
+/// name a tensor as `source_name` gives it, i.e. as the user's file spells it.
+pub fn load_into_named(
+    vs: &mut VarStore,
     mut tensors: HashMap<String, Tensor>,
     path: &Path,
     ignorable_suffixes: &[&str],
+    source_name: &dyn Fn(&str) -> String,
 ) -> Result<()> {
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
@@ -375,7 +389,8 @@ pub fn load_into(
             Error::checkpoint(
                 path,
                 format!(
-                    "tensor `{name}` is missing (expected shape {:?})",
+                    "tensor `{}` is missing (expected shape {:?})",
+                    source_name(name),
                     var.size()
                 ),
             )
@@ -384,7 +399,8 @@ pub fn load_into(
             return Err(Error::checkpoint(
                 path,
                 format!(
-                    "tensor `{name}` has shape {:?}, the architecture in the manifest needs {:?}",
+                    "tensor `{}` has shape {:?}, the model's architecture needs {:?}",
+                    source_name(name),
                     src.size(),
                     var.size()
                 ),
@@ -392,7 +408,8 @@ pub fn load_into(
         }
         if !bool::try_from(src.isfinite().all())? {
             return Err(Error::NonFinite(format!(
-                "tensor `{name}` of checkpoint {}",
+                "tensor `{}` of checkpoint {}",
+                source_name(name),
                 path.display()
             )));
         }
@@ -406,7 +423,11 @@ pub fn load_into(
     if let Some(first) = extra.first() {
         return Err(Error::checkpoint(
             path,
-            format!("tensor `{first}` is not part of the architecture in the manifest ({} unexpected tensors)", extra.len()),
+            format!(
+                "tensor `{}` is not part of the model's architecture ({} unexpected tensors)",
+                source_name(first),
+                extra.len()
+            ),
         ));
     }
     Ok(())

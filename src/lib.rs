@@ -30,6 +30,7 @@ pub mod experiment;
 pub mod features;
 pub mod ffi;
 pub mod inference;
+pub mod interop;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;

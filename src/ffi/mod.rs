@@ -14,6 +14,7 @@
 pub mod bag;
 mod boundary;
 pub mod data;
+pub mod interop;
 pub mod log;
 pub mod pretrain;
 pub mod result;
@@ -25,6 +26,7 @@ use std::ffi::c_char;
 
 pub use bag::*;
 pub use data::*;
+pub use interop::*;
 pub use log::*;
 pub use pretrain::*;
 pub use result::*;

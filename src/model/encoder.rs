@@ -19,7 +19,7 @@ pub enum EncoderArch {
 
 impl EncoderArch {
     /// Basic blocks per stage (torchvision's `layers` argument).
-    fn blocks(self) -> [usize; 4] {
+    pub fn blocks(self) -> [usize; 4] {
         match self {
             EncoderArch::ResNet18 => [2, 2, 2, 2],
             EncoderArch::ResNet34 => [3, 4, 6, 3],

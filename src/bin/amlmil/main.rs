@@ -4,7 +4,10 @@
 //! of cell images (one folder = one patient's bag) and prints JSON;
 //! `amlmil init-checkpoint` writes seeded, randomly initialised checkpoints;
 //! `amlmil synth` writes a synthetic cohort, `amlmil dataset check` validates one;
-//! `amlmil experiment` runs the paper's whole experiment and writes its report.
+//! `amlmil experiment` runs the paper's whole experiment and writes its report;
+//! `amlmil import` / `amlmil export` move models from and to PyTorch ([`interop`]).
+mod interop;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -62,6 +65,11 @@ enum Command {
     Experiment(ExperimentCmdArgs),
     /// Measure encoder throughput (cells/s) on this machine, per memory layout.
     Bench(BenchArgs),
+    /// Convert a PyTorch-trained model (torchvision, VISSL, DINO, SwAV, lightly
+    /// encoders; SCEMILA's attention-MIL) to a libamlmil checkpoint.
+    Import(interop::ImportArgs),
+    /// Write a libamlmil checkpoint as a PyTorch state dict or (encoders) ONNX.
+    Export(interop::ExportArgs),
     /// Write a montage PNG of synthetic cells per cell type and subtype.
     Montage {
         #[arg(long)]
@@ -381,6 +389,8 @@ fn main() -> ExitCode {
         Command::Cv(args) => cv(args),
         Command::Experiment(args) => experiment_cmd(args),
         Command::Dataset(cmd) => dataset(cmd),
+        Command::Import(args) => interop::import(args),
+        Command::Export(args) => interop::export(args),
         Command::Montage { out, size, seed } => amlmil::synth::write_montage(&out, size, seed)
             .map(|()| eprintln!("wrote {}", out.display())),
     };

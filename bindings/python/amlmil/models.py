@@ -1,0 +1,171 @@
+"""libamlmil checkpoints as PyTorch modules, with the same outputs as the library.
+
+>>> from amlmil.models import load_encoder, load_mil
+>>> encoder = load_encoder("encoder.safetensors")   # torchvision ResNet trunk, eval mode
+>>> head = load_mil("mil.safetensors")              # AttentionMil, eval mode
+>>> out = head(encoder(x))                          # x: [N, 3, S, S], normalised
+>>> out["probabilities"], out["attention"]          # [C], [C, N]
+
+Both also load the ``.pth`` state dicts that ``amlmil export`` writes
+(:func:`encoder_from_state_dict`, :meth:`AttentionMil.from_state_dict`).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Mapping, Tuple
+
+import torch
+import torch.nn as nn
+
+
+def read_checkpoint(path: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """The manifest (``__metadata__["amlmil"]``) and the tensors of a libamlmil checkpoint."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+        if "amlmil" not in meta:
+            raise ValueError(f"{path} has no `amlmil` manifest; it is not a libamlmil checkpoint")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return json.loads(meta["amlmil"]), tensors
+
+
+class EncoderTrunk(nn.Module):
+    """A torchvision ResNet18/34 without pooling and ``fc``: pixels → feature map.
+
+    ``forward(x)`` takes normalised ``[N, 3, S, S]`` inputs and returns the last
+    feature map ``[N, 512, ⌈S/32⌉, ⌈S/32⌉]``, as libamlmil's encoder does.
+    ``resnet`` is the full torchvision model (``fc`` an identity), so
+    ``trunk.resnet(x)`` gives the pooled 512-vector.
+    """
+
+    def __init__(self, architecture: str):
+        super().__init__()
+        import torchvision
+
+        if architecture not in ("resnet18", "resnet34"):
+            raise ValueError(f"architecture must be resnet18 or resnet34, got {architecture!r}")
+        self.resnet = getattr(torchvision.models, architecture)(weights=None)
+        self.resnet.fc = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.resnet
+        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        return r.layer4(r.layer3(r.layer2(r.layer1(x))))
+
+
+def encoder_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> EncoderTrunk:
+    """A trunk for a torchvision-named state dict (``fc`` ignored), ResNet18 or 34 by block count."""
+    arch = "resnet34" if "layer3.5.conv1.weight" in state_dict else "resnet18"
+    trunk = EncoderTrunk(arch)
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    trunk.resnet.load_state_dict(sd, strict=True)
+    return trunk.eval()
+
+
+def load_encoder(path: str) -> EncoderTrunk:
+    """A libamlmil encoder checkpoint as an :class:`EncoderTrunk` in eval mode."""
+    manifest, tensors = read_checkpoint(path)
+    if manifest.get("kind") != "encoder":
+        raise ValueError(f"{path} is a `{manifest.get('kind')}` checkpoint, expected an encoder")
+    trunk = EncoderTrunk(manifest["architecture"])
+    trunk.resnet.load_state_dict(tensors, strict=True)
+    trunk.manifest = manifest
+    return trunk.eval()
+
+
+class AttentionMil(nn.Module):
+    """libamlmil's attention-MIL head (Kazeminia et al.; SCEMILA's multi-column AMiL).
+
+    ``config`` is the ``config`` object of a MIL manifest: ``cell_net`` (``{"type":
+    "four_conv", "channels": [c1, c2, c3]}``, ``{"type": "scemila"}`` or
+    ``{"type": "pooled"}``), ``in_channels``, ``instance_dim``, ``attention_dim``,
+    ``classifier_dim``, ``num_classes``. Parameter names equal the library's
+    (``g.0.weight``, ``attention.2.bias``, ``classifiers.3.0.weight``).
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        self.config = dict(config)
+        cin, k = config["in_channels"], config["instance_dim"]
+        kind = config["cell_net"]["type"]
+        if kind == "four_conv":
+            c1, c2, c3 = config["cell_net"]["channels"]
+            self.g = nn.Sequential(
+                nn.Conv2d(cin, c1, 2), nn.ReLU(), nn.Conv2d(c1, c2, 2), nn.ReLU(),
+                nn.Conv2d(c2, c3, 2), nn.ReLU(), nn.Conv2d(c3, k, 2), nn.ReLU(), nn.Flatten(),
+            )
+        elif kind == "scemila":
+            self.g = nn.Sequential(
+                nn.Conv2d(cin, 768, 2), nn.ReLU(), nn.Conv2d(768, 1024, 2), nn.ReLU(),
+                nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(1024, k), nn.ReLU(),
+            )
+        elif kind == "pooled":
+            self.g = nn.Sequential(nn.Linear(cin, k), nn.ReLU())
+        else:
+            raise ValueError(f"unknown cell_net type {kind!r}")
+        self.pooled = kind == "pooled"
+        c, d = config["num_classes"], config["attention_dim"]
+        self.attention = nn.Sequential(nn.Linear(k, d), nn.Tanh(), nn.Linear(d, c))
+        h = config["classifier_dim"]
+        self.classifiers = nn.ModuleList(
+            nn.Sequential(nn.Linear(k, h), nn.ReLU(), nn.Linear(h, 1)) for _ in range(c)
+        )
+
+    def instances(self, maps: torch.Tensor) -> torch.Tensor:
+        """Instance vectors ``z`` ``[N, k′]`` of feature maps ``[N, C_in, s, s]``."""
+        return self.g(maps.mean(dim=(2, 3)) if self.pooled else maps)
+
+    def forward(self, maps: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One bag of feature maps ``[N, C_in, s, s]`` → logits, probabilities ``[C]``, attention ``[C, N]``."""
+        z = self.instances(maps)
+        attention_raw = self.attention(z).transpose(0, 1)
+        attention = attention_raw.softmax(dim=1)
+        bag = attention @ z
+        logits = torch.cat([clf(bag[c]) for c, clf in enumerate(self.classifiers)])
+        return {
+            "logits": logits,
+            "probabilities": logits.softmax(dim=0),
+            "attention_raw": attention_raw,
+            "attention": attention,
+        }
+
+    @staticmethod
+    def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+        """The configuration a state dict with libamlmil's names was made with."""
+        if "g.6.weight" in sd and sd["g.6.weight"].dim() == 2:
+            cell_net: Dict[str, Any] = {"type": "scemila"}
+            cin, k = sd["g.0.weight"].shape[1], sd["g.6.weight"].shape[0]
+        elif "g.6.weight" in sd:
+            cell_net = {"type": "four_conv", "channels": [sd[f"g.{i}.weight"].shape[0] for i in (0, 2, 4)]}
+            cin, k = sd["g.0.weight"].shape[1], sd["g.6.weight"].shape[0]
+        else:
+            cell_net = {"type": "pooled"}
+            k, cin = sd["g.0.weight"].shape
+        return {
+            "cell_net": cell_net,
+            "in_channels": int(cin),
+            "instance_dim": int(k),
+            "attention_dim": int(sd["attention.0.weight"].shape[0]),
+            "classifier_dim": int(sd["classifiers.0.0.weight"].shape[0]),
+            "num_classes": int(sd["attention.2.weight"].shape[0]),
+        }
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> "AttentionMil":
+        """A head for a state dict written by ``amlmil export`` (configuration read off the shapes)."""
+        model = cls(cls.config_from_state_dict(sd))
+        model.load_state_dict(sd, strict=True)
+        return model.eval()
+
+
+def load_mil(path: str) -> AttentionMil:
+    """A libamlmil MIL checkpoint as an :class:`AttentionMil` in eval mode; ``.classes`` holds the class names."""
+    manifest, tensors = read_checkpoint(path)
+    if manifest.get("kind") != "mil":
+        raise ValueError(f"{path} is a `{manifest.get('kind')}` checkpoint, expected a MIL head")
+    model = AttentionMil(manifest["config"])
+    model.load_state_dict(tensors, strict=True)
+    model.classes = list(manifest["classes"])
+    model.manifest = manifest
+    return model.eval()
