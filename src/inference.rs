@@ -17,7 +17,7 @@ use crate::bag::Bag;
 use crate::cell_image::CellImage;
 use crate::checkpoint::{self, Checkpoint, EncoderManifest, MilManifest};
 use crate::error::{Error, Result};
-use crate::model::{pool_features, AttentionMil, Encoder};
+use crate::model::{pool_features, AttentionMil, Encoder, FusedEncoder};
 use crate::preprocess::to_input_batch;
 
 /// Where to run: `auto` (first GPU if any, else CPU), `cpu`, `cuda` or `cuda:N`.
@@ -125,8 +125,16 @@ pub struct SessionOptions {
     /// libtorch intra-op threads; process-wide in libtorch. `None` keeps its default.
     pub num_threads: Option<usize>,
     /// On the CPU, run the encoder with NHWC strides (faster; results differ from
-    /// the NCHW layout by float rounding only, ~1e-5 relative). Ignored on CUDA.
+    /// the NCHW layout by float rounding only, ~1e-5 relative). Ignored on CUDA
+    /// and when `fused`.
     pub channels_last: bool,
+    /// On the CPU, fold batch norm into the convolutions and run the encoder on
+    /// oneDNN's blocked layout with pre-packed weights ([`crate::model::FusedEncoder`];
+    /// fastest; same outputs to float rounding). Ignored on CUDA.
+    pub fused: bool,
+    /// Run one batch through the encoder when the session is created, so the
+    /// first bag does not pay for oneDNN/cuDNN primitive creation.
+    pub warm_up: bool,
 }
 
 impl Default for SessionOptions {
@@ -137,6 +145,8 @@ impl Default for SessionOptions {
             batch_size: 32,
             num_threads: None,
             channels_last: true,
+            fused: true,
+            warm_up: true,
         }
     }
 }
@@ -238,9 +248,17 @@ impl Flip {
     }
 }
 
+/// How a frozen encoder runs.
+enum Backend {
+    /// The training-time module (NCHW or channels-last strides; CUDA).
+    Plain(Frozen<Encoder>),
+    /// Batch norm folded, oneDNN layout (CPU, f32).
+    Fused(FusedEncoder),
+}
+
 /// A frozen encoder on one device, ready to turn cells into feature maps.
 pub struct FrozenEncoder {
-    encoder: Frozen<Encoder>,
+    backend: Backend,
     manifest: EncoderManifest,
     device: Device,
     kind: Kind,
@@ -273,7 +291,8 @@ impl FrozenEncoder {
         let kind = options.precision.kind();
         vs.set_kind(kind);
         vs.freeze();
-        let channels_last = options.channels_last && device == Device::Cpu;
+        let fused = options.fused && device == Device::Cpu && kind == Kind::Float;
+        let channels_last = options.channels_last && device == Device::Cpu && !fused;
         if channels_last {
             tch::no_grad(|| {
                 for (_, mut v) in vs.variables() {
@@ -284,15 +303,47 @@ impl FrozenEncoder {
                 }
             });
         }
-        Ok(FrozenEncoder {
-            encoder: Frozen(encoder),
+        if device.is_cuda() {
+            // Inputs of one shape: let cuDNN pick the fastest algorithm once.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        let backend = if fused {
+            Backend::Fused(FusedEncoder::new(&encoder)?)
+        } else {
+            Backend::Plain(Frozen(encoder))
+        };
+        let frozen = FrozenEncoder {
+            backend,
             manifest,
             device,
             kind,
             batch_size: options.batch_size,
             channels_last,
             _vars: vs,
-        })
+        };
+        if options.warm_up {
+            let s = frozen.manifest.input_size;
+            let n = frozen.batch_size.min(4) as i64;
+            let x = Tensor::f_zeros([n, 3, s, s], (frozen.kind, frozen.device))?;
+            let _ = frozen.encode(&x)?;
+        }
+        Ok(frozen)
+    }
+
+    /// Feature maps of one normalised input batch on the encoder's device.
+    fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match &self.backend {
+            Backend::Fused(f) => f.feature_map(x),
+            Backend::Plain(e) => {
+                let x = if self.channels_last {
+                    to_channels_last(x)
+                } else {
+                    x.shallow_clone()
+                };
+                Ok(e.0.feature_map(&x, false).f_to_kind(Kind::Float)?.contiguous())
+            }
+        }
     }
 
     pub fn manifest(&self) -> &EncoderManifest {
@@ -330,17 +381,7 @@ impl FrozenEncoder {
                 self.device,
                 self.kind,
             )?;
-            let mut x = flip.apply(&x);
-            if self.channels_last {
-                x = to_channels_last(&x);
-            }
-            maps.push(
-                self.encoder
-                    .0
-                    .feature_map(&x, false)
-                    .f_to_kind(Kind::Float)?
-                    .contiguous(),
-            );
+            maps.push(self.encode(&flip.apply(&x))?);
             done += chunk.len();
         }
         progress("encode", done, cells.len());

@@ -54,8 +54,16 @@ pub struct amlmil_session_options {
     /// libtorch intra-op threads; 0 keeps libtorch's default. Process-wide.
     pub num_threads: u32,
     /// 1 (default): on the CPU run the encoder with NHWC strides (faster); 0: plain
-    /// NCHW, bit-identical to PyTorch's default layout. Ignored on CUDA.
+    /// NCHW, bit-identical to PyTorch's default layout. Ignored on CUDA and when
+    /// `fused` is 1.
     pub channels_last: u32,
+    /// 1 (default): on the CPU fold batch norm into the convolutions and run the
+    /// encoder on oneDNN's layout with pre-packed weights (fastest; equal to the
+    /// plain encoder to float rounding); 0: the plain encoder. Ignored on CUDA.
+    pub fused: u32,
+    /// 1 (default): run one small batch through the encoder in
+    /// `amlmil_session_new`, so the first bag does not pay for set-up; 0: skip.
+    pub warm_up: u32,
 }
 
 /// Progress of a long call, passed to an `amlmil_progress_callback`.
@@ -132,6 +140,8 @@ impl Default for amlmil_session_options {
             batch_size: d.batch_size as u32,
             num_threads: 0,
             channels_last: d.channels_last as u32,
+            fused: d.fused as u32,
+            warm_up: d.warm_up as u32,
         }
     }
 }
@@ -196,6 +206,12 @@ unsafe fn read_options(options: *const amlmil_session_options) -> FfiResult<Sess
     }
     if present!(channels_last) {
         out.channels_last = o.channels_last != 0;
+    }
+    if present!(fused) {
+        out.fused = o.fused != 0;
+    }
+    if present!(warm_up) {
+        out.warm_up = o.warm_up != 0;
     }
     Ok(out)
 }

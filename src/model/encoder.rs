@@ -87,12 +87,12 @@ fn batch_norm(p: nn::Path, c: i64, momentum: f64) -> nn::BatchNorm {
 
 /// torchvision's `BasicBlock`: two 3×3 convolutions with a residual connection.
 #[derive(Debug)]
-struct BasicBlock {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+pub(super) struct BasicBlock {
+    pub(super) conv1: nn::Conv2D,
+    pub(super) bn1: nn::BatchNorm,
+    pub(super) conv2: nn::Conv2D,
+    pub(super) bn2: nn::BatchNorm,
+    pub(super) downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
 }
 
 impl BasicBlock {
@@ -133,9 +133,9 @@ impl ModuleT for BasicBlock {
 #[derive(Debug)]
 pub struct Encoder {
     arch: EncoderArch,
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    stages: Vec<Vec<BasicBlock>>,
+    pub(super) conv1: nn::Conv2D,
+    pub(super) bn1: nn::BatchNorm,
+    pub(super) stages: Vec<Vec<BasicBlock>>,
 }
 
 impl Encoder {

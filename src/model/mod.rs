@@ -1,7 +1,9 @@
 //! Neural network models of the method: the cell encoder and the attention-MIL head.
 pub mod encoder;
+pub mod fused;
 pub mod mil;
 
 pub use encoder::{pool_features, Encoder, EncoderArch};
+pub use fused::FusedEncoder;
 pub use mil::{AttentionMil, CellNet, MilConfig, MilOutput};
 pub mod init;

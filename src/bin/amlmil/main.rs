@@ -224,11 +224,17 @@ struct BenchArgs {
     #[arg(long, default_value_t = 144)]
     size: i64,
     /// Cells per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     batch_size: i64,
-    /// Timed forward passes (after one warm-up pass).
-    #[arg(long, default_value_t = 5)]
-    iterations: usize,
+    /// Seconds to time each variant (after two warm-up passes; at least 3 passes).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also measure libtorch's f32 GEMM rate (1024×1024), the compute ceiling.
+    #[arg(long)]
+    gemm: bool,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -768,54 +774,80 @@ fn train_mil(args: TrainArgs) -> amlmil::Result<()> {
 
 /// Times the encoder's forward pass; prints JSON lines `{layout, cells_per_s}`.
 fn bench(args: BenchArgs) -> amlmil::Result<()> {
+    use amlmil::model::FusedEncoder;
     use tch::{Kind, Tensor};
     let arch: EncoderArch = args.arch.parse()?;
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n as i32);
+    }
     let (encoder, vs) = init::random_encoder(arch, 0);
     let mut vs = vs;
     vs.set_device(device);
     vs.freeze();
     let _guard = tch::no_grad_guard();
-    let x = Tensor::rand(
-        [args.batch_size, 3, args.size, args.size],
-        (Kind::Float, device),
-    );
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    // Repeats `f` for at least `seconds` (and 3 times) after two warm-up calls; calls per second.
+    let timed = |f: &mut dyn FnMut()| {
+        f();
+        f();
+        sync();
+        let start = std::time::Instant::now();
+        let mut n = 0usize;
+        while n < 3 || start.elapsed().as_secs_f64() < args.seconds {
+            f();
+            n += 1;
+        }
+        sync();
+        n as f64 / start.elapsed().as_secs_f64()
+    };
+    let line = |what: serde_json::Value| emit(&what.to_string());
+    if args.gemm {
+        let n = 1024i64;
+        let a = Tensor::rand([n, n], (Kind::Float, device));
+        let b = Tensor::rand([n, n], (Kind::Float, device));
+        let per_s = timed(&mut || drop(a.mm(&b)));
+        line(serde_json::json!({"impl": "libtorch_sgemm", "n": n, "threads": tch::get_num_threads(),
+            "gflop_per_s": (per_s * 2.0 * (n * n * n) as f64 / 1e9 * 10.0).round() / 10.0}));
+    }
+    let x = Tensor::rand([args.batch_size, 3, args.size, args.size], (Kind::Float, device));
     let layouts: &[&str] = if device == tch::Device::Cpu {
-        &["nchw", "channels_last"]
+        &["fused", "channels_last", "nchw"]
     } else {
         &["nchw"]
     };
     for layout in layouts {
-        let input = if *layout == "channels_last" {
-            for (_, mut v) in vs.variables() {
-                if v.dim() == 4 {
-                    let nhwc = amlmil::inference::to_channels_last(&v);
-                    v.set_data(&nhwc);
-                }
+        let per_s = match *layout {
+            "fused" => {
+                let fused = FusedEncoder::new(&encoder)?;
+                timed(&mut || drop(fused.feature_map(&x)))
             }
-            amlmil::inference::to_channels_last(&x)
-        } else {
-            x.shallow_clone()
+            "channels_last" => {
+                let mut nhwc_vars = Vec::new();
+                for (_, v) in vs.variables() {
+                    if v.dim() == 4 {
+                        nhwc_vars.push((v.shallow_clone(), v.copy()));
+                        let mut v = v;
+                        v.set_data(&amlmil::inference::to_channels_last(&v));
+                    }
+                }
+                let input = amlmil::inference::to_channels_last(&x);
+                let r = timed(&mut || drop(encoder.feature_map(&input, false)));
+                for (mut v, original) in nhwc_vars {
+                    v.set_data(&original);
+                }
+                r
+            }
+            _ => timed(&mut || drop(encoder.feature_map(&x, false))),
         };
-        let _ = encoder.feature_map(&input, false);
-        if device != tch::Device::Cpu {
-            tch::Cuda::synchronize(0);
-        }
-        let start = std::time::Instant::now();
-        for _ in 0..args.iterations {
-            let _ = encoder.feature_map(&input, false);
-        }
-        if let tch::Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let rate = (args.batch_size as usize * args.iterations) as f64 / secs;
-        println!(
-            "{}",
-            serde_json::json!({"impl": "amlmil", "arch": arch.name(), "size": args.size, "batch": args.batch_size,
-                "device": format!("{device:?}").to_lowercase(), "layout": layout, "threads": tch::get_num_threads(),
-                "cells_per_s": (rate * 10.0).round() / 10.0})
-        );
+        let rate = per_s * args.batch_size as f64;
+        line(serde_json::json!({"impl": format!("amlmil_{layout}"), "arch": arch.name(), "size": args.size,
+            "batch": args.batch_size, "device": format!("{device:?}").to_lowercase(),
+            "threads": tch::get_num_threads(), "cells_per_s": (rate * 10.0).round() / 10.0}));
     }
     Ok(())
 }
@@ -956,8 +988,7 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
         device: args.device.parse::<DeviceSpec>()?,
         precision: args.precision.parse::<Precision>()?,
         batch_size: args.batch_size,
-        num_threads: None,
-        channels_last: true,
+        ..Default::default()
     };
     let session = Session::new(&args.encoder, &args.mil, &options)?;
     let mut reports = Vec::new();
