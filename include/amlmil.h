@@ -340,9 +340,21 @@ typedef struct {
   uint32_t num_threads;
   /*
    1 (default): on the CPU run the encoder with NHWC strides (faster); 0: plain
-   NCHW, bit-identical to PyTorch's default layout. Ignored on CUDA.
+   NCHW, bit-identical to PyTorch's default layout. Ignored on CUDA and when
+   `fused` is 1.
    */
   uint32_t channels_last;
+  /*
+   1 (default): on the CPU fold batch norm into the convolutions and run the
+   encoder on oneDNN's layout with pre-packed weights (fastest; equal to the
+   plain encoder to float rounding); 0: the plain encoder. Ignored on CUDA.
+   */
+  uint32_t fused;
+  /*
+   1 (default): run one small batch through the encoder in
+   `amlmil_session_new`, so the first bag does not pay for set-up; 0: skip.
+   */
+  uint32_t warm_up;
 } amlmil_session_options;
 
 #ifdef __cplusplus
@@ -399,7 +411,8 @@ void amlmil_bag_free(amlmil_bag *bag);
 amlmil_status amlmil_bag_len(const amlmil_bag *bag, size_t *out_len);
 
 /*
- Removes every cell from the bag so it can be reused for another patient.
+ Removes every cell from the bag so it can be reused for another patient
+ (a streaming bag keeps streaming to its session).
  */
 amlmil_status amlmil_bag_clear(amlmil_bag *bag);
 
@@ -443,6 +456,24 @@ amlmil_status amlmil_bag_add_encoded(amlmil_bag *bag,
    AMLMIL_STATUS_DECODE when it is not a supported image. The bag is unchanged on failure.
  */
 amlmil_status amlmil_bag_add_file(amlmil_bag *bag, uint64_t cell_id, const char *path);
+
+/*
+ Makes an empty bag stream: from now on every cell added is encoded by
+ `session` on a background worker while the caller goes on adding (a scanner
+ adding cells as it segments), and only its features are kept, so memory is
+ bounded by the batch, not the bag. `amlmil_session_classify` with the same
+ session then only encodes the last partial batch and runs the MIL head.
+
+ `add` calls block while the worker is two batches behind. The bag keeps the
+ session alive until the bag is freed. `amlmil_session_embed` needs the
+ images and refuses a streaming bag; `amlmil_bag_clear` empties it and it
+ keeps streaming.
+
+ @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when the bag already holds
+   cells or streams already.
+ Thread safety: as for the other bag calls.
+ */
+amlmil_status amlmil_bag_stream(amlmil_bag *bag, const amlmil_session *session);
 
 /*
  Writes a synthetic blood-smear cohort in the data-set layout

@@ -251,7 +251,7 @@ impl Flip {
 /// How a frozen encoder runs.
 enum Backend {
     /// The training-time module (NCHW or channels-last strides; CUDA).
-    Plain(Frozen<Encoder>),
+    Plain(Box<Frozen<Encoder>>),
     /// Batch norm folded, oneDNN layout (CPU, f32).
     Fused(FusedEncoder),
 }
@@ -310,7 +310,7 @@ impl FrozenEncoder {
         let backend = if fused {
             Backend::Fused(FusedEncoder::new(&encoder)?)
         } else {
-            Backend::Plain(Frozen(encoder))
+            Backend::Plain(Box::new(Frozen(encoder)))
         };
         let frozen = FrozenEncoder {
             backend,
@@ -341,7 +341,10 @@ impl FrozenEncoder {
                 } else {
                     x.shallow_clone()
                 };
-                Ok(e.0.feature_map(&x, false).f_to_kind(Kind::Float)?.contiguous())
+                Ok(e.0
+                    .feature_map(&x, false)
+                    .f_to_kind(Kind::Float)?
+                    .contiguous())
             }
         }
     }
@@ -362,9 +365,23 @@ impl FrozenEncoder {
         flip: Flip,
         progress: Progress,
     ) -> Result<Tensor> {
+        let maps = self.map_batches(cells, flip, progress, &mut |m| Ok(m))?;
+        Ok(Tensor::f_cat(&maps, 0)?)
+    }
+
+    /// Encodes `cells` batch by batch and hands each batch's feature maps to
+    /// `each`, keeping only what it returns: memory is bounded by one batch of
+    /// images and maps plus the results.
+    pub fn map_batches(
+        &self,
+        cells: &[CellImage],
+        flip: Flip,
+        progress: Progress,
+        each: &mut dyn FnMut(Tensor) -> Result<Tensor>,
+    ) -> Result<Vec<Tensor>> {
         let _guard = tch::no_grad_guard();
         let size = self.manifest.input_size as u32;
-        let mut maps = Vec::with_capacity(cells.len().div_ceil(self.batch_size));
+        let mut out = Vec::with_capacity(cells.len().div_ceil(self.batch_size));
         let mut done = 0;
         for chunk in cells.chunks(self.batch_size) {
             if !progress("encode", done, cells.len()) {
@@ -381,11 +398,16 @@ impl FrozenEncoder {
                 self.device,
                 self.kind,
             )?;
-            maps.push(self.encode(&flip.apply(&x))?);
+            out.push(each(self.encode(&flip.apply(&x))?)?);
             done += chunk.len();
         }
         progress("encode", done, cells.len());
-        Ok(Tensor::f_cat(&maps, 0)?)
+        Ok(out)
+    }
+
+    /// Cells per forward pass.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 }
 
@@ -547,13 +569,37 @@ impl Session {
         Ok(out)
     }
 
-    /// Classifies one bag.
+    /// Classifies one bag. Each encoder batch goes through the head's `g` at
+    /// once, so only the instance vectors (2 KB a cell), not the feature maps,
+    /// are kept for the whole bag.
     pub fn classify(&self, bag: &Bag, progress: Progress) -> Result<BagPrediction> {
         if bag.is_empty() {
             return Err(Error::EmptyBag("bag".into()));
         }
-        let maps = self.feature_maps(bag.cells(), progress)?;
-        self.classify_feature_maps(&maps, bag.ids())
+        let z = self.instances(bag.cells(), progress)?;
+        self.classify_instances(&z, bag.ids())
+    }
+
+    /// Instance vectors `z` `[N, k′]` (the head's `g` of each cell's feature map),
+    /// encoded batch by batch.
+    pub fn instances(&self, cells: &[CellImage], progress: Progress) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let z = self
+            .encoder
+            .map_batches(cells, Flip::None, progress, &mut |maps| {
+                if !bool::try_from(maps.isfinite().all())? {
+                    return Err(Error::NonFinite(
+                        "encoder features (check the encoder checkpoint)".into(),
+                    ));
+                }
+                Ok(self.mil.0.instances(&maps, false))
+            })?;
+        Ok(Tensor::f_cat(&z, 0)?)
+    }
+
+    /// Cells per encoder forward pass.
+    pub fn batch_size(&self) -> usize {
+        self.encoder.batch_size()
     }
 
     /// Classifies precomputed feature maps `[N, C, h, w]` with the given cell ids.
@@ -579,7 +625,25 @@ impl Session {
         if !bool::try_from(maps.isfinite().all())? {
             return Err(Error::NonFinite("cell features (NaN or infinity)".into()));
         }
-        let out = self.mil.0.forward_bag(&maps, false);
+        self.classify_instances(&self.mil.0.instances(&maps, false), cell_ids)
+    }
+
+    /// The attention pooling and classifiers on instance vectors `z` `[N, k′]`
+    /// (from [`Session::instances`]) of cells with the given ids.
+    pub fn classify_instances(&self, z: &Tensor, cell_ids: &[u64]) -> Result<BagPrediction> {
+        let _guard = tch::no_grad_guard();
+        let k = self.mil_manifest.config.instance_dim;
+        let n = cell_ids.len() as i64;
+        if n == 0 {
+            return Err(Error::EmptyBag("bag".into()));
+        }
+        if z.size() != [n, k] {
+            return Err(Error::invalid(
+                "instances",
+                format!("shape {:?}, expected [{n}, {k}] for {n} cells", z.size()),
+            ));
+        }
+        let out = self.mil.0.forward_instances(z);
         let cpu = |t: &Tensor| -> Result<Vec<f32>> {
             Ok(Vec::<f32>::try_from(
                 t.to_device(Device::Cpu)

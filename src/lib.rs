@@ -36,6 +36,7 @@ pub mod model;
 pub mod preprocess;
 pub mod settings;
 pub mod ssl;
+pub mod streaming;
 pub mod synth;
 pub mod training;
 
@@ -43,6 +44,7 @@ pub use bag::Bag;
 pub use cell_image::{CellImage, PixelFormat};
 pub use error::{Error, Result};
 pub use inference::{BagPrediction, DeviceSpec, Precision, RankedCell, Session, SessionOptions};
+pub use streaming::StreamingBag;
 
 /// Version of this library (also `AMLMIL_VERSION` in the C header).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

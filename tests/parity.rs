@@ -81,8 +81,15 @@ fn encoder_parity(arch: EncoderArch, layout: &str) {
     // Folding batch norm rounds the weights once more: the fused path is held to
     // 2e-5 of the feature scale (ResNet34's random-weight maps reach ~12, where it
     // differs by ~1.2e-4); the plain paths to 1e-4 absolute.
-    let tolerance = if layout == "fused" { 2e-5 * scale.max(1.0) } else { 1e-4 };
-    assert!(d <= tolerance, "{arch:?} ({layout}) feature maps differ from torchvision by {d} (max |value| {scale})");
+    let tolerance = if layout == "fused" {
+        2e-5 * scale.max(1.0)
+    } else {
+        1e-4
+    };
+    assert!(
+        d <= tolerance,
+        "{arch:?} ({layout}) feature maps differ from torchvision by {d} (max |value| {scale})"
+    );
     let d = max_abs(
         &Tensor::from_slice(&ours_pooled).view([4, 512]),
         &reference["pooled"],

@@ -5,10 +5,12 @@ use std::path::Path;
 use parking_lot::RwLock;
 
 use super::boundary::{arg_ref, arg_slice, arg_str, guard, guard_value, out_ptr};
+use super::session::amlmil_session;
 use super::status::{amlmil_status, FfiError};
 use crate::bag::Bag;
 use crate::cell_image::{CellImage, PixelFormat};
 use crate::error::Error;
+use crate::streaming::StreamingBag;
 
 /// Opaque bag of cells. Create with `amlmil_bag_new`, free with `amlmil_bag_free`.
 ///
@@ -17,7 +19,49 @@ use crate::error::Error;
 /// classification then sees the bag either before or after the addition.
 #[allow(non_camel_case_types)]
 pub struct amlmil_bag {
-    pub(crate) inner: RwLock<Bag>,
+    pub(crate) inner: RwLock<BagCells>,
+}
+
+/// A bag's cells: kept as images, or streamed to a session's encoder.
+pub(crate) enum BagCells {
+    Plain(Bag),
+    Streaming(StreamingBag),
+}
+
+impl BagCells {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            BagCells::Plain(b) => b.len(),
+            BagCells::Streaming(b) => b.len(),
+        }
+    }
+
+    fn add(&mut self, id: u64, cell: CellImage) -> crate::Result<()> {
+        match self {
+            BagCells::Plain(b) => b.add(id, cell),
+            BagCells::Streaming(b) => b.add(id, cell),
+        }
+    }
+
+    fn clear(&mut self) -> crate::Result<()> {
+        *self = match self {
+            BagCells::Plain(_) => BagCells::Plain(Bag::new()),
+            BagCells::Streaming(b) => BagCells::Streaming(StreamingBag::new(b.session().clone())?),
+        };
+        Ok(())
+    }
+
+    /// The plain bag, or an error naming `what` needs the images a streaming bag dropped.
+    pub(crate) fn plain(&self, what: &str) -> Result<&Bag, FfiError> {
+        match self {
+            BagCells::Plain(b) => Ok(b),
+            BagCells::Streaming(_) => Err(Error::invalid(
+                "bag",
+                format!("streams its cells to a session's encoder and keeps no images; {what} needs a bag that is not streaming"),
+            )
+            .into()),
+        }
+    }
 }
 
 /// Channel order of a raw pixel buffer (values of the `format` argument).
@@ -41,7 +85,7 @@ pub unsafe extern "C" fn amlmil_bag_new(out_bag: *mut *mut amlmil_bag) -> amlmil
     guard(|| {
         let out = out_ptr(out_bag, "out_bag")?;
         let bag = Box::new(amlmil_bag {
-            inner: RwLock::new(Bag::new()),
+            inner: RwLock::new(BagCells::Plain(Bag::new())),
         });
         *out = Box::into_raw(bag);
         Ok(())
@@ -74,13 +118,11 @@ pub unsafe extern "C" fn amlmil_bag_len(
     })
 }
 
-/// Removes every cell from the bag so it can be reused for another patient.
+/// Removes every cell from the bag so it can be reused for another patient
+/// (a streaming bag keeps streaming to its session).
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_bag_clear(bag: *mut amlmil_bag) -> amlmil_status {
-    guard(|| {
-        arg_ref(bag, "bag")?.inner.write().clear();
-        Ok(())
-    })
+    guard(|| Ok(arg_ref(bag, "bag")?.inner.write().clear()?))
 }
 
 fn add(bag: &amlmil_bag, cell_id: u64, cell: CellImage) -> Result<(), FfiError> {
@@ -165,5 +207,47 @@ pub unsafe extern "C" fn amlmil_bag_add_file(
         let bag = arg_ref(bag, "bag")?;
         let path = arg_str(path, "path")?;
         add(bag, cell_id, CellImage::open(Path::new(path))?)
+    })
+}
+
+/// Makes an empty bag stream: from now on every cell added is encoded by
+/// `session` on a background worker while the caller goes on adding (a scanner
+/// adding cells as it segments), and only its features are kept, so memory is
+/// bounded by the batch, not the bag. `amlmil_session_classify` with the same
+/// session then only encodes the last partial batch and runs the MIL head.
+///
+/// `add` calls block while the worker is two batches behind. The bag keeps the
+/// session alive until the bag is freed. `amlmil_session_embed` needs the
+/// images and refuses a streaming bag; `amlmil_bag_clear` empties it and it
+/// keeps streaming.
+///
+/// @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when the bag already holds
+///   cells or streams already.
+/// Thread safety: as for the other bag calls.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_bag_stream(
+    bag: *mut amlmil_bag,
+    session: *const amlmil_session,
+) -> amlmil_status {
+    guard(|| {
+        let bag = arg_ref(bag, "bag")?;
+        let session = arg_ref(session, "session")?.shared();
+        let mut cells = bag.inner.write();
+        match &*cells {
+            BagCells::Streaming(_) => return Err(Error::invalid("bag", "streams already").into()),
+            BagCells::Plain(b) if !b.is_empty() => {
+                return Err(Error::invalid(
+                    "bag",
+                    format!(
+                        "holds {} cells; make a bag stream before adding cells",
+                        b.len()
+                    ),
+                )
+                .into())
+            }
+            BagCells::Plain(_) => {}
+        }
+        *cells = BagCells::Streaming(StreamingBag::new(session)?);
+        Ok(())
     })
 }

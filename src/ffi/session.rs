@@ -1,10 +1,11 @@
 //! `amlmil_session`: a loaded encoder + MIL head, and the calls that classify bags.
 use std::ffi::{c_char, c_void, CString};
 use std::path::Path;
+use std::sync::Arc;
 
 use tch::Tensor;
 
-use super::bag::amlmil_bag;
+use super::bag::{amlmil_bag, BagCells};
 use super::boundary::{
     arg_ref, arg_slice, arg_str, guard, guard_value, into_c_string, out_ptr, out_slice, FfiResult,
 };
@@ -19,7 +20,14 @@ use crate::inference::{Precision, Session, SessionOptions};
 /// called from several threads at once on the same session.
 #[allow(non_camel_case_types)]
 pub struct amlmil_session {
-    inner: Session,
+    inner: Arc<Session>,
+}
+
+impl amlmil_session {
+    /// The session, shared (streaming bags keep it alive).
+    pub(crate) fn shared(&self) -> Arc<Session> {
+        self.inner.clone()
+    }
 }
 
 /// Arithmetic of the encoder (values of `amlmil_session_options.precision`).
@@ -238,7 +246,9 @@ pub unsafe extern "C" fn amlmil_session_new(
         let out = out_ptr(out_session, "out_session")?;
         let options = read_options(options)?;
         let inner = Session::new(Path::new(encoder_path), Path::new(mil_path), &options)?;
-        *out = Box::into_raw(Box::new(amlmil_session { inner }));
+        *out = Box::into_raw(Box::new(amlmil_session {
+            inner: Arc::new(inner),
+        }));
         Ok(())
     })
 }
@@ -317,10 +327,17 @@ pub unsafe extern "C" fn amlmil_session_classify(
         let s = &arg_ref(session, "session")?.inner;
         let bag = arg_ref(bag, "bag")?;
         let out = out_ptr(out_result, "out_result")?;
-        let prediction = s.classify(
-            &bag.inner.read(),
-            &mut progress_adapter(progress, user_data),
-        )?;
+        let mut progress = progress_adapter(progress, user_data);
+        let prediction = match &*bag.inner.read() {
+            BagCells::Plain(b) => s.classify(b, &mut progress)?,
+            BagCells::Streaming(b) if Arc::ptr_eq(b.session(), s) => b.classify(&mut progress)?,
+            BagCells::Streaming(_) => {
+                return Err(Error::Mismatch(
+                    "the bag streams to another session; classify it with that one".into(),
+                )
+                .into())
+            }
+        };
         *out = Box::into_raw(Box::new(amlmil_result::new(prediction)));
         Ok(())
     })
@@ -390,7 +407,8 @@ pub unsafe extern "C" fn amlmil_session_embed(
 ) -> amlmil_status {
     guard(|| {
         let s = &arg_ref(session, "session")?.inner;
-        let bag = arg_ref(bag, "bag")?.inner.read();
+        let cells = arg_ref(bag, "bag")?.inner.read();
+        let bag = cells.plain("amlmil_session_embed")?;
         let needed = bag.len() * s.feature_dim();
         if bag.is_empty() {
             return Err(Error::EmptyBag("bag".into()).into());

@@ -33,18 +33,30 @@ impl FusedConv {
         let w = f64_cpu(&conv.ws);
         let k = w.size()[2];
         let padding = k / 2;
-        let gamma = bn.ws.as_ref().ok_or_else(|| Error::invalid("encoder", "batch norm without weight"))?;
-        let beta = bn.bs.as_ref().ok_or_else(|| Error::invalid("encoder", "batch norm without bias"))?;
+        let gamma = bn
+            .ws
+            .as_ref()
+            .ok_or_else(|| Error::invalid("encoder", "batch norm without weight"))?;
+        let beta = bn
+            .bs
+            .as_ref()
+            .ok_or_else(|| Error::invalid("encoder", "batch norm without bias"))?;
         let scale = f64_cpu(gamma) / (f64_cpu(&bn.running_var) + BN_EPS).sqrt();
-        let folded = (&w * scale.view([-1, 1, 1, 1])).to_kind(Kind::Float).contiguous();
-        let bias = (f64_cpu(beta) - f64_cpu(&bn.running_mean) * &scale).to_kind(Kind::Float).contiguous();
-        let weight = folded.f_to_mkldnn(Kind::Float)?.f_mkldnn_reorder_conv2d_weight(
-            [padding, padding],
-            [stride, stride],
-            [1, 1],
-            1,
-            None::<&[i64]>,
-        )?;
+        let folded = (&w * scale.view([-1, 1, 1, 1]))
+            .to_kind(Kind::Float)
+            .contiguous();
+        let bias = (f64_cpu(beta) - f64_cpu(&bn.running_mean) * &scale)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let weight = folded
+            .f_to_mkldnn(Kind::Float)?
+            .f_mkldnn_reorder_conv2d_weight(
+                [padding, padding],
+                [stride, stride],
+                [1, 1],
+                1,
+                None::<&[i64]>,
+            )?;
         Ok(FusedConv {
             weight,
             bias,

@@ -811,10 +811,15 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
         let a = Tensor::rand([n, n], (Kind::Float, device));
         let b = Tensor::rand([n, n], (Kind::Float, device));
         let per_s = timed(&mut || drop(a.mm(&b)));
-        line(serde_json::json!({"impl": "libtorch_sgemm", "n": n, "threads": tch::get_num_threads(),
-            "gflop_per_s": (per_s * 2.0 * (n * n * n) as f64 / 1e9 * 10.0).round() / 10.0}));
+        line(
+            serde_json::json!({"impl": "libtorch_sgemm", "n": n, "threads": tch::get_num_threads(),
+            "gflop_per_s": (per_s * 2.0 * (n * n * n) as f64 / 1e9 * 10.0).round() / 10.0}),
+        );
     }
-    let x = Tensor::rand([args.batch_size, 3, args.size, args.size], (Kind::Float, device));
+    let x = Tensor::rand(
+        [args.batch_size, 3, args.size, args.size],
+        (Kind::Float, device),
+    );
     let layouts: &[&str] = if device == tch::Device::Cpu {
         &["fused", "channels_last", "nchw"]
     } else {
@@ -845,9 +850,11 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
             _ => timed(&mut || drop(encoder.feature_map(&x, false))),
         };
         let rate = per_s * args.batch_size as f64;
-        line(serde_json::json!({"impl": format!("amlmil_{layout}"), "arch": arch.name(), "size": args.size,
+        line(
+            serde_json::json!({"impl": format!("amlmil_{layout}"), "arch": arch.name(), "size": args.size,
             "batch": args.batch_size, "device": format!("{device:?}").to_lowercase(),
-            "threads": tch::get_num_threads(), "cells_per_s": (rate * 10.0).round() / 10.0}));
+            "threads": tch::get_num_threads(), "cells_per_s": (rate * 10.0).round() / 10.0}),
+        );
     }
     Ok(())
 }
