@@ -17,7 +17,7 @@ use crate::bag::Bag;
 use crate::cell_image::CellImage;
 use crate::checkpoint::{self, Checkpoint, EncoderManifest, MilManifest};
 use crate::error::{Error, Result};
-use crate::model::{pool_features, AttentionMil, Encoder, FusedEncoder};
+use crate::model::{pool_features, AttentionMil, Encoder, FusedCellNet, FusedEncoder};
 use crate::preprocess::to_input_batch;
 
 /// Where to run: `auto` (first GPU if any, else CPU), `cpu`, `cuda` or `cuda:N`.
@@ -322,9 +322,12 @@ impl FrozenEncoder {
             _vars: vs,
         };
         if options.warm_up {
+            // A full batch: oneDNN and cuDNN create their primitives per shape.
             let s = frozen.manifest.input_size;
-            let n = frozen.batch_size.min(4) as i64;
-            let x = Tensor::f_zeros([n, 3, s, s], (frozen.kind, frozen.device))?;
+            let x = Tensor::f_zeros(
+                [frozen.batch_size as i64, 3, s, s],
+                (frozen.kind, frozen.device),
+            )?;
             let _ = frozen.encode(&x)?;
         }
         Ok(frozen)
@@ -415,6 +418,8 @@ impl FrozenEncoder {
 pub struct Session {
     encoder: FrozenEncoder,
     mil: Frozen<AttentionMil>,
+    /// The head's four-convolution `g` packed for oneDNN (fused CPU sessions).
+    fused_g: Option<FusedCellNet>,
     mil_manifest: MilManifest,
     _mil_vars: VarStore,
 }
@@ -513,6 +518,21 @@ impl Session {
             )));
         }
         mil_vs.freeze();
+        let fused_g = match (&encoder.backend, mil.four_conv_layers()) {
+            (Backend::Fused(_), Some(convs)) => Some(FusedCellNet::new(convs)?),
+            _ => None,
+        };
+        if options.warm_up {
+            let [c, h, w] = mil_manifest.feature_map;
+            let maps = Tensor::f_zeros(
+                [encoder.batch_size as i64, c, h, w],
+                (Kind::Float, encoder.device),
+            )?;
+            let _ = match &fused_g {
+                Some(g) => g.instances(&maps)?,
+                None => tch::no_grad(|| mil.instances(&maps, false)),
+            };
+        }
         log::info!(
             "session: {} encoder ({}) + attention-MIL ({} classes) on {:?}",
             em.architecture.name(),
@@ -523,6 +543,7 @@ impl Session {
         Ok(Session {
             encoder,
             mil: Frozen(mil),
+            fused_g,
             mil_manifest,
             _mil_vars: mil_vs,
         })
@@ -592,7 +613,7 @@ impl Session {
                         "encoder features (check the encoder checkpoint)".into(),
                     ));
                 }
-                Ok(self.mil.0.instances(&maps, false))
+                self.cell_instances(&maps)
             })?;
         Ok(Tensor::f_cat(&z, 0)?)
     }
@@ -625,7 +646,15 @@ impl Session {
         if !bool::try_from(maps.isfinite().all())? {
             return Err(Error::NonFinite("cell features (NaN or infinity)".into()));
         }
-        self.classify_instances(&self.mil.0.instances(&maps, false), cell_ids)
+        self.classify_instances(&self.cell_instances(&maps)?, cell_ids)
+    }
+
+    /// The head's `g` on feature maps (fused when the session is).
+    fn cell_instances(&self, maps: &Tensor) -> Result<Tensor> {
+        match &self.fused_g {
+            Some(g) => g.instances(maps),
+            None => Ok(self.mil.0.instances(maps, false)),
+        }
     }
 
     /// The attention pooling and classifiers on instance vectors `z` `[N, k′]`

@@ -6,8 +6,8 @@
 //! Memory is bounded by the batch, not the bag: the worker turns each full batch
 //! into the head's instance vectors (`g` of the feature maps, `k′` floats a
 //! cell, 2 KB at the paper's 500) and drops the images and maps; the queue to
-//! the worker holds at most two batches, so `add` blocks while the worker is
-//! that far behind. Results equal [`Session::classify`] on the same cells (the
+//! the worker holds at most one batch, so `add` blocks while the worker is a
+//! batch behind. Results equal [`Session::classify`] on the same cells (the
 //! same batches are formed in the same order).
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,7 +50,7 @@ impl std::fmt::Debug for StreamingBag {
 impl StreamingBag {
     /// An empty bag whose cells `session` encodes in the background.
     pub fn new(session: Arc<Session>) -> Result<Self> {
-        let capacity = 2 * session.batch_size();
+        let capacity = session.batch_size();
         let (queue, rx) = mpsc::sync_channel(capacity);
         let encoded = Arc::new(AtomicUsize::new(0));
         let worker = {

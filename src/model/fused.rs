@@ -48,7 +48,12 @@ impl FusedConv {
         let bias = (f64_cpu(beta) - f64_cpu(&bn.running_mean) * &scale)
             .to_kind(Kind::Float)
             .contiguous();
-        let weight = folded
+        Self::packed(&folded, bias, stride, padding)
+    }
+
+    /// Packs a dense f32 weight for oneDNN.
+    fn packed(weight: &Tensor, bias: Tensor, stride: i64, padding: i64) -> Result<Self> {
+        let weight = weight
             .f_to_mkldnn(Kind::Float)?
             .f_mkldnn_reorder_conv2d_weight(
                 [padding, padding],
@@ -141,5 +146,47 @@ impl FusedEncoder {
             y = h;
         }
         Ok(y.f_to_dense(Kind::Float, false)?)
+    }
+}
+
+/// The MIL head's four-convolution `g` ([`crate::model::CellNet::FourConv`])
+/// packed for oneDNN the same way: feature maps → instance vectors.
+#[derive(Debug)]
+pub struct FusedCellNet {
+    convs: Vec<FusedConv>,
+}
+
+// SAFETY: as for `FusedEncoder`.
+unsafe impl Sync for FusedCellNet {}
+
+impl FusedCellNet {
+    pub fn new(convs: &[nn::Conv2D; 4]) -> Result<Self> {
+        let _guard = tch::no_grad_guard();
+        let convs = convs
+            .iter()
+            .map(|c| {
+                let w =
+                    c.ws.to_device(Device::Cpu)
+                        .to_kind(Kind::Float)
+                        .contiguous();
+                let b = match &c.bs {
+                    Some(b) => b.to_device(Device::Cpu).to_kind(Kind::Float).contiguous(),
+                    None => Tensor::zeros([w.size()[0]], (Kind::Float, Device::Cpu)),
+                };
+                FusedConv::packed(&w, b, 1, 0)
+            })
+            .collect::<Result<_>>()?;
+        Ok(FusedCellNet { convs })
+    }
+
+    /// Instance vectors `[N, k′]` of dense f32 feature maps `[N, C, 5, 5]` on the CPU.
+    pub fn instances(&self, maps: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let mut x = maps.f_contiguous()?.f_to_mkldnn(Kind::Float)?;
+        for conv in &self.convs {
+            x = conv.forward(&x)?;
+            let _ = x.f_relu_()?;
+        }
+        Ok(x.f_to_dense(Kind::Float, false)?.f_flatten(1, -1)?)
     }
 }

@@ -137,9 +137,17 @@ pub struct MilOutput {
 #[derive(Debug)]
 pub struct AttentionMil {
     config: MilConfig,
-    g: nn::SequentialT,
+    g: CellNetLayers,
     attention: nn::Sequential,
     classifiers: Vec<nn::Sequential>,
+}
+
+/// The layers of `g`: the four-convolution network keeps its convolutions (the
+/// fused CPU path packs them), the others are a plain sequence.
+#[derive(Debug)]
+enum CellNetLayers {
+    FourConv([nn::Conv2D; 4]),
+    Sequential(nn::SequentialT),
 }
 
 fn conv2(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
@@ -154,32 +162,33 @@ impl AttentionMil {
         let g = match &config.cell_net {
             CellNet::FourConv { channels } => {
                 let [c1, c2, c3] = *channels;
-                nn::seq_t()
-                    .add(conv2(&g_path / "0", config.in_channels, c1))
-                    .add_fn(|x| x.relu())
-                    .add(conv2(&g_path / "2", c1, c2))
-                    .add_fn(|x| x.relu())
-                    .add(conv2(&g_path / "4", c2, c3))
-                    .add_fn(|x| x.relu())
-                    .add(conv2(&g_path / "6", c3, k))
-                    .add_fn(|x| x.relu().flatten(1, -1))
+                CellNetLayers::FourConv([
+                    conv2(&g_path / "0", config.in_channels, c1),
+                    conv2(&g_path / "2", c1, c2),
+                    conv2(&g_path / "4", c2, c3),
+                    conv2(&g_path / "6", c3, k),
+                ])
             }
-            CellNet::Scemila => nn::seq_t()
-                .add(conv2(&g_path / "0", config.in_channels, 768))
-                .add_fn(|x| x.relu())
-                .add(conv2(&g_path / "2", 768, 1024))
-                .add_fn(|x| x.relu().adaptive_max_pool2d([1, 1]).0.flatten(1, -1))
-                .add(nn::linear(&g_path / "6", 1024, k, Default::default()))
-                .add_fn(|x| x.relu()),
-            CellNet::Pooled => nn::seq_t()
-                .add_fn(|x| x.mean_dim([2i64, 3].as_slice(), false, x.kind()))
-                .add(nn::linear(
-                    &g_path / "0",
-                    config.in_channels,
-                    k,
-                    Default::default(),
-                ))
-                .add_fn(|x| x.relu()),
+            CellNet::Scemila => CellNetLayers::Sequential(
+                nn::seq_t()
+                    .add(conv2(&g_path / "0", config.in_channels, 768))
+                    .add_fn(|x| x.relu())
+                    .add(conv2(&g_path / "2", 768, 1024))
+                    .add_fn(|x| x.relu().adaptive_max_pool2d([1, 1]).0.flatten(1, -1))
+                    .add(nn::linear(&g_path / "6", 1024, k, Default::default()))
+                    .add_fn(|x| x.relu()),
+            ),
+            CellNet::Pooled => CellNetLayers::Sequential(
+                nn::seq_t()
+                    .add_fn(|x| x.mean_dim([2i64, 3].as_slice(), false, x.kind()))
+                    .add(nn::linear(
+                        &g_path / "0",
+                        config.in_channels,
+                        k,
+                        Default::default(),
+                    ))
+                    .add_fn(|x| x.relu()),
+            ),
         };
         let a = p / "attention";
         let attention = nn::seq()
@@ -229,7 +238,21 @@ impl AttentionMil {
 
     /// Instance vectors `z`, `[N, k′]`, for feature maps `[N, C_in, s, s]`.
     pub fn instances(&self, feature_maps: &Tensor, train: bool) -> Tensor {
-        nn::ModuleT::forward_t(&self.g, feature_maps, train)
+        match &self.g {
+            CellNetLayers::Sequential(g) => nn::ModuleT::forward_t(g, feature_maps, train),
+            CellNetLayers::FourConv(convs) => convs
+                .iter()
+                .fold(feature_maps.shallow_clone(), |x, c| x.apply(c).relu())
+                .flatten(1, -1),
+        }
+    }
+
+    /// The four convolutions of `g` when it is the paper's four-convolution network.
+    pub fn four_conv_layers(&self) -> Option<&[nn::Conv2D; 4]> {
+        match &self.g {
+            CellNetLayers::FourConv(c) => Some(c),
+            CellNetLayers::Sequential(_) => None,
+        }
     }
 
     /// Runs the head on one bag of feature maps `[N, C_in, s, s]`.

@@ -4,6 +4,6 @@ pub mod fused;
 pub mod mil;
 
 pub use encoder::{pool_features, Encoder, EncoderArch};
-pub use fused::FusedEncoder;
+pub use fused::{FusedCellNet, FusedEncoder};
 pub use mil::{AttentionMil, CellNet, MilConfig, MilOutput};
 pub mod init;

@@ -853,10 +853,25 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
         line(
             serde_json::json!({"impl": format!("amlmil_{layout}"), "arch": arch.name(), "size": args.size,
             "batch": args.batch_size, "device": format!("{device:?}").to_lowercase(),
-            "threads": tch::get_num_threads(), "cells_per_s": (rate * 10.0).round() / 10.0}),
+            "threads": tch::get_num_threads(), "cells_per_s": (rate * 10.0).round() / 10.0,
+            "peak_rss_mb": peak_rss_mb()}),
         );
     }
     Ok(())
+}
+
+/// This process's peak resident memory (`VmHWM`) in MiB, or `None` off Linux.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
 fn synth(args: SynthArgs) -> amlmil::Result<()> {
