@@ -59,13 +59,13 @@ bags = [r for r in rows if r.get("impl") == "amlmil_c_abi"]
 if bags:
     arch = "resnet18"
     fused = enc.get((arch, "amlmil_fused"))
-    base = {r["mode"].split("-")[-1]: r["peak_rss_mb"] for r in bags if r["cells"] == 500 and r["pace_cells_per_s"] == 0}
+    base = {r["mode"]: r["peak_rss_mb"] for r in bags if r["cells"] == 500 and r["pace_cells_per_s"] == 0}
     print(f"\nencoder only (amlmil_fused, batch 16): {fused['cells_per_s']:.1f} cells/s\n")
     print("| bag (resnet18, C ABI) | cells | add s | classify s | total s (min) | total ÷ encoder-only (min) | classify ÷ encoding | peak RSS MB | × 500-cell RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in bags:
         encoder_only = r["cells"] / fused["cells_per_s"]
-        rss_ratio = r["peak_rss_mb"] / base.get(r["mode"].split("-")[-1], r["peak_rss_mb"])
+        rss_ratio = r["peak_rss_mb"] / base.get(r["mode"], r["peak_rss_mb"])
         r = {**r, "encoder_only_s": round(encoder_only, 3), "ratio_total_to_encoder_only": round(r["total_s"] / encoder_only, 3),
              "ratio_min_total_to_encoder_only": round(r["min_total_s"] / encoder_only, 3),
              "classify_fraction_of_encoding": round(r["classify_s"] / encoder_only, 3), "rss_ratio_to_500": round(rss_ratio, 2)}

@@ -31,8 +31,14 @@ pub fn to_input_batch(
         }
     }
     let s = size as i64;
-    Ok(Tensor::f_from_slice(&data)?
-        .f_view([cells.len() as i64, 3, s, s])?
-        .f_to_device(device)?
-        .f_to_kind(kind)?)
+    let host = Tensor::f_from_slice(&data)?.f_view([cells.len() as i64, 3, s, s])?;
+    if device.is_cuda() {
+        // Pinned host memory and an asynchronous copy: the transfer overlaps the
+        // previous batch's kernels (libtorch's pinned allocator keeps the buffer
+        // alive until the copy has run).
+        return Ok(host
+            .f_pin_memory(device)?
+            .f_to_device_(device, kind, true, false)?);
+    }
+    Ok(host.f_to_kind(kind)?)
 }

@@ -146,7 +146,7 @@ pub struct AttentionMil {
 /// fused CPU path packs them), the others are a plain sequence.
 #[derive(Debug)]
 enum CellNetLayers {
-    FourConv([nn::Conv2D; 4]),
+    FourConv(Box<[nn::Conv2D; 4]>),
     Sequential(nn::SequentialT),
 }
 
@@ -162,12 +162,12 @@ impl AttentionMil {
         let g = match &config.cell_net {
             CellNet::FourConv { channels } => {
                 let [c1, c2, c3] = *channels;
-                CellNetLayers::FourConv([
+                CellNetLayers::FourConv(Box::new([
                     conv2(&g_path / "0", config.in_channels, c1),
                     conv2(&g_path / "2", c1, c2),
                     conv2(&g_path / "4", c2, c3),
                     conv2(&g_path / "6", c3, k),
-                ])
+                ]))
             }
             CellNet::Scemila => CellNetLayers::Sequential(
                 nn::seq_t()
@@ -250,7 +250,7 @@ impl AttentionMil {
     /// The four convolutions of `g` when it is the paper's four-convolution network.
     pub fn four_conv_layers(&self) -> Option<&[nn::Conv2D; 4]> {
         match &self.g {
-            CellNetLayers::FourConv(c) => Some(c),
+            CellNetLayers::FourConv(c) => Some(c.as_ref()),
             CellNetLayers::Sequential(_) => None,
         }
     }
