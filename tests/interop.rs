@@ -16,23 +16,6 @@ use amlmil::inference::{load_encoder, load_mil};
 use amlmil::interop::{self, DinoBranch, ExportFormat, ImportOptions, ImportSource};
 use tch::{Device, Kind, Tensor};
 
-fn read(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    f64::try_from(
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max(),
-    )
-    .unwrap()
-}
-
 fn options(source: ImportSource) -> ImportOptions {
     ImportOptions {
         source,
@@ -67,8 +50,8 @@ fn make() -> Made {
     let path = dir.path().to_path_buf();
     common::run_reference("interop.py", &[Path::new("make"), &path]);
     Made {
-        inputs: read(&path.join("inputs.safetensors")),
-        refs: read(&path.join("refs.safetensors")),
+        inputs: common::read_tensors(&path.join("inputs.safetensors")),
+        refs: common::read_tensors(&path.join("refs.safetensors")),
         _dir: dir,
         path,
     }
@@ -165,7 +148,7 @@ fn encoders_import_from_every_layout_and_export_to_pytorch_and_onnx() {
                 "resnet18"
             }
         );
-        let d = max_abs(&features(&out, x), &m.refs[reference]);
+        let d = common::max_abs(&features(&out, x), &m.refs[reference]);
         assert!(
             d <= 1e-4,
             "{file} ({}): features differ from PyTorch's by {d}",
@@ -215,14 +198,14 @@ fn encoders_import_from_every_layout_and_export_to_pytorch_and_onnx() {
     assert!(!m.path.join("mil.onnx").exists());
 
     common::run_reference("interop.py", &[Path::new("exported"), &m.path]);
-    let exported = read(&m.path.join("exported.safetensors"));
+    let exported = common::read_tensors(&m.path.join("exported.safetensors"));
     let ours = features(&enc, x);
-    let d = max_abs(&ours, &exported["feature_map"]);
+    let d = common::max_abs(&ours, &exported["feature_map"]);
     assert!(
         d <= 1e-5,
         "exported encoder in PyTorch differs from ours by {d}"
     );
-    let d = max_abs(&ours, &exported["onnx_feature_map"]);
+    let d = common::max_abs(&ours, &exported["onnx_feature_map"]);
     assert!(
         d <= 1e-4,
         "ONNX Runtime on the exported encoder differs from ours by {d}"
@@ -235,7 +218,7 @@ fn encoders_import_from_every_layout_and_export_to_pytorch_and_onnx() {
         ("attention_raw", &out.attention_raw),
         ("attention", &out.attention),
     ] {
-        let d = max_abs(t, &exported[name]);
+        let d = common::max_abs(t, &exported[name]);
         assert!(
             d <= 1e-5,
             "exported MIL head in PyTorch: {name} differs from ours by {d}"
@@ -278,7 +261,7 @@ fn scemila_imports_with_identical_logits_and_attention() {
             (&out.attention_raw, "scemila_att_raw"),
             (&out.attention, "scemila_att"),
         ] {
-            let d = max_abs(ours, &m.refs[reference]);
+            let d = common::max_abs(ours, &m.refs[reference]);
             assert!(
                 d <= 1e-5,
                 "{file}: {reference} differs from SCEMILA's by {d}"
@@ -519,7 +502,10 @@ fn the_c_entry_point_imports_safetensors_and_reports_bad_options() {
     };
     assert_eq!(manifest.normalization.std, [0.25; 3]);
     let x = Tensor::randn([2, 3, 144, 144], (Kind::Float, Device::Cpu));
-    assert_eq!(max_abs(&features(&out, &x), &features(&enc, &x)), 0.0);
+    assert_eq!(
+        common::max_abs(&features(&out, &x), &features(&enc, &x)),
+        0.0
+    );
 
     let bad = CString::new(r#"{"sourse": "torchvision"}"#).unwrap();
     let out2 = dir.path().join("never.safetensors");

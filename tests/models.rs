@@ -302,3 +302,58 @@ fn encoder_checkpoints_carry_num_batches_tracked_for_pytorch() {
         .contains_key("layer3.0.downsample.1.num_batches_tracked"));
     assert_eq!(ck.tensors.len(), 100 + 20);
 }
+
+/// The fused CPU path (batch norm folded, oneDNN layout, fused `g`) classifies
+/// as the plain modules do, for every `g`, and both warm up without changing results.
+#[test]
+fn fused_sessions_equal_plain_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = dir.path().join("enc.safetensors");
+    common::write_encoder(&enc, EncoderArch::ResNet18, 144, 31);
+    let cells = common::cells(11, 144, 32);
+    let mut bag = Bag::new();
+    for (i, c) in cells.into_iter().enumerate() {
+        bag.add(i as u64, c).unwrap();
+    }
+    for (i, cell_net) in [CellNet::default(), CellNet::Scemila, CellNet::Pooled]
+        .into_iter()
+        .enumerate()
+    {
+        let mil = dir.path().join(format!("mil{i}.safetensors"));
+        let config = MilConfig {
+            cell_net,
+            ..MilConfig::default()
+        };
+        common::write_mil(&mil, &config, 144, 33 + i as u64);
+        let run = |fused: bool, warm_up: bool| {
+            let o = SessionOptions {
+                fused,
+                warm_up,
+                batch_size: 4,
+                ..cpu()
+            };
+            Session::new(&enc, &mil, &o)
+                .unwrap()
+                .classify(&bag, &mut |_, _, _| true)
+                .unwrap()
+        };
+        let (plain, fused) = (run(false, false), run(true, true));
+        for (name, a, b) in [
+            ("logits", &plain.logits, &fused.logits),
+            ("attention", &plain.attention, &fused.attention),
+            ("probabilities", &plain.probabilities, &fused.probabilities),
+        ] {
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                d <= 1e-4,
+                "{:?}: fused {name} differ from the plain path by {d}",
+                config.cell_net
+            );
+        }
+        assert_eq!(run(true, false), fused, "warm-up changed a result");
+    }
+}

@@ -4,7 +4,6 @@
 //! in tests/reference/parity.py and run in the set-up environment's Python.
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use amlmil::checkpoint::Normalization;
@@ -12,23 +11,6 @@ use amlmil::model::{CellNet, EncoderArch, MilConfig};
 use amlmil::preprocess::to_input_batch;
 use amlmil::{Bag, DeviceSpec, Session, SessionOptions};
 use tch::{Device, Kind, Tensor};
-
-fn read(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    f64::try_from(
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max(),
-    )
-    .unwrap()
-}
 
 /// `channels_last` runs both sides with NHWC strides (PyTorch's `channels_last`),
 /// `contiguous` both in NCHW; `fused` runs ours with batch norm folded on
@@ -75,9 +57,9 @@ fn encoder_parity(arch: EncoderArch, layout: &str) {
         "parity.py",
         &[Path::new("encoder"), &enc, &inputs, &out, reference_layout],
     );
-    let reference = read(&out);
+    let reference = common::read_tensors(&out);
     let scale = f64::try_from(reference["feature_map"].abs().max()).unwrap();
-    let d = max_abs(&ours, &reference["feature_map"]);
+    let d = common::max_abs(&ours, &reference["feature_map"]);
     // Folding batch norm rounds the weights once more: the fused path is held to
     // 2e-5 of the feature scale (ResNet34's random-weight maps reach ~12, where it
     // differs by ~1.2e-4); the plain paths to 1e-4 absolute.
@@ -90,7 +72,7 @@ fn encoder_parity(arch: EncoderArch, layout: &str) {
         d <= tolerance,
         "{arch:?} ({layout}) feature maps differ from torchvision by {d} (max |value| {scale})"
     );
-    let d = max_abs(
+    let d = common::max_abs(
         &Tensor::from_slice(&ours_pooled).view([4, 512]),
         &reference["pooled"],
     );
@@ -138,14 +120,14 @@ fn mil_head_matches_pytorch_for_every_cell_net() {
 
         let out = dir.path().join("ref.safetensors");
         common::run_reference("parity.py", &[Path::new("mil"), &ckpt, &inputs, &out]);
-        let r = read(&out);
+        let r = common::read_tensors(&out);
         for (name, t) in [
             ("logits", &ours.logits),
             ("probabilities", &ours.probabilities),
             ("attention_raw", &ours.attention_raw),
             ("attention", &ours.attention),
         ] {
-            let d = max_abs(t, &r[name]);
+            let d = common::max_abs(t, &r[name]);
             assert!(
                 d <= 1e-5,
                 "{cell_net:?}: {name} differs from PyTorch by {d}"
@@ -176,12 +158,12 @@ fn session_classification_matches_pytorch_end_to_end() {
         "parity.py",
         &[Path::new("encoder"), &f.encoder, &inputs, &feats],
     );
-    let maps = read(&feats).remove("feature_map").unwrap();
+    let maps = common::read_tensors(&feats).remove("feature_map").unwrap();
     let maps_in = dir.path().join("maps.safetensors");
     Tensor::write_safetensors(&[("maps", &maps)], &maps_in).unwrap();
     let out = dir.path().join("out.safetensors");
     common::run_reference("parity.py", &[Path::new("mil"), &f.mil, &maps_in, &out]);
-    let r = read(&out);
+    let r = common::read_tensors(&out);
 
     let session = Session::new(
         &f.encoder,
@@ -197,9 +179,9 @@ fn session_classification_matches_pytorch_end_to_end() {
         bag.add(i as u64, c).unwrap();
     }
     let p = session.classify(&bag, &mut |_, _, _| true).unwrap();
-    let d = max_abs(&Tensor::from_slice(&p.probabilities), &r["probabilities"]);
+    let d = common::max_abs(&Tensor::from_slice(&p.probabilities), &r["probabilities"]);
     assert!(d <= 1e-4, "probabilities differ from PyTorch by {d}");
-    let d = max_abs(
+    let d = common::max_abs(
         &Tensor::from_slice(&p.attention).view([5, 3]),
         &r["attention"],
     );

@@ -12,8 +12,11 @@ use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use super::{ignored_names, DinoBranch, ImportOptions, ImportReport, ImportSource, SourceTensors};
-use crate::checkpoint::{self, EncoderManifest, Manifest, Provenance};
+use super::{
+    ignored_names, imported_provenance, DinoBranch, ImportOptions, ImportReport, ImportSource,
+    SourceTensors,
+};
+use crate::checkpoint::{self, EncoderManifest, Manifest};
 use crate::error::{Error, Result};
 use crate::model::{Encoder, EncoderArch};
 
@@ -293,20 +296,7 @@ pub(super) fn import(
     let count = vs.variables().len();
     checkpoint::load_into_named(&mut vs, trunk, src, &[".num_batches_tracked"], &source_name)?;
 
-    let mut provenance = Provenance::new("imported", None);
-    provenance
-        .details
-        .insert("source".into(), resolved.name().into());
-    provenance
-        .details
-        .insert("prefix".into(), prefix.clone().into());
-    provenance.details.insert(
-        "file".into(),
-        src.file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-            .into(),
-    );
+    let mut provenance = imported_provenance(src, resolved, &prefix);
     if resolved == ImportSource::Dino {
         provenance
             .details

@@ -258,6 +258,19 @@ pub fn import(src: &Path, out: &Path, options: &ImportOptions) -> Result<ImportR
     Ok(report)
 }
 
+/// Provenance of an imported model: where it came from and under which prefix.
+fn imported_provenance(src: &Path, source: ImportSource, prefix: &str) -> checkpoint::Provenance {
+    let mut p = checkpoint::Provenance::new("imported", None);
+    let file = src
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    p.details.insert("source".into(), source.name().into());
+    p.details.insert("prefix".into(), prefix.into());
+    p.details.insert("file".into(), file.into());
+    p
+}
+
 /// Tensors of the file outside the model, sorted, for the report.
 fn ignored_names(mut names: Vec<String>) -> (Vec<String>, usize) {
     names.sort();

@@ -14,8 +14,10 @@ use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use super::{ignored_names, ImportOptions, ImportReport, ImportSource, SourceTensors};
-use crate::checkpoint::{self, Manifest, MilManifest, Provenance};
+use super::{
+    ignored_names, imported_provenance, ImportOptions, ImportReport, ImportSource, SourceTensors,
+};
+use crate::checkpoint::{self, Manifest, MilManifest};
 use crate::error::{Error, Result};
 use crate::model::{AttentionMil, CellNet, EncoderArch, MilConfig};
 
@@ -222,18 +224,7 @@ pub(super) fn import(
     let source_name = |o: &str| format!("{prefix}{}", theirs(o));
     checkpoint::load_into_named(&mut vs, head, src, &[], &source_name)?;
 
-    let mut provenance = Provenance::new("imported", None);
-    provenance.details.insert("source".into(), "scemila".into());
-    provenance
-        .details
-        .insert("prefix".into(), prefix.clone().into());
-    provenance.details.insert(
-        "file".into(),
-        src.file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-            .into(),
-    );
+    let provenance = imported_provenance(src, ImportSource::Scemila, &prefix);
     let manifest = MilManifest::new(config, classes, options.input_size, provenance);
     checkpoint::save(out, &Manifest::Mil(manifest), &vs)?;
     let (ignored, ignored_count) = ignored_names(ignored);

@@ -194,3 +194,20 @@ pub fn lib_dir() -> PathBuf {
     );
     dir
 }
+
+/// Tensors of a safetensors file by name.
+pub fn read_tensors(path: &Path) -> std::collections::HashMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Largest absolute difference of two tensors of the same shape (in f64).
+pub fn max_abs(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    let d = (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max();
+    f64::try_from(d).unwrap()
+}
