@@ -4,8 +4,11 @@
 //! Encoder tensors use torchvision's names, so `model.load_state_dict(
 //! safetensors.torch.load_file(path), strict=False)` works in PyTorch (our files
 //! also carry `num_batches_tracked`, so `strict=True` works too). Loading checks
-//! the manifest against the tensors and names the first disagreement. Files are
-//! written to a temporary sibling and renamed, so a crash never leaves half a file.
+//! the manifest against the tensors and names the first disagreement. Every file
+//! carries a SHA-256 of its contents ([`CHECKSUM_KEY`]) checked on each read, so a
+//! checkpoint corrupted on its way (a network share, a bad copy) is refused
+//! rather than silently giving another diagnosis. Files are written to a
+//! temporary sibling and renamed, so a crash never leaves half a file.
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
@@ -22,6 +25,10 @@ use crate::model::{EncoderArch, MilConfig};
 pub const FORMAT_VERSION: u32 = 1;
 /// `__metadata__` key that holds the manifest JSON.
 pub const MANIFEST_KEY: &str = "amlmil";
+/// `__metadata__` key of the SHA-256 over every other metadata entry and every
+/// tensor's name, dtype, shape and bytes ([`content_sha256`]); written with each
+/// file and checked on every read, so a flipped byte anywhere is refused.
+pub const CHECKSUM_KEY: &str = "amlmil.sha256";
 
 /// Per-channel input normalisation, applied to pixels scaled to [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -208,9 +215,48 @@ pub fn write_tensors(
                 .map_err(|e| Error::checkpoint(path, format!("tensor `{n}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, metadata)
+    let mut metadata = metadata.unwrap_or_default();
+    metadata.remove(CHECKSUM_KEY);
+    let digest = content_sha256(
+        &metadata,
+        views
+            .iter()
+            .map(|(n, v)| (*n, v.dtype(), v.shape(), v.data())),
+    );
+    metadata.insert(CHECKSUM_KEY.to_owned(), digest);
+    let data = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &data)
+}
+
+/// SHA-256 (hex) of a file's contents as libamlmil reads them: the metadata
+/// entries other than the checksum, sorted by key, then the tensors sorted by
+/// name, each as name, dtype, shape and little-endian bytes.
+pub fn content_sha256<'a>(
+    metadata: &HashMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut keys: Vec<&String> = metadata.keys().filter(|k| *k != CHECKSUM_KEY).collect();
+    keys.sort();
+    for k in keys {
+        for part in [k.as_bytes(), b"\0", metadata[k].as_bytes(), b"\0"] {
+            h.update(part);
+        }
+    }
+    let mut tensors: Vec<_> = tensors.collect();
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, dtype, shape, data) in tensors {
+        h.update(name.as_bytes());
+        h.update(format!("\0{dtype:?}\0").as_bytes());
+        for d in shape {
+            h.update((*d as u64).to_le_bytes());
+        }
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn tensor_bytes<T: tch::kind::Element + Copy>(t: &Tensor) -> Result<Vec<u8>> {
@@ -269,6 +315,25 @@ pub fn decode_tensors(
     let metadata = meta.metadata().clone().unwrap_or_default();
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::checkpoint(path, format!("corrupt tensor data ({e})")))?;
+    if let Some(expected) = metadata.get(CHECKSUM_KEY) {
+        let views = st.tensors();
+        let actual = content_sha256(
+            &metadata,
+            views
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+        );
+        if &actual != expected {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "is corrupt: its contents do not match the SHA-256 written with it ({}… expected, {}… found); copy it again from a good source",
+                    expected.get(..12).unwrap_or(expected),
+                    &actual[..12]
+                ),
+            ));
+        }
+    }
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
         let kind = match view.dtype() {
@@ -303,6 +368,23 @@ impl Checkpoint {
         let bytes =
             std::fs::read(path).map_err(|e| Error::io("cannot read checkpoint", path, e))?;
         let (meta, raw) = decode_tensors(&bytes, path)?;
+        // Only our two entries: a flipped byte in the checksum's own key would
+        // otherwise pass the file off as one written before checksums.
+        if let Some(k) = meta
+            .keys()
+            .find(|k| *k != MANIFEST_KEY && *k != CHECKSUM_KEY)
+        {
+            return Err(Error::checkpoint(
+                path,
+                format!("has an unexpected `__metadata__` entry `{k}`; the file is corrupt or was not written by amlmil"),
+            ));
+        }
+        if !meta.contains_key(CHECKSUM_KEY) {
+            log::warn!(
+                "{}: no checksum (written before libamlmil checked its files); corruption cannot be detected. Save it again to add one",
+                path.display()
+            );
+        }
         let json = meta.get(MANIFEST_KEY).ok_or_else(|| {
             Error::checkpoint(
                 path,

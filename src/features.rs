@@ -173,12 +173,12 @@ impl FeatureCache {
     /// Loads one patient's features.
     pub fn load(&self, patient_id: &str) -> Result<PatientFeatures> {
         let path = self.patient_path(patient_id);
+        let bytes =
+            std::fs::read(&path).map_err(|e| Error::io("cannot read cached features", &path, e))?;
+        // Checks the file's checksum: a corrupted cache is refused, not trained on.
         let mut tensors: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(&path)
-                .map_err(|e| Error::Dataset {
-                    path: path.clone(),
-                    reason: format!("cannot read cached features: {e}"),
-                })?
+            crate::checkpoint::decode_tensors(&bytes, &path)?
+                .1
                 .into_iter()
                 .collect();
         let bad = |reason: String| Error::Dataset {

@@ -357,3 +357,68 @@ fn fused_sessions_equal_plain_sessions() {
         assert_eq!(run(true, false), fused, "warm-up changed a result");
     }
 }
+
+/// A flipped bit anywhere in a checkpoint is refused, naming the file; a file
+/// written before checksums (no `amlmil.sha256`) still loads.
+#[test]
+fn a_flipped_bit_anywhere_in_a_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("mil.safetensors");
+    let config = MilConfig {
+        cell_net: CellNet::Pooled,
+        in_channels: 8,
+        instance_dim: 4,
+        attention_dim: 3,
+        classifier_dim: 2,
+        ..MilConfig::default()
+    };
+    common::write_mil(&good, &config, 144, 5);
+    let bytes = std::fs::read(&good).unwrap();
+    let meta = safetensors::SafeTensors::read_metadata(&bytes).unwrap().1;
+    assert!(meta
+        .metadata()
+        .as_ref()
+        .unwrap()
+        .contains_key(checkpoint::CHECKSUM_KEY));
+    let bad = dir.path().join("flipped.safetensors");
+    let data_start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        std::fs::write(&bad, &b).unwrap();
+        match amlmil::inference::load_mil(&bad, Device::Cpu) {
+            Ok(_) => panic!(
+                "byte {i} of {} flipped ({:?} -> {:?}), and the checkpoint still loaded",
+                bytes.len(),
+                String::from_utf8_lossy(&bytes[i.saturating_sub(30)..(i + 10).min(bytes.len())]),
+                String::from_utf8_lossy(&b[i.saturating_sub(30)..(i + 10).min(bytes.len())])
+            ),
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("flipped.safetensors"),
+                    "byte {i}: {e}"
+                );
+                // Tensor data parses whatever its bits: only the checksum can catch those.
+                if i >= data_start {
+                    assert!(e.to_string().contains("SHA-256"), "byte {i}: {e}");
+                }
+            }
+        }
+    }
+
+    // The same file as an older version wrote it: no checksum, still loads.
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut old_meta = meta.metadata().clone().unwrap();
+    old_meta.remove(checkpoint::CHECKSUM_KEY);
+    let old = dir.path().join("old.safetensors");
+    std::fs::write(
+        &old,
+        safetensors::serialize(st.tensors(), Some(old_meta)).unwrap(),
+    )
+    .unwrap();
+    let (a, _, _vs) = amlmil::inference::load_mil(&old, Device::Cpu).unwrap();
+    let (b, _, _vs2) = amlmil::inference::load_mil(&good, Device::Cpu).unwrap();
+    let maps = Tensor::randn([3, 8, 5, 5], (Kind::Float, Device::Cpu));
+    let (oa, ob) = tch::no_grad(|| (a.forward_bag(&maps, false), b.forward_bag(&maps, false)));
+    assert_eq!(oa.logits, ob.logits);
+}

@@ -18,10 +18,41 @@ import torch
 import torch.nn as nn
 
 
+def content_sha256(path: str) -> Tuple[str, str]:
+    """(stored, actual) SHA-256 of a libamlmil file, as ``src/checkpoint.rs`` defines
+    it: metadata entries but the checksum, sorted, then tensors by name with
+    dtype, shape and bytes. ``stored`` is ``""`` for files written before checksums."""
+    import hashlib
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", {}) or {}
+    stored = meta.get("amlmil.sha256", "")
+    h = hashlib.sha256()
+    for k in sorted(k for k in meta if k != "amlmil.sha256"):
+        h.update(k.encode() + b"\0" + meta[k].encode() + b"\0")
+    body = data[8 + n :]
+    for name in sorted(header):
+        t = header[name]
+        start, end = t["data_offsets"]
+        h.update(name.encode() + f"\0{t['dtype']}\0".encode())
+        for d in t["shape"]:
+            h.update(struct.pack("<Q", d))
+        h.update(struct.pack("<Q", end - start) + body[start:end])
+    return stored, h.hexdigest()
+
+
 def read_checkpoint(path: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
-    """The manifest (``__metadata__["amlmil"]``) and the tensors of a libamlmil checkpoint."""
+    """The manifest (``__metadata__["amlmil"]``) and the tensors of a libamlmil
+    checkpoint; refuses a file whose contents do not match its SHA-256."""
     from safetensors import safe_open
 
+    stored, actual = content_sha256(path)
+    if stored and stored != actual:
+        raise ValueError(f"{path} is corrupt: its contents do not match the SHA-256 written with it")
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
         if "amlmil" not in meta:
