@@ -464,7 +464,7 @@ amlmil_status amlmil_bag_add_file(amlmil_bag *bag, uint64_t cell_id, const char 
  bounded by the batch, not the bag. `amlmil_session_classify` with the same
  session then only encodes the last partial batch and runs the MIL head.
 
- `add` calls block while the worker is two batches behind. The bag keeps the
+ `add` calls block while the worker is a batch behind. The bag keeps the
  session alive until the bag is freed. `amlmil_session_embed` needs the
  images and refuses a streaming bag; `amlmil_bag_clear` empties it and it
  keeps streaming.
