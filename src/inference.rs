@@ -307,10 +307,13 @@ impl FrozenEncoder {
             // Inputs of one shape: let cuDNN pick the fastest algorithm once.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let backend = if fused {
-            Backend::Fused(FusedEncoder::new(&encoder)?)
+        let (backend, vs) = if fused {
+            // The packed copies are all the fused path reads: free the module's weights.
+            let packed = FusedEncoder::new(&encoder)?;
+            drop(encoder);
+            (Backend::Fused(packed), VarStore::new(Device::Cpu))
         } else {
-            Backend::Plain(Box::new(Frozen(encoder)))
+            (Backend::Plain(Box::new(Frozen(encoder))), vs)
         };
         let frozen = FrozenEncoder {
             backend,

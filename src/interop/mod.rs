@@ -204,23 +204,30 @@ pub struct SourceTensors {
 /// Reads every tensor of `src`: a safetensors file directly, anything else as a
 /// pickled PyTorch file through `python -m amlmil.tool flatten`.
 pub fn read_source(src: &Path, python_exe: Option<&Path>) -> Result<SourceTensors> {
-    let bytes = std::fs::read(src).map_err(|e| Error::io("cannot read", src, e))?;
-    if looks_like_safetensors(&bytes) {
-        let (_, named) = checkpoint::decode_tensors(&bytes, src)?;
-        return Ok(SourceTensors {
-            tensors: named.into_iter().collect(),
-            attributes: Default::default(),
-        });
+    use std::io::Read;
+    let io = |e| Error::io("cannot read", src, e);
+    let mut head = [0u8; 9];
+    let mut file = std::fs::File::open(src).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let n = file.read(&mut head).map_err(io)?;
+    if !looks_like_safetensors(&head[..n], len) {
+        // A pickle: the Python side reads it (the file is not read here).
+        return python::flatten(src, python_exe);
     }
-    drop(bytes);
-    python::flatten(src, python_exe)
+    let bytes = std::fs::read(src).map_err(io)?;
+    let (_, named) = checkpoint::decode_tensors(&bytes, src)?;
+    Ok(SourceTensors {
+        tensors: named.into_iter().collect(),
+        attributes: Default::default(),
+    })
 }
 
-/// A safetensors file starts with a little-endian u64 header length and a JSON object.
-fn looks_like_safetensors(bytes: &[u8]) -> bool {
-    bytes.len() >= 10
-        && u64::from_le_bytes(bytes[..8].try_into().unwrap()) <= (bytes.len() - 8) as u64
-        && bytes[8] == b'{'
+/// A safetensors file starts with a little-endian u64 header length (within
+/// the file's `len` bytes) and a JSON object.
+fn looks_like_safetensors(head: &[u8], len: u64) -> bool {
+    head.len() == 9
+        && u64::from_le_bytes(head[..8].try_into().unwrap()) <= len.saturating_sub(8)
+        && head[8] == b'{'
 }
 
 /// Converts the model in `src` to a libamlmil checkpoint at `out` (an encoder or,

@@ -45,6 +45,14 @@ def content_sha256(path: str) -> Tuple[str, str]:
     return stored, h.hexdigest()
 
 
+def _read_kind(path: str, kind: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """:func:`read_checkpoint`, refusing a checkpoint of the other kind."""
+    manifest, tensors = read_checkpoint(path)
+    if manifest.get("kind") != kind:
+        raise ValueError(f"{path} is a `{manifest.get('kind')}` checkpoint, expected `{kind}`")
+    return manifest, tensors
+
+
 def read_checkpoint(path: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
     """The manifest (``__metadata__["amlmil"]``) and the tensors of a libamlmil
     checkpoint; refuses a file whose contents do not match its SHA-256."""
@@ -96,9 +104,7 @@ def encoder_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> EncoderTr
 
 def load_encoder(path: str) -> EncoderTrunk:
     """A libamlmil encoder checkpoint as an :class:`EncoderTrunk` in eval mode."""
-    manifest, tensors = read_checkpoint(path)
-    if manifest.get("kind") != "encoder":
-        raise ValueError(f"{path} is a `{manifest.get('kind')}` checkpoint, expected an encoder")
+    manifest, tensors = _read_kind(path, "encoder")
     trunk = EncoderTrunk(manifest["architecture"])
     trunk.resnet.load_state_dict(tensors, strict=True)
     trunk.manifest = manifest
@@ -192,9 +198,7 @@ class AttentionMil(nn.Module):
 
 def load_mil(path: str) -> AttentionMil:
     """A libamlmil MIL checkpoint as an :class:`AttentionMil` in eval mode; ``.classes`` holds the class names."""
-    manifest, tensors = read_checkpoint(path)
-    if manifest.get("kind") != "mil":
-        raise ValueError(f"{path} is a `{manifest.get('kind')}` checkpoint, expected a MIL head")
+    manifest, tensors = _read_kind(path, "mil")
     model = AttentionMil(manifest["config"])
     model.load_state_dict(tensors, strict=True)
     model.classes = list(manifest["classes"])
