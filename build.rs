@@ -1,4 +1,5 @@
-//! Link flags that tch's own build script cannot pass to our cdylib and binaries.
+//! Link flags that tch's own build script cannot pass to our cdylib and binaries,
+//! and the ABI version from Cargo.toml's `[package.metadata.amlmil]`.
 //!
 //! * `libtorch_cuda.so` is only ever reached through static initialisers, so a plain
 //!   `-ltorch_cuda` is dropped by `--as-needed` linkers and CUDA silently disappears.
@@ -9,6 +10,7 @@
 use std::path::PathBuf;
 
 fn main() {
+    abi_version();
     println!("cargo:rerun-if-env-changed=AMLMIL_NO_DEV_RPATH");
     println!("cargo:rerun-if-changed=build.rs");
     // torch-sys (`links = "tch"`) publishes the lib dir it linked against.
@@ -48,4 +50,21 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=AMLMIL_LIBTORCH_VERSION={version}");
+}
+
+/// Hands `package.metadata.amlmil.abi-version` of Cargo.toml to the crate as
+/// `AMLMIL_ABI_VERSION` (the one place the ABI number is defined).
+fn abi_version() {
+    println!("cargo:rerun-if-changed=Cargo.toml");
+    let text = std::fs::read_to_string("Cargo.toml").expect("read Cargo.toml");
+    let manifest: toml::Table = text.parse().expect("Cargo.toml is TOML");
+    let abi = manifest
+        .get("package")
+        .and_then(|p| p.get("metadata"))
+        .and_then(|m| m.get("amlmil"))
+        .and_then(|a| a.get("abi-version"))
+        .and_then(|v| v.as_integer())
+        .filter(|v| (1..=i64::from(u32::MAX)).contains(v))
+        .expect("Cargo.toml needs [package.metadata.amlmil] abi-version = <positive integer>");
+    println!("cargo:rustc-env=AMLMIL_ABI_VERSION={abi}");
 }

@@ -10,7 +10,6 @@
 //! rather than silently giving another diagnosis. Files are written to a
 //! temporary sibling and renamed, so a crash never leaves half a file.
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -19,6 +18,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use crate::model::{EncoderArch, MilConfig};
 
 /// Version of the manifest layout written by this library.
@@ -275,32 +275,6 @@ const _: () = assert!(
     "safetensors needs a little-endian target"
 );
 
-/// Writes `data` to `path` through a temporary file in the same directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid("path", format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("cannot write", path, e)
-    })
-}
-
 /// Named tensors as read from a file, in file order.
 pub type NamedTensors = Vec<(String, Tensor)>;
 
@@ -513,4 +487,53 @@ pub fn load_into_named(
         ));
     }
     Ok(())
+}
+
+/// Writes a seeded random encoder checkpoint for `input_size` px cells.
+pub fn write_random_encoder(
+    path: &Path,
+    arch: EncoderArch,
+    input_size: i64,
+    seed: u64,
+) -> Result<EncoderManifest> {
+    if input_size < 32 {
+        return Err(crate::Error::invalid(
+            "input_size",
+            format!("{input_size} px is below the 32 px minimum"),
+        ));
+    }
+    let (_, vs) = crate::model::init::random_encoder(arch, seed);
+    let manifest =
+        EncoderManifest::new(arch, input_size, Provenance::new("random-init", Some(seed)));
+    save(path, &Manifest::Encoder(manifest.clone()), &vs)?;
+    Ok(manifest)
+}
+
+/// Writes a seeded random MIL checkpoint for the given classes and encoder geometry.
+pub fn write_random_mil(
+    path: &Path,
+    config: &MilConfig,
+    classes: Vec<String>,
+    input_size: i64,
+    seed: u64,
+) -> Result<MilManifest> {
+    if classes.len() as i64 != config.num_classes {
+        return Err(crate::Error::invalid(
+            "classes",
+            format!(
+                "{} names for num_classes = {}",
+                classes.len(),
+                config.num_classes
+            ),
+        ));
+    }
+    let (_, vs) = crate::model::init::random_mil(config, seed)?;
+    let manifest = MilManifest::new(
+        config.clone(),
+        classes,
+        input_size,
+        Provenance::new("random-init", Some(seed)),
+    );
+    save(path, &Manifest::Mil(manifest.clone()), &vs)?;
+    Ok(manifest)
 }

@@ -22,10 +22,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::{write_atomic, write_tensors, Normalization};
+use crate::checkpoint::{write_tensors, Normalization};
 use crate::dataset::{Dataset, Patient};
 use crate::error::{Error, Result};
-use crate::inference::{Flip, FrozenEncoder, Progress, SessionOptions};
+use crate::frozen::{EncoderOptions, Flip, FrozenEncoder};
+use crate::io::write_atomic;
+use crate::Progress;
 
 pub const CACHE_FORMAT_VERSION: u32 = 1;
 const MANIFEST_FILE: &str = "cache.json";
@@ -57,14 +59,14 @@ pub struct ExtractOptions {
     /// Store the four flip variants (true, for flip augmentation) or only the original.
     pub flips: bool,
     /// Device, batch size and threads of the encoder.
-    pub encoder: SessionOptions,
+    pub encoder: EncoderOptions,
 }
 
 impl Default for ExtractOptions {
     fn default() -> Self {
         ExtractOptions {
             flips: true,
-            encoder: SessionOptions::default(),
+            encoder: EncoderOptions::default(),
         }
     }
 }

@@ -25,12 +25,15 @@ pub mod cell_image;
 pub mod checkpoint;
 pub mod classes;
 pub mod dataset;
+pub mod device;
 pub mod error;
 pub mod experiment;
 pub mod features;
 pub mod ffi;
+pub mod frozen;
 pub mod inference;
 pub mod interop;
+pub mod io;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
@@ -42,12 +45,35 @@ pub mod training;
 
 pub use bag::Bag;
 pub use cell_image::{CellImage, PixelFormat};
+pub use device::{DeviceSpec, Precision};
 pub use error::{Error, Result};
-pub use inference::{BagPrediction, DeviceSpec, Precision, RankedCell, Session, SessionOptions};
+pub use inference::{BagPrediction, RankedCell, Session, SessionOptions};
 pub use streaming::StreamingBag;
 
-/// Version of this library (also `AMLMIL_VERSION` in the C header).
+/// Version of this library: `package.version` of Cargo.toml, the one place it is
+/// defined (the C header's `AMLMIL_VERSION` and `amlmil_version()` are written from it).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Version of the C ABI, bumped on any incompatible change to `include/amlmil.h`:
+/// `package.metadata.amlmil.abi-version` of Cargo.toml, the one place it is
+/// defined (read by build.rs; the header's `AMLMIL_ABI_VERSION` is written from it).
+pub const ABI_VERSION: u32 = parse_u32(env!("AMLMIL_ABI_VERSION"));
+
+/// Progress of a long call: `done` of `total` units of `stage`. Return `false` to cancel.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize) -> bool;
+
+/// A decimal number at compile time (build.rs checks it is one).
+const fn parse_u32(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut n = 0u32;
+    let mut i = 0;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "AMLMIL_ABI_VERSION is not a number");
+        n = n * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    n
+}
 
 /// Version of the libtorch this library was built against (read from it at build time).
 pub const LIBTORCH_VERSION: &str = env!("AMLMIL_LIBTORCH_VERSION");
@@ -56,9 +82,9 @@ pub const LIBTORCH_VERSION: &str = env!("AMLMIL_LIBTORCH_VERSION");
 pub fn runtime_info() -> serde_json::Value {
     serde_json::json!({
         "amlmil_version": VERSION,
-        "abi_version": ffi::AMLMIL_ABI_VERSION,
+        "abi_version": ABI_VERSION,
         "libtorch_version": LIBTORCH_VERSION,
-        "cuda_device_count": inference::cuda_device_count(),
+        "cuda_device_count": device::cuda_device_count(),
         "cuda_linked": cfg!(amlmil_cuda_linked),
         "num_threads": tch::get_num_threads(),
     })

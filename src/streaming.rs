@@ -20,7 +20,8 @@ use tch::Tensor;
 
 use crate::cell_image::CellImage;
 use crate::error::{Error, Result};
-use crate::inference::{BagPrediction, Progress, Session};
+use crate::inference::{BagPrediction, Session};
+use crate::Progress;
 
 enum Message {
     Cell(CellImage),

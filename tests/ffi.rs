@@ -179,7 +179,7 @@ fn session_new_rejects_bad_arguments_and_files() {
         // A head made for 64 px pooled features does not fit a 144 px encoder.
         let small = dir.path().join("mil64.safetensors");
         let config = MilConfig {
-            cell_net: CellNet::Pooled,
+            head: CellNet::Pooled.into(),
             in_side: EncoderArch::ResNet18.feature_side(64),
             ..Default::default()
         };

@@ -10,7 +10,17 @@ fn root() -> PathBuf {
 }
 
 fn generate() -> String {
-    let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml");
+    let mut config =
+        cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml");
+    // Both numbers are defined once, in Cargo.toml (the ABI number through build.rs).
+    config.after_includes = Some(format!(
+        "\n/* Version of the library this header belongs to (compare with amlmil_version()). */\n\
+         #define AMLMIL_VERSION \"{}\"\n\n\
+         /* ABI version of this header (compare with amlmil_abi_version()). */\n\
+         #define AMLMIL_ABI_VERSION {}\n",
+        amlmil::VERSION,
+        amlmil::ABI_VERSION
+    ));
     let mut out = Vec::new();
     cbindgen::Builder::new()
         .with_crate(root())

@@ -12,7 +12,7 @@ use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 
 use amlmil::checkpoint::{Checkpoint, Manifest};
-use amlmil::inference::{load_encoder, load_mil};
+use amlmil::frozen::{load_encoder, load_mil};
 use amlmil::interop::{self, DinoBranch, ExportFormat, ImportOptions, ImportSource};
 use tch::{Device, Kind, Tensor};
 

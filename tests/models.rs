@@ -52,11 +52,11 @@ fn mil_variants() -> Vec<MilConfig> {
     vec![
         MilConfig::default(),
         MilConfig {
-            cell_net: CellNet::Scemila,
+            head: CellNet::Scemila.into(),
             ..Default::default()
         },
         MilConfig {
-            cell_net: CellNet::Pooled,
+            head: CellNet::Pooled.into(),
             ..Default::default()
         },
     ]
@@ -112,14 +112,17 @@ fn invalid_mil_configs_are_rejected_by_name() {
         matches!(bad.validate(), Err(Error::InvalidArgument { ref arg, .. }) if arg == "in_side")
     );
     let bad = MilConfig {
-        instance_dim: 0,
+        head: amlmil::model::MilHeadConfig {
+            instance_dim: 0,
+            ..amlmil::model::MilHeadConfig::default()
+        },
         ..Default::default()
     };
     assert!(
         matches!(bad.validate(), Err(Error::InvalidArgument { ref arg, .. }) if arg == "instance_dim")
     );
     let ok = MilConfig {
-        cell_net: CellNet::Pooled,
+        head: CellNet::Pooled.into(),
         in_side: 2,
         ..Default::default()
     };
@@ -139,7 +142,7 @@ fn checkpoint_round_trip_gives_identical_outputs() {
         Default::default(),
     );
     checkpoint::save(&path, &Manifest::Mil(manifest.clone()), &vs).unwrap();
-    let (loaded, loaded_manifest, _vs2) = amlmil::inference::load_mil(&path, Device::Cpu).unwrap();
+    let (loaded, loaded_manifest, _vs2) = amlmil::frozen::load_mil(&path, Device::Cpu).unwrap();
     assert_eq!(loaded_manifest, manifest);
     let maps = Tensor::randn([6, 512, 5, 5], (Kind::Float, Device::Cpu));
     let a = tch::no_grad(|| mil.forward_bag(&maps, false));
@@ -267,7 +270,7 @@ fn checkpoint_loading_names_what_is_wrong() {
     let (_e, vs) = init::random_encoder(EncoderArch::ResNet18, 1);
     let lying = dir.path().join("lying.safetensors");
     checkpoint::save(&lying, &Manifest::Encoder(m), &vs).unwrap();
-    let e = amlmil::inference::load_encoder(&lying, Device::Cpu).unwrap_err();
+    let e = amlmil::frozen::load_encoder(&lying, Device::Cpu).unwrap_err();
     assert!(
         e.to_string().contains("layer1.2.bn1.bias") && e.to_string().contains("missing"),
         "{e}"
@@ -287,7 +290,7 @@ fn checkpoint_loading_names_what_is_wrong() {
         Default::default(),
     );
     checkpoint::save(&nan, &Manifest::Mil(manifest), &vs).unwrap();
-    let e = amlmil::inference::load_mil(&nan, Device::Cpu).unwrap_err();
+    let e = amlmil::frozen::load_mil(&nan, Device::Cpu).unwrap_err();
     assert!(
         matches!(e, Error::NonFinite(_)) && e.to_string().contains("attention.0.weight"),
         "{e}"
@@ -321,7 +324,10 @@ fn fused_sessions_equal_plain_sessions() {
     {
         let mil = dir.path().join(format!("mil{i}.safetensors"));
         let config = MilConfig {
-            cell_net,
+            head: amlmil::model::MilHeadConfig {
+                cell_net,
+                ..amlmil::model::MilHeadConfig::default()
+            },
             ..MilConfig::default()
         };
         common::write_mil(&mil, &config, 144, 33 + i as u64);
@@ -351,7 +357,7 @@ fn fused_sessions_equal_plain_sessions() {
             assert!(
                 d <= 1e-4,
                 "{:?}: fused {name} differ from the plain path by {d}",
-                config.cell_net
+                config.head.cell_net
             );
         }
         assert_eq!(run(true, false), fused, "warm-up changed a result");
@@ -365,11 +371,13 @@ fn a_flipped_bit_anywhere_in_a_checkpoint_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("mil.safetensors");
     let config = MilConfig {
-        cell_net: CellNet::Pooled,
+        head: amlmil::model::MilHeadConfig {
+            cell_net: CellNet::Pooled,
+            instance_dim: 4,
+            attention_dim: 3,
+            classifier_dim: 2,
+        },
         in_channels: 8,
-        instance_dim: 4,
-        attention_dim: 3,
-        classifier_dim: 2,
         ..MilConfig::default()
     };
     common::write_mil(&good, &config, 144, 5);
@@ -386,7 +394,7 @@ fn a_flipped_bit_anywhere_in_a_checkpoint_is_refused() {
         let mut b = bytes.clone();
         b[i] ^= 0x01;
         std::fs::write(&bad, &b).unwrap();
-        match amlmil::inference::load_mil(&bad, Device::Cpu) {
+        match amlmil::frozen::load_mil(&bad, Device::Cpu) {
             Ok(_) => panic!(
                 "byte {i} of {} flipped ({:?} -> {:?}), and the checkpoint still loaded",
                 bytes.len(),
@@ -416,8 +424,8 @@ fn a_flipped_bit_anywhere_in_a_checkpoint_is_refused() {
         safetensors::serialize(st.tensors(), Some(old_meta)).unwrap(),
     )
     .unwrap();
-    let (a, _, _vs) = amlmil::inference::load_mil(&old, Device::Cpu).unwrap();
-    let (b, _, _vs2) = amlmil::inference::load_mil(&good, Device::Cpu).unwrap();
+    let (a, _, _vs) = amlmil::frozen::load_mil(&old, Device::Cpu).unwrap();
+    let (b, _, _vs2) = amlmil::frozen::load_mil(&good, Device::Cpu).unwrap();
     let maps = Tensor::randn([3, 8, 5, 5], (Kind::Float, Device::Cpu));
     let (oa, ob) = tch::no_grad(|| (a.forward_bag(&maps, false), b.forward_bag(&maps, false)));
     assert_eq!(oa.logits, ob.logits);

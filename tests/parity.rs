@@ -105,7 +105,7 @@ fn mil_head_matches_pytorch_for_every_cell_net() {
     {
         let dir = tempfile::tempdir().unwrap();
         let config = MilConfig {
-            cell_net: cell_net.clone(),
+            head: cell_net.clone().into(),
             ..Default::default()
         };
         let ckpt = dir.path().join("mil.safetensors");
@@ -115,7 +115,7 @@ fn mil_head_matches_pytorch_for_every_cell_net() {
         let maps = Tensor::rand([11, 512, 5, 5], (Kind::Float, Device::Cpu)) * 2.0;
         let inputs = dir.path().join("maps.safetensors");
         Tensor::write_safetensors(&[("maps", &maps)], &inputs).unwrap();
-        let (mil, _, _vs) = amlmil::inference::load_mil(&ckpt, Device::Cpu).unwrap();
+        let (mil, _, _vs) = amlmil::frozen::load_mil(&ckpt, Device::Cpu).unwrap();
         let ours = tch::no_grad(|| mil.forward_bag(&maps, false));
 
         let out = dir.path().join("ref.safetensors");

@@ -93,7 +93,7 @@ fn quiet(_: &PretrainEvent) -> bool {
 
 /// Features of the first 96 typed cells with the checkpoint's encoder.
 fn checkpoint_features(path: &Path) -> tch::Tensor {
-    let (encoder, manifest, _vs) = amlmil::inference::load_encoder(path, Device::Cpu).unwrap();
+    let (encoder, manifest, _vs) = amlmil::frozen::load_encoder(path, Device::Cpu).unwrap();
     let (ds, _) = Dataset::open(&cohort().root, &OpenOptions::fail()).unwrap();
     let cells = labelled_cells(&ds, manifest.input_size, Some(96), 0).unwrap();
     pooled_features(
@@ -209,7 +209,7 @@ fn a_pretrained_checkpoint_loads_in_a_session() {
     // A MIL head for the checkpoint's 32-px geometry.
     let mil = dir.path().join("mil.safetensors");
     let mil_config = MilConfig {
-        cell_net: CellNet::Pooled,
+        head: CellNet::Pooled.into(),
         in_side: EncoderArch::ResNet18.feature_side(32),
         ..MilConfig::default()
     };

@@ -204,7 +204,7 @@ fn random_bags(n: usize, seed: u64) -> Vec<TrainBag> {
 
 fn head() -> amlmil::model::MilConfig {
     amlmil::model::MilConfig {
-        cell_net: CellNet::Pooled,
+        head: CellNet::Pooled.into(),
         in_side: 1,
         ..Default::default()
     }
@@ -668,7 +668,7 @@ fn feature_extraction_resumes_and_refuses_another_encoder() {
     // The cached maps equal a fresh encoding of the same cells.
     let cache = amlmil::features::FeatureCache::open(&dir, Some(&s.encoder)).unwrap();
     let f = cache.load(&first).unwrap();
-    let enc = amlmil::inference::FrozenEncoder::load(&s.encoder, &options.encoder).unwrap();
+    let enc = amlmil::frozen::FrozenEncoder::load(&s.encoder, &options.encoder).unwrap();
     let cells: Vec<_> = ds.patients()[0]
         .load_cells()
         .unwrap()
@@ -676,7 +676,7 @@ fn feature_extraction_resumes_and_refuses_another_encoder() {
         .map(|(_, c)| c)
         .collect();
     let fresh = enc
-        .feature_maps(&cells, amlmil::inference::Flip::None, &mut |_, _, _| true)
+        .feature_maps(&cells, amlmil::frozen::Flip::None, &mut |_, _, _| true)
         .unwrap();
     let diff = f64::try_from((f.maps.get(0).to_kind(Kind::Float) - &fresh).abs().max()).unwrap();
     let scale = f64::try_from(fresh.abs().max()).unwrap();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::ssl::SslMethod;
 use crate::synth::CohortConfig;
@@ -48,7 +49,7 @@ pub struct ExperimentConfig {
     pub folds: usize,
     pub seeds: Vec<u64>,
     /// `auto`, `cpu`, `cuda`, `cuda:N`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// Cells per test patient in the top-attention galleries.
     pub gallery_cells: usize,
     /// At most this many typed cells of the MIL data set in the k-NN probe.
@@ -91,7 +92,7 @@ impl ExperimentConfig {
                 training: cpu_training(),
                 folds: 5,
                 seeds: vec![0],
-                device: "cpu".into(),
+                device: DeviceSpec::Cpu,
                 gallery_cells: 8,
                 probe_cells: 600,
                 umap_cells: 600,
@@ -119,7 +120,7 @@ impl ExperimentConfig {
                 training: cpu_training(),
                 folds: 5,
                 seeds: vec![0, 1, 2],
-                device: "cpu".into(),
+                device: DeviceSpec::Cpu,
                 gallery_cells: 8,
                 probe_cells: 1000,
                 umap_cells: 1000,
@@ -140,7 +141,7 @@ impl ExperimentConfig {
                 training: json!({"preset": "paper", "standardize_features": true}),
                 folds: 5,
                 seeds: vec![0, 1, 2],
-                device: "auto".into(),
+                device: DeviceSpec::Auto,
                 gallery_cells: 8,
                 probe_cells: 2000,
                 umap_cells: 2000,
@@ -304,12 +305,19 @@ impl ExperimentConfig {
         encoder: PathBuf,
         output: PathBuf,
     ) -> Result<crate::training::CvConfig> {
-        let v = json!({
-            "dataset": dataset, "encoder": encoder, "output": output,
-            "folds": self.folds, "seeds": self.seeds, "device": self.device,
-            "gallery_cells": self.gallery_cells, "training": self.training,
-        });
-        crate::training::CvConfig::parse(&v.to_string(), false)
+        let config = crate::training::CvConfig {
+            dataset,
+            encoder,
+            features: None,
+            output,
+            folds: self.folds,
+            seeds: self.seeds.clone(),
+            device: self.device,
+            gallery_cells: self.gallery_cells,
+            training: MilTrainConfig::from_value(self.training.clone())?,
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 

@@ -60,7 +60,7 @@ pub fn embed<'a>(
     let mut features: Vec<(String, Tensor)> = Vec::new();
     let mut cells = None;
     for (name, path) in encoders {
-        let (encoder, manifest, _vs) = crate::inference::load_encoder(path, Device::Cpu)?;
+        let (encoder, manifest, _vs) = crate::frozen::load_encoder(path, Device::Cpu)?;
         if cells.is_none() {
             cells = Some(labelled_cells(
                 dataset,

@@ -37,9 +37,10 @@ use serde::{Deserialize, Serialize};
 pub use config::{ExperimentConfig, ENCODERS};
 pub use embedding::Embedding;
 
-use crate::checkpoint::{self, write_atomic, EncoderManifest, Manifest, Provenance};
+use crate::checkpoint::{self, EncoderManifest, Manifest, Provenance};
 use crate::dataset::{Dataset, OpenOptions};
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use crate::ssl::probe::{compare_with_random, ProbeComparison};
 use crate::ssl::{KnnConfig, PretrainStage, SslMethod};
 use crate::training::{CvEvent, CvReport};

@@ -12,9 +12,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::{ExperimentReport, Stage};
-use crate::checkpoint::write_atomic;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use crate::metrics::{self, Bars, MeanSd, ScatterPanel, Summary, PR_AUC_DEFINITION};
 use crate::training::attention::is_abnormal;
 

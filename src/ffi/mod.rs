@@ -36,11 +36,11 @@ pub use training::*;
 
 use boundary::{guard, into_c_string, out_ptr};
 
-/// Library version (also `AMLMIL_VERSION` in the header, written by cbindgen.toml's
-/// `after_includes`, and returned by `amlmil_version()`; a test keeps all equal).
-pub const AMLMIL_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Version of the C ABI: bumped on any incompatible change to this header.
-pub const AMLMIL_ABI_VERSION: u32 = 1;
+/// Library version ([`crate::VERSION`]; the header's `AMLMIL_VERSION`, written
+/// by tests/header.rs, and `amlmil_version()`).
+pub const AMLMIL_VERSION: &str = crate::VERSION;
+/// Version of the C ABI ([`crate::ABI_VERSION`]; the header's `AMLMIL_ABI_VERSION`).
+pub const AMLMIL_ABI_VERSION: u32 = crate::ABI_VERSION;
 
 /// The library's version, e.g. `"0.1.0"`. Static; never NULL.
 #[no_mangle]
@@ -57,7 +57,7 @@ pub extern "C" fn amlmil_abi_version() -> u32 {
 /// Number of CUDA devices libtorch can use (0 without a GPU).
 #[no_mangle]
 pub extern "C" fn amlmil_cuda_device_count() -> u32 {
-    boundary::guard_value(0, || crate::inference::cuda_device_count() as u32)
+    boundary::guard_value(0, || crate::device::cuda_device_count() as u32)
 }
 
 /// Runtime facts as JSON: library and ABI version, libtorch version, CUDA device

@@ -2,7 +2,7 @@
 //! callback with stage/epoch/loss and cancellation, JSON report out.
 use std::ffi::{c_char, c_void};
 
-use super::boundary::{arg_str, guard, out_ptr, to_json};
+use super::boundary::json_call;
 use super::session::{amlmil_progress_callback, report_progress};
 use super::status::amlmil_status;
 use crate::ssl::train::{pretrain, PretrainConfig, PretrainEvent, PretrainStage};
@@ -60,14 +60,12 @@ pub unsafe extern "C" fn amlmil_pretrain(
     user_data: *mut c_void,
     out_report_json: *mut *mut c_char,
 ) -> amlmil_status {
-    guard(|| {
-        let out = out_ptr(out_report_json, "out_report_json")?;
-        let text = arg_str(config_json, "config_json")?;
-        let config = PretrainConfig::parse(text, false)?;
-        let report = pretrain(&config, &mut pretrain_adapter(progress, user_data))?;
-        *out = to_json(&report)?;
-        Ok(())
-    })
+    json_call(
+        config_json,
+        out_report_json,
+        |text| PretrainConfig::parse(text, false),
+        |config| pretrain(&config, &mut pretrain_adapter(progress, user_data)),
+    )
 }
 
 #[cfg(test)]

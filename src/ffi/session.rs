@@ -11,8 +11,9 @@ use super::boundary::{
 };
 use super::result::amlmil_result;
 use super::status::amlmil_status;
+use crate::device::Precision;
 use crate::error::Error;
-use crate::inference::{Precision, Session, SessionOptions};
+use crate::inference::{Session, SessionOptions};
 
 /// Opaque session. Create with `amlmil_session_new`, free with `amlmil_session_free`.
 ///

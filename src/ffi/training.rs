@@ -2,17 +2,11 @@
 //! callback with stage/epoch/fold/loss and cancellation, JSON report out.
 use std::ffi::{c_char, c_void};
 
-use super::boundary::{arg_str, guard, out_ptr, to_json};
+use super::boundary::{arg_str, guard, json_call, out_ptr, to_json};
 use super::session::{amlmil_progress_callback, report_progress};
-use super::status::{amlmil_status, FfiError};
+use super::status::amlmil_status;
 use crate::experiment::{run_experiment, ExperimentConfig};
 use crate::training::{self, CvConfig, CvEvent};
-
-fn parse_config(json: *const c_char) -> Result<CvConfig, FfiError> {
-    // SAFETY: the caller passes NULL or a NUL-terminated string.
-    let text = unsafe { arg_str(json, "config_json") }?;
-    Ok(CvConfig::parse(text, false)?)
-}
 
 /// Adapts a C callback to the cross-validation's events.
 fn cv_adapter(cb: amlmil_progress_callback, user_data: *mut c_void) -> impl FnMut(CvEvent) -> bool {
@@ -61,13 +55,12 @@ pub unsafe extern "C" fn amlmil_cross_validate(
     user_data: *mut c_void,
     out_report_json: *mut *mut c_char,
 ) -> amlmil_status {
-    guard(|| {
-        let out = out_ptr(out_report_json, "out_report_json")?;
-        let config = parse_config(config_json)?;
-        let report = training::cross_validate(&config, &mut cv_adapter(progress, user_data))?;
-        *out = to_json(&report)?;
-        Ok(())
-    })
+    json_call(
+        config_json,
+        out_report_json,
+        |text| CvConfig::parse(text, false),
+        |config| training::cross_validate(&config, &mut cv_adapter(progress, user_data)),
+    )
 }
 
 /// Trains one attention-MIL head on fold `fold` of the first seed (60/20/20) and
@@ -82,17 +75,14 @@ pub unsafe extern "C" fn amlmil_train_mil(
     user_data: *mut c_void,
     out_report_json: *mut *mut c_char,
 ) -> amlmil_status {
-    guard(|| {
-        let out = out_ptr(out_report_json, "out_report_json")?;
-        let config = parse_config(config_json)?;
-        let report = training::cv::train_single(
-            &config,
-            fold as usize,
-            &mut cv_adapter(progress, user_data),
-        )?;
-        *out = to_json(&report)?;
-        Ok(())
-    })
+    json_call(
+        config_json,
+        out_report_json,
+        |text| CvConfig::parse(text, false),
+        |config| {
+            training::cv::train_single(&config, fold as usize, &mut cv_adapter(progress, user_data))
+        },
+    )
 }
 
 /// Encodes every cell of `dataset_dir` with the encoder checkpoint into the
@@ -126,7 +116,7 @@ pub unsafe extern "C" fn amlmil_extract_features(
             crate::dataset::Dataset::open(dataset_dir, &crate::dataset::OpenOptions::fail())?;
         let options = crate::features::ExtractOptions {
             flips: flips != 0,
-            encoder: crate::inference::SessionOptions {
+            encoder: crate::frozen::EncoderOptions {
                 device: device.parse()?,
                 ..Default::default()
             },
@@ -175,26 +165,25 @@ pub unsafe extern "C" fn amlmil_experiment(
     user_data: *mut c_void,
     out_report_json: *mut *mut c_char,
 ) -> amlmil_status {
-    guard(|| {
-        let out = out_ptr(out_report_json, "out_report_json")?;
-        // SAFETY: the caller passes NULL or a NUL-terminated string.
-        let text = unsafe { arg_str(config_json, "config_json") }?;
-        let config = ExperimentConfig::parse(text, false)?;
-        let report = run_experiment(&config, &mut |e| {
-            let stage = match e.encoder {
-                Some(enc) => format!("experiment/{}/{enc}", e.stage.name()),
-                None => format!("experiment/{}", e.stage.name()),
-            };
-            report_progress(
-                progress,
-                user_data,
-                &stage,
-                (e.done, e.total),
-                (-1, -1),
-                e.loss,
-            )
-        })?;
-        *out = to_json(&report)?;
-        Ok(())
-    })
+    json_call(
+        config_json,
+        out_report_json,
+        |text| ExperimentConfig::parse(text, false),
+        |config| {
+            run_experiment(&config, &mut |e| {
+                let stage = match e.encoder {
+                    Some(enc) => format!("experiment/{}/{enc}", e.stage.name()),
+                    None => format!("experiment/{}", e.stage.name()),
+                };
+                report_progress(
+                    progress,
+                    user_data,
+                    &stage,
+                    (e.done, e.total),
+                    (-1, -1),
+                    e.loss,
+                )
+            })
+        },
+    )
 }

@@ -17,7 +17,7 @@ use tch::Device;
 use super::python;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::inference::{load_encoder, load_mil};
+use crate::frozen::{load_encoder, load_mil};
 
 /// What `export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::checkpoint::{self, Manifest, MilManifest};
 use crate::error::{Error, Result};
-use crate::model::{AttentionMil, CellNet, EncoderArch, MilConfig};
+use crate::model::{AttentionMil, CellNet, EncoderArch, MilConfig, MilHeadConfig};
 
 const PREFIXES: [&str; 4] = ["", "module.", "state_dict.", "model."];
 /// SCEMILA's module names and ours.
@@ -177,12 +177,14 @@ pub(super) fn import(
     }
     let d = |ours: &str, axis: usize, rank: usize| dim(src, &head, ours, &prefix, axis, rank);
     let config = MilConfig {
-        cell_net: CellNet::Scemila,
+        head: MilHeadConfig {
+            cell_net: CellNet::Scemila,
+            instance_dim: d("g.6.weight", 0, 2)?,
+            attention_dim: d("attention.0.weight", 0, 2)?,
+            classifier_dim: d("classifiers.0.0.weight", 0, 2)?,
+        },
         in_channels: d("g.0.weight", 1, 4)?,
         in_side: EncoderArch::ResNet18.feature_side(options.input_size),
-        instance_dim: d("g.6.weight", 0, 2)?,
-        attention_dim: d("attention.0.weight", 0, 2)?,
-        classifier_dim: d("classifiers.0.0.weight", 0, 2)?,
         num_classes: d("attention.2.weight", 0, 2)?,
     };
     config.validate().map_err(|e| {

@@ -8,8 +8,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::json;
 
 use super::plot::{draw_err, encode_png, file_name, finish, font, font_available, hex};
-use super::{write_atomically, PlotOutput};
+use super::PlotOutput;
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 
 /// One panel of [`plot_scatter_panels`].
 pub struct ScatterPanel<'a> {
@@ -151,7 +152,7 @@ pub fn plot_scatter_panels(
         }
         root.present().map_err(e)?;
     }
-    write_atomically(path, &encode_png(&buf, (w, h), path)?)?;
+    write_atomic(path, &encode_png(&buf, (w, h), path)?)?;
     let legend = json!({
         "image": file_name(path),
         "kind": title,
@@ -311,7 +312,7 @@ pub fn plot_grouped_bars(
         }
         root.present().map_err(e)?;
     }
-    write_atomically(path, &encode_png(&buf, (w, h), path)?)?;
+    write_atomic(path, &encode_png(&buf, (w, h), path)?)?;
     let legend = json!({
         "image": file_name(path),
         "kind": title,

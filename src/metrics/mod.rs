@@ -55,7 +55,6 @@ pub use ranking::{
 pub use summary::{markdown_table, MeanSd, Report, Summary, PR_AUC_DEFINITION, SD_DEFINITION};
 
 use crate::error::{Error, Result};
-use std::path::Path;
 
 /// Checks the label vector: non-empty and every label below `num_classes`.
 fn check_labels(arg: &str, labels: &[usize], num_classes: usize) -> Result<()> {
@@ -109,22 +108,6 @@ fn check_scores(y_true: &[usize], y_score: &[Vec<f64>], num_classes: usize) -> R
     Ok(())
 }
 
-/// Writes `bytes` to `path` through `<path>.tmp-<pid>` and a rename, so a reader
-/// never sees a half-written file and a crash leaves the old file intact.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    if let Err(e) = std::fs::write(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io("write", &tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("rename", path, e)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,19 +127,5 @@ mod tests {
         let err = check_scores(&[], &[], 2).unwrap_err();
         assert!(err.to_string().contains("`y_true`"), "{err}");
         assert!(check_labels("y_true", &[0], 0).is_err());
-    }
-
-    #[test]
-    fn write_atomically_replaces_and_leaves_no_temp() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let p = dir.join("x.json");
-        write_atomically(&p, b"one").unwrap();
-        write_atomically(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
-        assert_eq!(names.len(), 1);
-        let err = write_atomically(&dir.join("missing/x.json"), b"x").unwrap_err();
-        assert!(err.to_string().contains("missing"), "{err}");
     }
 }

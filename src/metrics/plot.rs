@@ -8,8 +8,9 @@
 //! way a sidecar `<name>.legend.json` is written next to `<name>.png` that states
 //! the axes, the class of every colour or cell and the numbers behind the picture,
 //! so a text-less figure is still readable.
-use super::{write_atomically, RocCurve};
+use super::RocCurve;
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontTransform;
@@ -80,7 +81,7 @@ pub fn plot_roc_curves_titled<S: AsRef<str>>(
     check_roc_input(curves, &names)?;
     let text = font_available()?;
     let png = render_roc(curves, &names, text, path, title)?;
-    write_atomically(path, &png)?;
+    write_atomic(path, &png)?;
     let series: Vec<_> = curves
         .iter()
         .zip(&names)
@@ -125,7 +126,7 @@ pub fn plot_confusion_matrix<S: AsRef<str>>(
     }
     let text = font_available()?;
     let png = render_confusion(matrix, &names, text, path)?;
-    write_atomically(path, &png)?;
+    write_atomic(path, &png)?;
     let legend = json!({
         "image": file_name(path),
         "kind": "confusion matrix",
@@ -147,7 +148,7 @@ pub(super) fn finish(
     let legend_path = path.with_extension("legend.json");
     let bytes = serde_json::to_vec_pretty(&legend)
         .map_err(|e| Error::io("serialise JSON for", &legend_path, std::io::Error::other(e)))?;
-    write_atomically(&legend_path, &bytes)?;
+    write_atomic(&legend_path, &bytes)?;
     Ok(PlotOutput {
         png: path.to_path_buf(),
         legend: legend_path,

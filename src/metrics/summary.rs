@@ -2,9 +2,10 @@
 //! Markdown table that mirrors Table 1 of the paper.
 use super::{
     argmax_predictions, average_precision_per_class, check_scores, confusion_matrix,
-    precision_recall_f1_support, roc_curves_ovr, write_atomically, PrecisionRecallF1, RocCurve,
+    precision_recall_f1_support, roc_curves_ovr, PrecisionRecallF1, RocCurve,
 };
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -285,7 +286,7 @@ fn escape_cell(s: &str) -> String {
 fn write_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
     let json = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::io("serialise JSON for", path, std::io::Error::other(e)))?;
-    write_atomically(path, &json)
+    write_atomic(path, &json)
 }
 
 #[cfg(test)]

@@ -39,21 +39,54 @@ impl Default for CellNet {
     }
 }
 
-/// Shape of the MIL head. Stored in every MIL checkpoint's manifest.
+/// The head's design, chosen by whoever trains it: the per-cell network `g` and
+/// the layer widths. [`MilConfig`] adds the sizes the encoder and the classes
+/// fix; a training configuration ([`crate::training::MilTrainConfig`]) embeds
+/// this. In JSON its keys sit beside the other keys of either (flattened).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MilConfig {
+#[serde(default)]
+pub struct MilHeadConfig {
     pub cell_net: CellNet,
-    /// Channels of the encoder feature map fed in (512 for ResNet18/34).
-    pub in_channels: i64,
-    /// Side of the (square) feature map fed in (5 for 144 px cells).
-    pub in_side: i64,
     /// k′, the instance vector size (500 in the paper).
     pub instance_dim: i64,
     /// Hidden width of the attention network (128).
     pub attention_dim: i64,
     /// Hidden width of each per-class classifier (64).
     pub classifier_dim: i64,
+}
+
+impl Default for MilHeadConfig {
+    fn default() -> Self {
+        MilHeadConfig {
+            cell_net: CellNet::default(),
+            instance_dim: 500,
+            attention_dim: 128,
+            classifier_dim: 64,
+        }
+    }
+}
+
+/// The default widths around another `g`.
+impl From<CellNet> for MilHeadConfig {
+    fn from(cell_net: CellNet) -> Self {
+        MilHeadConfig {
+            cell_net,
+            ..MilHeadConfig::default()
+        }
+    }
+}
+
+/// Shape of the MIL head: its design plus the sizes of what it is fed and
+/// predicts. Stored in every MIL checkpoint's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MilConfig {
+    #[serde(flatten)]
+    pub head: MilHeadConfig,
+    /// Channels of the encoder feature map fed in (512 for ResNet18/34).
+    pub in_channels: i64,
+    /// Side of the (square) feature map fed in (5 for 144 px cells).
+    pub in_side: i64,
     /// Number of classes C.
     pub num_classes: i64,
 }
@@ -61,12 +94,9 @@ pub struct MilConfig {
 impl Default for MilConfig {
     fn default() -> Self {
         MilConfig {
-            cell_net: CellNet::default(),
+            head: MilHeadConfig::default(),
             in_channels: 512,
             in_side: 5,
-            instance_dim: 500,
-            attention_dim: 128,
-            classifier_dim: 64,
             num_classes: crate::classes::NUM_CLASSES as i64,
         }
     }
@@ -78,16 +108,16 @@ impl MilConfig {
         for (name, v) in [
             ("in_channels", self.in_channels),
             ("in_side", self.in_side),
-            ("instance_dim", self.instance_dim),
-            ("attention_dim", self.attention_dim),
-            ("classifier_dim", self.classifier_dim),
+            ("instance_dim", self.head.instance_dim),
+            ("attention_dim", self.head.attention_dim),
+            ("classifier_dim", self.head.classifier_dim),
             ("num_classes", self.num_classes),
         ] {
             if v <= 0 {
                 return Err(Error::invalid(name, format!("must be positive, got {v}")));
             }
         }
-        match &self.cell_net {
+        match &self.head.cell_net {
             CellNet::FourConv { channels } => {
                 if self.in_side != 5 {
                     return Err(Error::invalid(
@@ -158,8 +188,8 @@ impl AttentionMil {
     /// Builds the head's variables under `p`. Call [`MilConfig::validate`] first.
     pub fn new(p: &nn::Path, config: MilConfig) -> Self {
         let g_path = p / "g";
-        let k = config.instance_dim;
-        let g = match &config.cell_net {
+        let k = config.head.instance_dim;
+        let g = match &config.head.cell_net {
             CellNet::FourConv { channels } => {
                 let [c1, c2, c3] = *channels;
                 CellNetLayers::FourConv(Box::new([
@@ -195,13 +225,13 @@ impl AttentionMil {
             .add(nn::linear(
                 &a / "0",
                 k,
-                config.attention_dim,
+                config.head.attention_dim,
                 Default::default(),
             ))
             .add_fn(|x| x.tanh())
             .add(nn::linear(
                 &a / "2",
-                config.attention_dim,
+                config.head.attention_dim,
                 config.num_classes,
                 Default::default(),
             ));
@@ -212,13 +242,13 @@ impl AttentionMil {
                     .add(nn::linear(
                         &q / "0",
                         k,
-                        config.classifier_dim,
+                        config.head.classifier_dim,
                         Default::default(),
                     ))
                     .add_fn(|x| x.relu())
                     .add(nn::linear(
                         &q / "2",
-                        config.classifier_dim,
+                        config.head.classifier_dim,
                         1,
                         Default::default(),
                     ))

@@ -5,5 +5,5 @@ pub mod mil;
 
 pub use encoder::{pool_features, Encoder, EncoderArch};
 pub use fused::{FusedCellNet, FusedEncoder};
-pub use mil::{AttentionMil, CellNet, MilConfig, MilOutput};
+pub use mil::{AttentionMil, CellNet, MilConfig, MilHeadConfig, MilOutput};
 pub mod init;

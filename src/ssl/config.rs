@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::checkpoint::Normalization;
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::inference::DeviceSpec;
 use crate::model::EncoderArch;
 use crate::ssl::augment::{CropSpec, MultiCropConfig, ViewAugment, CELL_SIZE, CPU_SMALL_SIZE};
 use crate::ssl::dino::DinoConfig;
@@ -141,7 +141,7 @@ pub struct PretrainConfig {
     pub weight_decay_end: f64,
     pub seed: u64,
     /// `auto`, `cpu`, `cuda`, `cuda:N`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// Continue from `<output>/state.safetensors` if it exists.
     pub resume: bool,
     /// Keep `epoch_<k>/encoder.safetensors` every this many epochs (0: never).
@@ -200,7 +200,7 @@ impl PretrainConfig {
             weight_decay: 1e-6,
             weight_decay_end: 1e-6,
             seed: 0,
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             resume: false,
             keep_every: if small { 0 } else { 50 },
             decode_threads: 0,
@@ -414,7 +414,6 @@ impl PretrainConfig {
                 ));
             }
         }
-        self.device.parse::<DeviceSpec>()?;
         let method = self.method.name();
         // DINO trains with AdamW or, as its reference does for ResNets, SGD;
         // the others with SGD (+ LARC). Exactly one optimiser section is set.

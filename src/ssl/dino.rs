@@ -25,8 +25,8 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::model::EncoderArch;
 use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
+use crate::ssl::head::{check_temperature, check_widths, l2_normalize, Activation, Mlp};
 use crate::ssl::schedule;
-use crate::ssl::simclr::{check_temperature, l2_normalize, torch_batch_norm};
 
 /// Settings of DINO pre-training that the model, loss and helpers need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,16 +82,12 @@ impl Default for DinoConfig {
 
 impl DinoConfig {
     pub fn validate(&self) -> Result<()> {
-        for (arg, v) in [
+        check_widths(&[
             ("in_dim", self.in_dim),
             ("hidden_dim", self.hidden_dim),
             ("bottleneck_dim", self.bottleneck_dim),
             ("out_dim", self.out_dim),
-        ] {
-            if v < 1 {
-                return Err(Error::invalid(arg, format!("{v} is not a width")));
-            }
-        }
+        ])?;
         check_temperature("student_temperature", self.student_temperature)?;
         check_temperature(
             "warmup_teacher_temperature",
@@ -123,8 +119,7 @@ fn check_momentum(arg: &str, m: f64) -> Result<()> {
 /// `weight_g` `[K, 1]`, `weight_v` `[K, D]`, no bias).
 #[derive(Debug)]
 pub struct DinoHead {
-    mlp: [nn::Linear; 3],
-    bn: Option<[nn::BatchNorm; 2]>,
+    mlp: Mlp,
     weight_g: Tensor,
     weight_v: Tensor,
     norm_last_layer: bool,
@@ -146,22 +141,14 @@ impl DinoHead {
             bs_init: Some(nn::Init::Const(0.0)),
             bias: true,
         };
-        let mlp = p / "mlp";
         let c = config;
-        let names = if c.use_bn_in_head {
-            ["0", "3", "6"]
-        } else {
-            ["0", "2", "4"]
-        };
-        let bn = c.use_bn_in_head.then(|| {
-            let bn = |name: &str| nn::batch_norm1d(&mlp / name, c.hidden_dim, torch_batch_norm());
-            [bn("1"), bn("4")]
-        });
-        let mlp = [
-            nn::linear(&mlp / names[0], c.in_dim, c.hidden_dim, cfg),
-            nn::linear(&mlp / names[1], c.hidden_dim, c.hidden_dim, cfg),
-            nn::linear(&mlp / names[2], c.hidden_dim, c.bottleneck_dim, cfg),
-        ];
+        let mlp = Mlp::new(
+            &(p / "mlp"),
+            &[c.in_dim, c.hidden_dim, c.hidden_dim, c.bottleneck_dim],
+            c.use_bn_in_head,
+            Activation::Gelu,
+            |_| cfg,
+        );
         let last = p / "last_layer";
         let bound = 1.0 / (c.bottleneck_dim as f64).sqrt();
         let weight_v = last.var(
@@ -179,7 +166,6 @@ impl DinoHead {
         };
         Ok(DinoHead {
             mlp,
-            bn,
             weight_g,
             weight_v,
             norm_last_layer: c.norm_last_layer,
@@ -212,13 +198,7 @@ impl ModuleT for DinoHead {
     /// `[N, in_dim]` pooled features → `[N, K]` logits (`train`: batch norm,
     /// if any, on batch statistics).
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let hidden = |x: Tensor, i: usize| match &self.bn {
-            Some(bn) => x.apply_t(&bn[i], train).gelu("none"),
-            None => x.gelu("none"),
-        };
-        let x = hidden(xs.apply(&self.mlp[0]), 0);
-        let x = hidden(x.apply(&self.mlp[1]), 1);
-        l2_normalize(&x.apply(&self.mlp[2])).matmul(&self.last_layer_weight().tr())
+        l2_normalize(&self.mlp.forward_t(xs, train)).matmul(&self.last_layer_weight().tr())
     }
 }
 

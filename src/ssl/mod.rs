@@ -31,6 +31,7 @@ pub mod augment;
 pub mod config;
 pub mod data;
 pub mod dino;
+pub mod head;
 pub mod optim;
 pub mod probe;
 pub mod schedule;

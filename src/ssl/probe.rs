@@ -300,7 +300,7 @@ pub fn compare_with_random(
     max_cells: Option<usize>,
     random_seed: Option<u64>,
 ) -> Result<ProbeComparison> {
-    let (encoder, manifest, _vs) = crate::inference::load_encoder(path, Device::Cpu)?;
+    let (encoder, manifest, _vs) = crate::frozen::load_encoder(path, Device::Cpu)?;
     let cells = labelled_cells(dataset, manifest.input_size, max_cells, 0)?;
     let norm = &manifest.normalization;
     let probe = |encoder: &Encoder| -> Result<(ProbeReport, f64)> {

@@ -13,12 +13,15 @@
 //!
 //! (Eq. 1 of the paper and its Algorithm 1).
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::EncoderArch;
 use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
+use crate::ssl::head::{
+    check_temperature, check_widths, l2_normalize, torch_linear_init, Activation, Mlp,
+};
 
 /// Settings of SimCLR pre-training that the model and loss need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,72 +50,35 @@ impl Default for SimClrConfig {
 
 impl SimClrConfig {
     pub fn validate(&self) -> Result<()> {
-        for (arg, v) in [
+        check_widths(&[
             ("in_dim", self.in_dim),
             ("hidden_dim", self.hidden_dim),
             ("out_dim", self.out_dim),
-        ] {
-            if v < 1 {
-                return Err(Error::invalid(arg, format!("{v} is not a width")));
-            }
-        }
+        ])?;
         check_temperature("temperature", self.temperature)?;
         self.crops.validate()
     }
-}
-
-pub(crate) fn check_temperature(arg: &str, t: f64) -> Result<()> {
-    if !(t.is_finite() && t > 0.0) {
-        return Err(Error::invalid(arg, format!("temperature {t} must be > 0")));
-    }
-    Ok(())
-}
-
-/// PyTorch's batch-norm initialisation (weight 1, bias 0; tch's default draws
-/// the weight from U(0, 1), which [`crate::ssl::train::init_seeded`] would keep).
-pub(crate) fn torch_batch_norm() -> nn::BatchNormConfig {
-    nn::BatchNormConfig {
-        ws_init: nn::Init::Const(1.0),
-        bs_init: nn::Init::Const(0.0),
-        ..Default::default()
-    }
-}
-
-/// `nn.Linear` with PyTorch's default initialisation, `U(±1/√fan_in)` for
-/// weight and bias (tch's default is Kaiming with the ReLU gain instead).
-pub(crate) fn torch_linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
-    let bound = 1.0 / (in_dim as f64).sqrt();
-    let init = nn::Init::Uniform {
-        lo: -bound,
-        up: bound,
-    };
-    nn::linear(
-        p,
-        in_dim,
-        out_dim,
-        nn::LinearConfig {
-            ws_init: init,
-            bs_init: Some(init),
-            bias,
-        },
-    )
 }
 
 /// SimCLR's projection head `g`: Linear → ReLU → Linear, with the parameter names
 /// of `nn.Sequential` (`head.0.*`, `head.2.*`) under the given path.
 #[derive(Debug)]
 pub struct ProjectionHead {
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+    mlp: Mlp,
 }
 
 impl ProjectionHead {
     pub fn new(p: &nn::Path, config: &SimClrConfig) -> Result<Self> {
         config.validate()?;
-        let head = p / "head";
+        let c = config;
         Ok(ProjectionHead {
-            fc1: torch_linear(&head / "0", config.in_dim, config.hidden_dim, true),
-            fc2: torch_linear(&head / "2", config.hidden_dim, config.out_dim, true),
+            mlp: Mlp::new(
+                &(p / "head"),
+                &[c.in_dim, c.hidden_dim, c.out_dim],
+                false,
+                Activation::Relu,
+                torch_linear_init,
+            ),
         })
     }
 }
@@ -121,16 +87,8 @@ impl Module for ProjectionHead {
     /// `[N, in_dim]` pooled features → `[N, out_dim]` projections (not normalised;
     /// the loss normalises).
     fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.apply(&self.fc1).relu().apply(&self.fc2)
+        self.mlp.forward_t(xs, false)
     }
-}
-
-/// `x / max(‖x‖₂, 1e-12)` along the last dimension (`F.normalize`).
-pub(crate) fn l2_normalize(x: &Tensor) -> Tensor {
-    let norm = x
-        .norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)
-        .clamp_min(1e-12);
-    x / norm
 }
 
 /// NT-Xent loss of two views' projections `z1`, `z2` (`[N, D]` each, row `i` of

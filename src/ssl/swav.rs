@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::model::EncoderArch;
 use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
-use crate::ssl::simclr::{check_temperature, l2_normalize, torch_batch_norm, torch_linear};
+use crate::ssl::head::{check_temperature, l2_normalize, torch_linear_init, Activation, Mlp};
 
 /// Settings of SwAV pre-training that the model and loss need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,19 +153,21 @@ fn check_assignment_crops(crops: &[usize], num_crops: usize) -> Result<()> {
 /// normalisation; parameters named `head.0`, `head.1`, `head.3` as `nn.Sequential`.
 #[derive(Debug)]
 pub struct SwavHead {
-    fc1: nn::Linear,
-    bn: nn::BatchNorm,
-    fc2: nn::Linear,
+    mlp: Mlp,
 }
 
 impl SwavHead {
     pub fn new(p: &nn::Path, config: &SwavConfig) -> Result<Self> {
         config.validate()?;
-        let head = p / "head";
+        let c = config;
         Ok(SwavHead {
-            fc1: torch_linear(&head / "0", config.in_dim, config.hidden_dim, true),
-            bn: nn::batch_norm1d(&head / "1", config.hidden_dim, torch_batch_norm()),
-            fc2: torch_linear(&head / "3", config.hidden_dim, config.out_dim, true),
+            mlp: Mlp::new(
+                &(p / "head"),
+                &[c.in_dim, c.hidden_dim, c.out_dim],
+                true,
+                Activation::Relu,
+                torch_linear_init,
+            ),
         })
     }
 }
@@ -173,12 +175,7 @@ impl SwavHead {
 impl ModuleT for SwavHead {
     /// `[N, in_dim]` pooled features → `[N, out_dim]` unit-norm embeddings.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let z = xs
-            .apply(&self.fc1)
-            .apply_t(&self.bn, train)
-            .relu()
-            .apply(&self.fc2);
-        l2_normalize(&z)
+        l2_normalize(&self.mlp.forward_t(xs, train))
     }
 }
 

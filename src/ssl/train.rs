@@ -32,7 +32,6 @@ use tch::Tensor;
 
 use crate::dataset::{Dataset, OpenOptions};
 use crate::error::{Error, Result};
-use crate::inference::DeviceSpec;
 use crate::model::EncoderArch;
 use crate::ssl::data::{produce_batches, Batch, PREFETCH_BATCHES};
 use crate::ssl::dino::clip_gradients;
@@ -124,7 +123,7 @@ pub fn pretrain(
     progress: &mut dyn FnMut(&PretrainEvent) -> bool,
 ) -> Result<PretrainReport> {
     config.validate()?;
-    let device = config.device.parse::<DeviceSpec>()?.resolve()?;
+    let device = config.device.resolve()?;
     std::fs::create_dir_all(&config.output)
         .map_err(|e| Error::io("cannot create", &config.output, e))?;
     let state_path = config.output.join(STATE_FILE);

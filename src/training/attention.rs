@@ -7,10 +7,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::mil::TrainBag;
-use crate::checkpoint::write_atomic;
 use crate::classes::class_index;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use crate::metrics;
 
 /// Attention against cell-type truth (the paper's Fig. 4 question).

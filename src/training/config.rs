@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::model::CellNet;
+use crate::model::{CellNet, MilHeadConfig};
 
 /// How the gradients of the `accumulate` bags of one optimiser step combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,11 +36,10 @@ pub enum LrSchedule {
 pub struct MilTrainConfig {
     /// Name of the preset these values started from (`paper`, `scemila`).
     pub preset: String,
-    /// The per-cell network g.
-    pub cell_net: CellNet,
-    pub instance_dim: i64,
-    pub attention_dim: i64,
-    pub classifier_dim: i64,
+    /// The head's design: `cell_net` (the per-cell network g), `instance_dim`,
+    /// `attention_dim`, `classifier_dim` (keys beside the others in JSON).
+    #[serde(flatten)]
+    pub head: MilHeadConfig,
     /// SGD learning rate (at epoch 0 for the cosine schedule).
     pub learning_rate: f64,
     pub min_learning_rate: f64,
@@ -93,10 +93,7 @@ impl MilTrainConfig {
     pub fn paper() -> Self {
         MilTrainConfig {
             preset: "paper".into(),
-            cell_net: CellNet::default(),
-            instance_dim: 500,
-            attention_dim: 128,
-            classifier_dim: 64,
+            head: MilHeadConfig::default(),
             learning_rate: 0.015,
             min_learning_rate: 0.0,
             schedule: LrSchedule::Cosine,
@@ -133,7 +130,7 @@ impl MilTrainConfig {
     pub fn scemila() -> Self {
         MilTrainConfig {
             preset: "scemila".into(),
-            cell_net: CellNet::Scemila,
+            head: CellNet::Scemila.into(),
             learning_rate: 5e-5,
             schedule: LrSchedule::Constant,
             accumulate: 20,
@@ -249,9 +246,9 @@ impl MilTrainConfig {
             ));
         }
         for (name, v) in [
-            ("instance_dim", self.instance_dim),
-            ("attention_dim", self.attention_dim),
-            ("classifier_dim", self.classifier_dim),
+            ("instance_dim", self.head.instance_dim),
+            ("attention_dim", self.head.attention_dim),
+            ("classifier_dim", self.head.classifier_dim),
         ] {
             if v <= 0 {
                 return Err(Error::invalid(
@@ -290,8 +287,8 @@ pub struct CvConfig {
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
     /// `auto`, `cpu`, `cuda`, `cuda:N` — for feature extraction and training.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceSpec,
     /// Cells in each ranked gallery row (per test patient).
     #[serde(default = "default_gallery")]
     pub gallery_cells: usize,
@@ -305,9 +302,6 @@ fn default_folds() -> usize {
 }
 fn default_seeds() -> Vec<u64> {
     vec![0, 1, 2]
-}
-fn default_device() -> String {
-    "auto".into()
 }
 fn default_gallery() -> usize {
     8
@@ -356,8 +350,72 @@ impl CvConfig {
         if self.seeds.is_empty() {
             return Err(Error::invalid("seeds", "give at least one seed"));
         }
-        self.device.parse::<crate::inference::DeviceSpec>()?;
         self.training.validate()
+    }
+}
+
+/// Values that replace those of a [`CvConfig`]: the command line's flags over a
+/// configuration file (`amlmil cv`, `amlmil train-mil`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CvOverrides {
+    pub dataset: Option<PathBuf>,
+    pub encoder: Option<PathBuf>,
+    pub features: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    /// A preset replaces the base's training values (overrides below still apply).
+    pub preset: Option<String>,
+    pub epochs: Option<usize>,
+    pub cell_net: Option<CellNet>,
+    pub device: Option<DeviceSpec>,
+}
+
+impl CvConfig {
+    /// `base` (a configuration file's values; `None` for the defaults) with
+    /// `overrides` applied, validated. `dataset`, `encoder` and `output` must come
+    /// from one of the two; the error names the missing one.
+    pub fn with_overrides(base: Option<CvConfig>, overrides: &CvOverrides) -> Result<CvConfig> {
+        let o = overrides.clone();
+        let required = |key: &str, v: Option<PathBuf>| {
+            v.ok_or_else(|| {
+                Error::invalid(key, format!("missing: give --{key} or set it in --config"))
+            })
+        };
+        let mut config = match base {
+            Some(mut c) => {
+                c.dataset = o.dataset.unwrap_or(c.dataset);
+                c.encoder = o.encoder.unwrap_or(c.encoder);
+                c.output = o.output.unwrap_or(c.output);
+                c
+            }
+            None => CvConfig {
+                dataset: required("dataset", o.dataset)?,
+                encoder: required("encoder", o.encoder)?,
+                output: required("output", o.output)?,
+                features: None,
+                folds: default_folds(),
+                seeds: default_seeds(),
+                device: DeviceSpec::default(),
+                gallery_cells: default_gallery(),
+                training: default_training(),
+            },
+        };
+        if o.features.is_some() {
+            config.features = o.features;
+        }
+        if let Some(device) = o.device {
+            config.device = device;
+        }
+        if let Some(preset) = &o.preset {
+            config.training = MilTrainConfig::preset(preset)?;
+        }
+        if let Some(epochs) = o.epochs {
+            config.training.epochs = epochs;
+        }
+        if let Some(net) = o.cell_net {
+            config.training.head.cell_net = net;
+        }
+        config.validate()?;
+        Ok(config)
     }
 }
 

@@ -27,12 +27,13 @@ use tch::{Device, Kind};
 use super::attention::AttentionAnalysis;
 use super::config::CvConfig;
 use super::mil::{evaluate, head_config, train_mil, TrainBag, TrainEvent};
-use crate::checkpoint::{self, write_atomic, Manifest, MilManifest, Provenance};
+use crate::checkpoint::{self, Manifest, MilManifest, Provenance};
 use crate::classes::BAG_LABELS;
 use crate::dataset::{Dataset, FoldSplit, OpenOptions};
 use crate::error::{Error, Result};
 use crate::features::{extract_features, ExtractOptions, FeatureCache};
-use crate::inference::{DeviceSpec, SessionOptions};
+use crate::frozen::EncoderOptions;
+use crate::io::write_atomic;
 use crate::metrics::{self, Report, Summary};
 use crate::model::AttentionMil;
 
@@ -180,7 +181,7 @@ struct Prepared {
 /// Opens and checks the data set, makes or opens the feature cache, loads it.
 fn prepare(config: &CvConfig, progress: &mut dyn FnMut(CvEvent) -> bool) -> Result<Prepared> {
     config.validate()?;
-    let device = config.device.parse::<DeviceSpec>()?.resolve()?;
+    let device = config.device.resolve()?;
     let (dataset, issues) = Dataset::open(&config.dataset, &OpenOptions::fail())?;
     for issue in issues {
         log::warn!("{issue}");
@@ -218,8 +219,8 @@ fn prepare(config: &CvConfig, progress: &mut dyn FnMut(CvEvent) -> bool) -> Resu
     } else {
         let options = ExtractOptions {
             flips: config.training.flips,
-            encoder: SessionOptions {
-                device: config.device.parse()?,
+            encoder: EncoderOptions {
+                device: config.device,
                 ..Default::default()
             },
         };
@@ -408,7 +409,7 @@ fn finished_run(
         return None;
     }
     let run: RunSummary = serde_json::from_value(v["run"].clone()).ok()?;
-    let (mil, _, _vars) = crate::inference::load_mil(&dir.join("mil.safetensors"), device).ok()?;
+    let (mil, _, _vars) = crate::frozen::load_mil(&dir.join("mil.safetensors"), device).ok()?;
     Some((
         mil,
         TrainedSummary {

@@ -176,12 +176,9 @@ pub fn head_config(
     num_classes: usize,
 ) -> MilConfig {
     MilConfig {
-        cell_net: config.cell_net.clone(),
+        head: config.head.clone(),
         in_channels: feature_map[0],
         in_side: feature_map[1],
-        instance_dim: config.instance_dim,
-        attention_dim: config.attention_dim,
-        classifier_dim: config.classifier_dim,
         num_classes: num_classes as i64,
     }
 }
@@ -490,7 +487,7 @@ mod tests {
             (crate::model::CellNet::Scemila, 5),
         ] {
             let head = MilConfig {
-                cell_net,
+                head: cell_net.into(),
                 in_side: side,
                 ..MilConfig::default()
             };

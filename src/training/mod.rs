@@ -8,6 +8,6 @@ pub mod cv;
 pub mod mil;
 
 pub use attention::AttentionAnalysis;
-pub use config::{Accumulation, CvConfig, LrSchedule, MilTrainConfig};
+pub use config::{Accumulation, CvConfig, CvOverrides, LrSchedule, MilTrainConfig};
 pub use cv::{cross_validate, CvEvent, CvReport};
 pub use mil::{train_mil, BagSampler, EpochRecord, TrainBag, TrainEvent, TrainedMil};

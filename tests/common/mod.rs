@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use amlmil::checkpoint::{self, EncoderManifest, Manifest, Provenance};
-use amlmil::model::{init, EncoderArch, MilConfig};
+use amlmil::model::{EncoderArch, MilConfig};
 use amlmil::CellImage;
 use rand::{Rng, SeedableRng};
 use tch::nn::VarStore;
@@ -87,7 +87,7 @@ pub fn write_mil(path: &Path, config: &MilConfig, input_size: i64, seed: u64) {
         .into_iter()
         .take(config.num_classes as usize)
         .collect();
-    init::write_random_mil(path, config, classes, input_size, seed).unwrap();
+    checkpoint::write_random_mil(path, config, classes, input_size, seed).unwrap();
 }
 
 /// Encoder + paper-default MIL head for 144 px cells, written once per test binary.

@@ -11,7 +11,7 @@ mod interop;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use amlmil::checkpoint::Checkpoint;
+use amlmil::checkpoint::{self, Checkpoint};
 use amlmil::model::{init, CellNet, EncoderArch, MilConfig};
 use amlmil::{Bag, CellImage, DeviceSpec, Precision, Session, SessionOptions};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -539,67 +539,21 @@ fn extract(args: ExtractArgs) -> amlmil::Result<()> {
 
 /// The experiment from `--config` and flags.
 fn experiment(args: &ExperimentArgs) -> amlmil::Result<amlmil::training::CvConfig> {
-    let mut value = match &args.config {
-        Some(path) => {
-            serde_json::to_value(amlmil::training::CvConfig::read(path)?).unwrap_or_default()
-        }
-        None => serde_json::json!({}),
+    let base = match &args.config {
+        Some(path) => Some(amlmil::training::CvConfig::read(path)?),
+        None => None,
     };
-    let obj = value.as_object_mut().expect("config is an object");
-    let mut set = |key: &str, v: Option<serde_json::Value>| {
-        if let Some(v) = v {
-            obj.insert(key.to_owned(), v);
-        }
+    let overrides = amlmil::training::CvOverrides {
+        dataset: args.dataset.clone(),
+        encoder: args.encoder.clone(),
+        features: args.features.clone(),
+        output: args.output.clone(),
+        preset: args.preset.clone(),
+        epochs: args.epochs,
+        cell_net: args.cell_net.map(cell_net),
+        device: args.device.as_deref().map(str::parse).transpose()?,
     };
-    set(
-        "dataset",
-        args.dataset
-            .as_ref()
-            .map(|p| p.display().to_string().into()),
-    );
-    set(
-        "encoder",
-        args.encoder
-            .as_ref()
-            .map(|p| p.display().to_string().into()),
-    );
-    set(
-        "features",
-        args.features
-            .as_ref()
-            .map(|p| p.display().to_string().into()),
-    );
-    set(
-        "output",
-        args.output.as_ref().map(|p| p.display().to_string().into()),
-    );
-    set("device", args.device.clone().map(Into::into));
-    let training = obj
-        .entry("training")
-        .or_insert_with(|| serde_json::json!({}));
-    if let Some(t) = training.as_object_mut() {
-        if let Some(p) = &args.preset {
-            // A preset given on the command line replaces the config's training values.
-            t.clear();
-            t.insert("preset".into(), p.clone().into());
-        }
-        if let Some(e) = args.epochs {
-            t.insert("epochs".into(), e.into());
-        }
-        if let Some(g) = args.cell_net {
-            let net = serde_json::to_value(cell_net(g)).unwrap_or_default();
-            t.insert("cell_net".into(), net);
-        }
-    }
-    for key in ["dataset", "encoder", "output"] {
-        if !obj.contains_key(key) {
-            return Err(amlmil::Error::invalid(
-                key,
-                format!("missing: give --{key} or set it in --config"),
-            ));
-        }
-    }
-    amlmil::training::CvConfig::parse(&value.to_string(), false)
+    amlmil::training::CvConfig::with_overrides(base, &overrides)
 }
 
 fn training_bar() -> ProgressBar {
@@ -837,10 +791,10 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
                     if v.dim() == 4 {
                         nhwc_vars.push((v.shallow_clone(), v.copy()));
                         let mut v = v;
-                        v.set_data(&amlmil::inference::to_channels_last(&v));
+                        v.set_data(&amlmil::frozen::to_channels_last(&v));
                     }
                 }
-                let input = amlmil::inference::to_channels_last(&x);
+                let input = amlmil::frozen::to_channels_last(&x);
                 let r = timed(&mut || drop(encoder.feature_map(&input, false)));
                 for (mut v, original) in nhwc_vars {
                     v.set_data(&original);
@@ -959,12 +913,12 @@ fn init_checkpoint(args: InitArgs) -> amlmil::Result<()> {
     let arch: EncoderArch = args.arch.parse()?;
     match args.kind {
         InitKind::Encoder => {
-            init::write_random_encoder(&args.out, arch, args.input_size, args.seed)?;
+            checkpoint::write_random_encoder(&args.out, arch, args.input_size, args.seed)?;
         }
         InitKind::Mil => {
             let side = arch.feature_side(args.input_size);
             let config = MilConfig {
-                cell_net: cell_net(args.g),
+                head: cell_net(args.g).into(),
                 in_side: side,
                 ..MilConfig::default()
             };
@@ -972,7 +926,7 @@ fn init_checkpoint(args: InitArgs) -> amlmil::Result<()> {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            init::write_random_mil(&args.out, &config, classes, args.input_size, args.seed)?;
+            checkpoint::write_random_mil(&args.out, &config, classes, args.input_size, args.seed)?;
         }
     }
     eprintln!("wrote {}", args.out.display());
@@ -1069,7 +1023,7 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
     }
     let json = serde_json::to_string_pretty(&reports).unwrap_or_default();
     match args.out {
-        Some(path) => amlmil::checkpoint::write_atomic(&path, json.as_bytes())?,
+        Some(path) => amlmil::io::write_atomic(&path, json.as_bytes())?,
         None => emit(&json),
     }
     Ok(())
