@@ -1,5 +1,6 @@
 //! Fixtures shared by the integration tests: seeded checkpoints, cells, the
-//! Python reference environment and the built `libamlmil.so`.
+//! Python reference environment and the built `libamlmil.so`; [`ffi`] has
+//! the helpers of the C ABI tests.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use amlmil::CellImage;
 use rand::{Rng, SeedableRng};
 use tch::nn::VarStore;
 use tch::Tensor;
+
+pub mod ffi;
 
 /// A seeded random encoder that looks trained: random batch-norm affine
 /// parameters, and running statistics calibrated on a batch of cells (so

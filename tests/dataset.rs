@@ -1,10 +1,15 @@
-//! Tests of the dataset layer on small layouts written to a temporary folder.
+//! The dataset layer through its public API, on small layouts written to a
+//! temporary folder: layout and cell order, `cells.csv`, every validation
+//! issue, image checks, summaries and folds.
 use std::path::{Path, PathBuf};
 
 use image::{GrayImage, ImageBuffer, Rgb, RgbImage, RgbaImage};
 
-use super::*;
-use crate::classes::NUM_CLASSES;
+use amlmil::classes::{BAG_LABELS, NUM_CLASSES};
+use amlmil::dataset::{
+    Dataset, Issue, IssueKind, OpenOptions, Severity, CELLS_FILE, DATA_DIR, METADATA_FILE,
+};
+use amlmil::{Error, Result};
 
 /// A 4×3 RGB test image whose pixels encode `seed`, written in the format of the extension.
 fn write_rgb(path: &Path, seed: u8) {
@@ -519,6 +524,7 @@ fn sixteen_bit_and_greyscale_pngs_become_rgb8() {
 #[cfg(unix)]
 #[test]
 fn non_utf8_names_are_reported_not_panicked_on() {
+    use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let root = small_cohort();
     let dir = patient_dir(root.path(), "NPM1", "N1");

@@ -1,0 +1,438 @@
+//! The C ABI's classification, called as a C program would: every result
+//! accessor and the embeddings, empty bags and non-finite features,
+//! progress and cancellation, logging and concurrent classification.
+//! Sessions and bags on their own are in `tests/ffi.rs`.
+mod common;
+
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr;
+
+use amlmil::ffi::*;
+use common::ffi::{bag_with, c, cpu_options, expect, last_error, session};
+
+#[test]
+fn classify_and_read_every_output() {
+    let s = session();
+    let cells = common::cells(4, 144, 12);
+    let bag = bag_with(&cells, 500);
+    unsafe {
+        let mut r = ptr::null_mut();
+        assert_eq!(
+            amlmil_session_classify(s, bag, None, ptr::null_mut(), &mut r),
+            amlmil_status::Ok,
+            "{}",
+            last_error()
+        );
+        assert_eq!(amlmil_result_num_classes(r), 5);
+        assert_eq!(amlmil_result_num_cells(r), 4);
+        let names: Vec<String> = (0..5)
+            .map(|i| {
+                CStr::from_ptr(amlmil_result_class_name(r, i))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(names, amlmil::classes::BAG_LABELS);
+        assert!(amlmil_result_class_name(r, 5).is_null());
+        let mut probs = [f32::NAN; 5];
+        assert_eq!(
+            amlmil_result_probabilities(r, probs.as_mut_ptr(), 5),
+            amlmil_status::Ok
+        );
+        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        let mut small = [7.0f32; 4];
+        expect(
+            amlmil_result_probabilities(r, small.as_mut_ptr(), 4),
+            amlmil_status::BufferTooSmall,
+            "5 are needed",
+        );
+        assert_eq!(small, [7.0; 4], "buffer written on failure");
+        let mut predicted = 99;
+        assert_eq!(
+            amlmil_result_predicted_class(r, &mut predicted),
+            amlmil_status::Ok
+        );
+        let argmax = (0..5)
+            .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+            .unwrap();
+        assert_eq!(predicted, argmax);
+        let mut ids = [0u64; 4];
+        assert_eq!(
+            amlmil_result_cell_ids(r, ids.as_mut_ptr(), 4),
+            amlmil_status::Ok
+        );
+        assert_eq!(ids, [500, 501, 502, 503]);
+        for class in 0..5 {
+            let mut att = [0f32; 4];
+            assert_eq!(
+                amlmil_result_attention(
+                    r,
+                    class,
+                    amlmil_attention_kind::Softmax as u32,
+                    att.as_mut_ptr(),
+                    4
+                ),
+                amlmil_status::Ok
+            );
+            assert!((att.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            let mut raw = [0f32; 4];
+            assert_eq!(
+                amlmil_result_attention(
+                    r,
+                    class,
+                    amlmil_attention_kind::Raw as u32,
+                    raw.as_mut_ptr(),
+                    4
+                ),
+                amlmil_status::Ok
+            );
+            // softmax(raw) == att
+            let m = raw.iter().cloned().fold(f32::MIN, f32::max);
+            let z: f32 = raw.iter().map(|v| (v - m).exp()).sum();
+            for (a, r) in att.iter().zip(raw) {
+                assert!((a - (r - m).exp() / z).abs() < 1e-5);
+            }
+            let mut top = [amlmil_ranked_cell {
+                cell_id: 0,
+                index: 0,
+                attention: 0.0,
+            }; 3];
+            let mut written = 0usize;
+            assert_eq!(
+                amlmil_result_top_cells(r, class, 3, top.as_mut_ptr(), 3, &mut written),
+                amlmil_status::Ok
+            );
+            assert_eq!(written, 3);
+            assert!(top[0].attention >= top[1].attention && top[1].attention >= top[2].attention);
+            assert_eq!(top[0].cell_id, 500 + top[0].index);
+            assert_eq!(top[0].attention, att[top[0].index as usize]);
+            // k larger than the bag gives the whole bag.
+            let mut all = [amlmil_ranked_cell {
+                cell_id: 0,
+                index: 0,
+                attention: 0.0,
+            }; 4];
+            assert_eq!(
+                amlmil_result_top_cells(r, class, 100, all.as_mut_ptr(), 4, &mut written),
+                amlmil_status::Ok
+            );
+            assert_eq!(written, 4);
+        }
+        let mut att = [0f32; 4];
+        expect(
+            amlmil_result_attention(r, 5, 0, att.as_mut_ptr(), 4),
+            amlmil_status::InvalidArgument,
+            "class_index",
+        );
+        expect(
+            amlmil_result_attention(r, 0, 3, att.as_mut_ptr(), 4),
+            amlmil_status::InvalidArgument,
+            "kind",
+        );
+        let mut written = 42usize;
+        let mut top = [amlmil_ranked_cell {
+            cell_id: 0,
+            index: 0,
+            attention: 0.0,
+        }; 1];
+        expect(
+            amlmil_result_top_cells(r, 0, 2, top.as_mut_ptr(), 1, &mut written),
+            amlmil_status::BufferTooSmall,
+            "out",
+        );
+        assert_eq!(written, 42);
+        let mut json = ptr::null_mut();
+        assert_eq!(amlmil_result_to_json(r, &mut json), amlmil_status::Ok);
+        let v: serde_json::Value =
+            serde_json::from_str(CStr::from_ptr(json).to_str().unwrap()).unwrap();
+        assert_eq!(v["cell_ids"].as_array().unwrap().len(), 4);
+        amlmil_string_free(json);
+
+        // Embeddings: N x 512 into a caller buffer.
+        let dim = amlmil_session_feature_dim(s);
+        assert_eq!(dim, 512);
+        let mut feats = vec![f32::NAN; 4 * dim];
+        assert_eq!(
+            amlmil_session_embed(
+                s,
+                bag,
+                None,
+                ptr::null_mut(),
+                feats.as_mut_ptr(),
+                feats.len()
+            ),
+            amlmil_status::Ok
+        );
+        assert!(feats.iter().all(|v| v.is_finite()));
+        let mut short = vec![1.5f32; 4 * dim - 1];
+        expect(
+            amlmil_session_embed(
+                s,
+                bag,
+                None,
+                ptr::null_mut(),
+                short.as_mut_ptr(),
+                short.len(),
+            ),
+            amlmil_status::BufferTooSmall,
+            "2048",
+        );
+        assert!(short.iter().all(|v| *v == 1.5));
+
+        let mut info = ptr::null_mut();
+        assert_eq!(amlmil_session_info(s, &mut info), amlmil_status::Ok);
+        assert!(CStr::from_ptr(info).to_str().unwrap().contains("resnet18"));
+        amlmil_string_free(info);
+        amlmil_result_free(r);
+        amlmil_bag_free(bag);
+        amlmil_session_free(s);
+    }
+}
+
+#[test]
+fn empty_bags_nan_features_and_null_handles_are_errors() {
+    let s = session();
+    let empty = bag_with(&[], 0);
+    let sentinel = 0x99usize as *mut amlmil_result;
+    let mut r = sentinel;
+    unsafe {
+        expect(
+            amlmil_session_classify(s, empty, None, ptr::null_mut(), &mut r),
+            amlmil_status::EmptyBag,
+            "empty",
+        );
+        expect(
+            amlmil_session_classify(ptr::null(), empty, None, ptr::null_mut(), &mut r),
+            amlmil_status::NullArgument,
+            "session",
+        );
+        expect(
+            amlmil_session_classify(s, ptr::null(), None, ptr::null_mut(), &mut r),
+            amlmil_status::NullArgument,
+            "bag",
+        );
+        let mut buf = [0f32; 512];
+        expect(
+            amlmil_session_embed(s, empty, None, ptr::null_mut(), buf.as_mut_ptr(), 512),
+            amlmil_status::EmptyBag,
+            "empty",
+        );
+
+        let per_cell = amlmil_session_feature_map_len(s);
+        assert_eq!(per_cell, 512 * 5 * 5);
+        let mut feats = vec![0.5f32; 3 * per_cell];
+        let ids = [10u64, 11, 12];
+        let mut ok = ptr::null_mut();
+        assert_eq!(
+            amlmil_session_classify_features(
+                s,
+                feats.as_ptr(),
+                feats.len(),
+                3,
+                ids.as_ptr(),
+                &mut ok
+            ),
+            amlmil_status::Ok
+        );
+        amlmil_result_free(ok);
+        feats[per_cell + 17] = f32::NAN;
+        expect(
+            amlmil_session_classify_features(
+                s,
+                feats.as_ptr(),
+                feats.len(),
+                3,
+                ids.as_ptr(),
+                &mut r,
+            ),
+            amlmil_status::NonFinite,
+            "NaN",
+        );
+        feats[per_cell + 17] = f32::INFINITY;
+        expect(
+            amlmil_session_classify_features(
+                s,
+                feats.as_ptr(),
+                feats.len(),
+                3,
+                ptr::null(),
+                &mut r,
+            ),
+            amlmil_status::NonFinite,
+            "NaN or infinity",
+        );
+        expect(
+            amlmil_session_classify_features(
+                s,
+                feats.as_ptr(),
+                feats.len() - 1,
+                3,
+                ptr::null(),
+                &mut r,
+            ),
+            amlmil_status::InvalidArgument,
+            "features_len",
+        );
+        expect(
+            amlmil_session_classify_features(s, feats.as_ptr(), 0, 0, ptr::null(), &mut r),
+            amlmil_status::EmptyBag,
+            "num_cells",
+        );
+        expect(
+            amlmil_session_classify_features(s, ptr::null(), feats.len(), 3, ptr::null(), &mut r),
+            amlmil_status::NullArgument,
+            "features",
+        );
+        expect(
+            amlmil_session_classify_features(
+                s,
+                feats.as_ptr(),
+                usize::MAX,
+                usize::MAX,
+                ptr::null(),
+                &mut r,
+            ),
+            amlmil_status::InvalidArgument,
+            "overflow",
+        );
+        assert_eq!(r, sentinel, "output written on failure");
+        amlmil_bag_free(empty);
+        amlmil_session_free(s);
+    }
+}
+
+unsafe extern "C" fn cancel_after_first(user_data: *mut c_void, p: *const amlmil_progress) -> i32 {
+    let calls = &mut *(user_data as *mut Vec<(String, u64, u64)>);
+    let p = &*p;
+    calls.push((
+        CStr::from_ptr(p.stage).to_string_lossy().into_owned(),
+        p.done,
+        p.total,
+    ));
+    (calls.len() >= 2) as i32
+}
+
+#[test]
+fn progress_reports_and_cancels() {
+    let f = common::fixture();
+    let (enc, mil) = (c(f.encoder.to_str().unwrap()), c(f.mil.to_str().unwrap()));
+    let (mut o, _d) = cpu_options();
+    o.batch_size = 2;
+    let mut s = ptr::null_mut();
+    let bag = bag_with(&common::cells(5, 144, 4), 0);
+    unsafe {
+        assert_eq!(
+            amlmil_session_new(enc.as_ptr(), mil.as_ptr(), &o, &mut s),
+            amlmil_status::Ok
+        );
+        let mut calls: Vec<(String, u64, u64)> = Vec::new();
+        let mut r = ptr::null_mut();
+        let st = amlmil_session_classify(
+            s,
+            bag,
+            Some(cancel_after_first),
+            &mut calls as *mut _ as *mut c_void,
+            &mut r,
+        );
+        expect(st, amlmil_status::Cancelled, "after 2 of 5 cells");
+        assert!(r.is_null());
+        assert_eq!(
+            calls,
+            vec![("encode".into(), 0, 5), ("encode".into(), 2, 5)]
+        );
+        amlmil_bag_free(bag);
+        amlmil_session_free(s);
+    }
+}
+
+unsafe extern "C" fn collect_log(
+    user_data: *mut c_void,
+    level: u32,
+    _target: *const c_char,
+    message: *const c_char,
+) {
+    let sink = &*(user_data as *const parking_lot::Mutex<Vec<(u32, String)>>);
+    sink.lock().push((
+        level,
+        CStr::from_ptr(message).to_string_lossy().into_owned(),
+    ));
+}
+
+#[test]
+fn log_records_reach_the_callback() {
+    static SINK: parking_lot::Mutex<Vec<(u32, String)>> = parking_lot::Mutex::new(Vec::new());
+    unsafe {
+        let st = amlmil_set_log_callback(
+            Some(collect_log),
+            &SINK as *const _ as *mut c_void,
+            amlmil_log_level::Info as u32,
+        );
+        assert_eq!(st, amlmil_status::Ok, "{}", last_error());
+        let s = session();
+        amlmil_session_free(s);
+        assert_eq!(
+            amlmil_set_log_callback(None, ptr::null_mut(), 0),
+            amlmil_status::Ok
+        );
+    }
+    let records = SINK.lock();
+    assert!(
+        records
+            .iter()
+            .any(|(l, m)| *l == amlmil_log_level::Info as u32 && m.contains("session: resnet18")),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn concurrent_classification_from_four_threads_equals_serial() {
+    struct Shared(*mut amlmil_session);
+    unsafe impl Sync for Shared {}
+    let s = Shared(session());
+    let bags: Vec<Vec<amlmil::CellImage>> = (0..4)
+        .map(|i| common::cells(3 + i, 144, 100 + i as u64))
+        .collect();
+    let classify = |s: &Shared, cells: &[amlmil::CellImage]| -> Vec<f32> {
+        let bag = bag_with(cells, 0);
+        let mut r = ptr::null_mut();
+        let out = unsafe {
+            assert_eq!(
+                amlmil_session_classify(s.0, bag, None, ptr::null_mut(), &mut r),
+                amlmil_status::Ok,
+                "{}",
+                last_error()
+            );
+            let n = amlmil_result_num_cells(r);
+            let mut out = vec![0f32; 5 + 5 * n];
+            assert_eq!(
+                amlmil_result_probabilities(r, out.as_mut_ptr(), 5),
+                amlmil_status::Ok
+            );
+            for class in 0..5 {
+                let dst = out[5 + class * n..].as_mut_ptr();
+                assert_eq!(
+                    amlmil_result_attention(r, class, 0, dst, n),
+                    amlmil_status::Ok
+                );
+            }
+            amlmil_result_free(r);
+            amlmil_bag_free(bag);
+            out
+        };
+        out
+    };
+    let serial: Vec<Vec<f32>> = bags.iter().map(|b| classify(&s, b)).collect();
+    let parallel: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bags
+            .iter()
+            .map(|b| scope.spawn(|| classify(&s, b)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (a, b) in serial.iter().zip(&parallel) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "parallel result differs: {x} vs {y}");
+        }
+    }
+    unsafe { amlmil_session_free(s.0) };
+}
