@@ -439,6 +439,135 @@ mod tests {
         }
     }
 
+    /// SHA-256 (hex) over `(path, length, bytes)` of every file in `tree`.
+    fn tree_sha256(tree: &[(PathBuf, Vec<u8>)]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (p, bytes) in tree {
+            h.update(p.to_string_lossy().as_bytes());
+            h.update([0]);
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// SHA-256 of the cohort written by [`pinned_cohort_config`].
+    const PINNED_COHORT_SHA256: &str =
+        "8c7accd6be5f2b3fc7980dc557f3725bc674c93907cc82a69bf6486923e6e4e9";
+
+    /// SHA-256 of the RGB bytes of 24 direct renders of each type (64 px, seeds
+    /// and stains fixed), as (type name, hash) in the order of [`CellType::ALL`].
+    const PINNED_TYPE_SHA256: [(&str, &str); 14] = [
+        (
+            "segmented_neutrophil",
+            "eff011538c76d3e65e28fe8003eaac0aeabab4d4e42f62d7615de70a2e35c47f",
+        ),
+        (
+            "band_neutrophil",
+            "333747d97c823ae5c330f246587bec8b5d677b77cdbdd4d708e1e27baa93e9e3",
+        ),
+        (
+            "lymphocyte",
+            "f8f6668dfb6d3d1a1627e8009cc79f0b37a81b4b4ffa2b5f160103411fa1268f",
+        ),
+        (
+            "monocyte",
+            "e5c7d6f0bf0dde0244ad315dd2ab277f8c77930ddfdfdbebebf5754f70d34a8d",
+        ),
+        (
+            "eosinophil",
+            "2558499962d29317e709e3c392dc90f2ce09417cd451a3979afdd81a8ed7e173",
+        ),
+        (
+            "basophil",
+            "0ee29eaa031f01e55d267942bdcbf24fa69720935812971c732061af61eacb73",
+        ),
+        (
+            "myelocyte",
+            "89f210f0bb6626ab88627cff9dec310548212c69e387544cd683b83c7804829a",
+        ),
+        (
+            "metamyelocyte",
+            "3d5b8d466d6091c607909db8d61ecc80526100e300e36e639f2034b27cf976f4",
+        ),
+        (
+            "abnormal_promyelocyte",
+            "6cfda78ffda5bc9dce5d802197e23f0b397f297f412bf6e512766e1db01cb6c5",
+        ),
+        (
+            "faggot_cell",
+            "9c5eaaa79bb7f7b8834b8cbbaee01e22ed3fb2ede4a945e8f6004e1deff4e22f",
+        ),
+        (
+            "npm1_blast",
+            "0ef34fb1d4f82e729665661838125e189398115981a254f72d3b9e4f28f474ea",
+        ),
+        (
+            "myelomonocytic_blast",
+            "d50e0e9fd5587f6c3ef8211b6e3b4264e09331637f8dc3f03fefccb5cc79b45c",
+        ),
+        (
+            "abnormal_eosinophil",
+            "972974bca3c35a22ecdd129234803fe4cf22dec988c6def0546a11c65f336bdb",
+        ),
+        (
+            "runx1_blast",
+            "ec7bbba617fd49985a047a1f15a2888d8f9fe59dda721956d39f676f38be591b",
+        ),
+    ];
+
+    fn pinned_cohort_config() -> CohortConfig {
+        CohortConfig {
+            patients_per_class: 2,
+            cells_min: 12,
+            cells_max: 20,
+            image_size: 64,
+            annotated_fraction: 0.5,
+            seed: 2024,
+            threads: 2,
+            ..CohortConfig::default()
+        }
+    }
+
+    /// Pins the generator's output: the same seed must keep giving the same
+    /// bytes (images, `metadata.csv`, `cells.csv`) across refactors of the
+    /// renderer. A small cohort need not hold every type, so each type is also
+    /// rendered directly, with enough seeds to take its random branches (lobe
+    /// counts, optional rods, rod bundles). A change that means to alter the
+    /// images updates these constants, and says so. The hashes were taken on
+    /// x86_64 Linux; a platform whose `sin`/`exp` round differently may differ.
+    #[test]
+    fn pinned_seed_gives_pinned_bytes() {
+        let dir = scratch("pinned");
+        generate_cohort(&pinned_cohort_config(), &dir, &mut |_, _| {}).unwrap();
+        let cohort = tree_sha256(&read_tree(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let mut changed = Vec::new();
+        for (k, (t, (name, want))) in CellType::ALL
+            .into_iter()
+            .zip(PINNED_TYPE_SHA256)
+            .enumerate()
+        {
+            assert_eq!(t.name(), name);
+            let renders: Vec<(PathBuf, Vec<u8>)> = (0..24u64)
+                .map(|i| {
+                    let stain = Stain::from_seed(mix_seed(77, k as u64, i));
+                    let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(78, k as u64, i));
+                    let img = render_cell(t, 64, &stain, &mut rng).unwrap();
+                    (PathBuf::from(format!("{t}/{i}")), img.rgb().to_vec())
+                })
+                .collect();
+            let got = tree_sha256(&renders);
+            if got != want {
+                changed.push(format!("{t}: {got}"));
+            }
+        }
+        assert!(changed.is_empty(), "renders changed: {changed:#?}");
+        assert_eq!(cohort, PINNED_COHORT_SHA256, "cohort bytes changed");
+    }
+
     #[test]
     fn non_empty_output_and_bad_config_are_refused() {
         let dir = scratch("nonempty");

@@ -32,6 +32,9 @@ pub mod cell;
 pub mod cohort;
 pub mod colour_baseline;
 pub mod montage;
+mod morphology;
+mod recipe;
+mod render;
 pub mod stain;
 
 pub use cell::{abnormal_types, render_cell, CellType, DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE};
