@@ -21,6 +21,7 @@ use super::stain::Stain;
 use super::{mix_seed, CohortConfig};
 use crate::classes::BAG_LABELS;
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 
 /// One generated patient, as listed in `metadata.csv`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -225,14 +226,6 @@ fn render_patient(plan: &Plan, dir: &Path, size: u32, threads: usize) -> Result<
     })
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a reader
-/// never sees a half-written CSV.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("csv.tmp");
-    std::fs::write(&tmp, text).map_err(|e| Error::io("cannot write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into place", path, e))
-}
-
 /// Generates a cohort into `out` (created if missing; refused if it exists
 /// and is not empty). `progress(done, total)` is called on the calling thread
 /// after each patient, counted in patients.
@@ -298,8 +291,8 @@ pub fn generate_cohort(
             p.patient_id, p.bag_label, p.abnormal_fraction, p.n_cells
         ));
     }
-    write_atomic(&out.join("cells.csv"), &cells_csv)?;
-    write_atomic(&out.join("metadata.csv"), &meta)?;
+    write_atomic(&out.join("cells.csv"), cells_csv.as_bytes())?;
+    write_atomic(&out.join("metadata.csv"), meta.as_bytes())?;
     let n_cells = patients.iter().map(|p| p.n_cells).sum();
     Ok(CohortSummary {
         out: out.to_path_buf(),
