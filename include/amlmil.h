@@ -107,6 +107,16 @@ enum amlmil_status
    The request is valid but not supported in this build or state.
    */
   AMLMIL_STATUS_UNSUPPORTED = 15,
+  /*
+   A preprocessing plugin or callback could not be loaded, returned an
+   error or panicked (the message names it).
+   */
+  AMLMIL_STATUS_PLUGIN = 16,
+  /*
+   Another call that allows only one at a time per process (training) is
+   running; try again when it has returned.
+   */
+  AMLMIL_STATUS_BUSY = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -312,6 +322,37 @@ typedef struct {
 } amlmil_ranked_cell;
 
 /*
+ One cell handed to an `amlmil_preprocess_callback`.
+ */
+typedef struct {
+  /*
+   The id given when the cell was added (read-only).
+   */
+  uint64_t cell_id;
+  /*
+   `height` rows of `width` RGB pixels, 3 bytes each, rows packed
+   (stride `width * 3`). The callback may change the bytes in place; the
+   size cannot change. Valid during the callback only.
+   */
+  uint8_t *pixels;
+  uint32_t width;
+  uint32_t height;
+  /*
+   1 on entry; set to 0 to drop the cell from the bag.
+   */
+  uint32_t keep;
+} amlmil_cell;
+
+/*
+ Runs on each batch of up to `batch_size` cells (bag order, as added,
+ before resizing) before they are encoded. Return 0 to go on; anything else
+ fails the call with AMLMIL_STATUS_PLUGIN. Called from the thread that
+ classifies, and concurrently when several threads classify on one session,
+ so it must be thread-safe. It must not unwind (no C++ exception may leave it).
+ */
+typedef int32_t (*amlmil_preprocess_callback)(void *user_data, amlmil_cell *cells, size_t num_cells);
+
+/*
  Options for `amlmil_session_new`. Always initialise with
  `amlmil_session_options_init`, then change fields: new fields are only ever
  appended, and `struct_size` tells the library which ones the caller knows.
@@ -355,6 +396,28 @@ typedef struct {
    `amlmil_session_new`, so the first bag does not pay for set-up; 0: skip.
    */
   uint32_t warm_up;
+  /*
+   Preprocessing callback run on each batch of cells before encoding
+   (after the plugin of `plugin_path`, if both are set); NULL: none. See
+   `amlmil_preprocess_callback` for the contract.
+   */
+  amlmil_preprocess_callback preprocess;
+  /*
+   Passed unchanged to every `preprocess` call.
+   */
+  void *preprocess_user_data;
+  /*
+   UTF-8 path of a Rust preprocessing plugin (a shared library built
+   against the `amlmil-plugin` interface crate, `plugins/interface`);
+   NULL: none. Loaded by `amlmil_session_new`, which fails with
+   AMLMIL_STATUS_PLUGIN for a missing or incompatible file.
+   */
+  const char *plugin_path;
+  /*
+   Configuration string handed to the plugin's constructor (JSON by
+   convention); NULL means "". Only read during `amlmil_session_new`.
+   */
+  const char *plugin_config;
 } amlmil_session_options;
 
 #ifdef __cplusplus
@@ -470,7 +533,8 @@ amlmil_status amlmil_bag_add_file(amlmil_bag *bag, uint64_t cell_id, const char 
  keeps streaming.
 
  @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when the bag already holds
-   cells or streams already.
+   cells or streams already; _UNSUPPORTED when the session preprocesses
+   cells (`preprocess` or `plugin_path` in its options).
  Thread safety: as for the other bag calls.
  */
 amlmil_status amlmil_bag_stream(amlmil_bag *bag, const amlmil_session *session);

@@ -148,6 +148,11 @@ impl CellImage {
         &self.rgb
     }
 
+    /// Packed RGB bytes to change in place (the size stays).
+    pub fn rgb_mut(&mut self) -> &mut [u8] {
+        &mut self.rgb
+    }
+
     /// This image resized (bilinear) to `size`×`size`; a no-op clone when it already is.
     pub fn resized(&self, size: u32) -> CellImage {
         if self.width == size && self.height == size {

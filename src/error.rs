@@ -57,6 +57,14 @@ pub enum Error {
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+
+    /// A preprocessing plugin could not be loaded, or failed on a batch.
+    #[error("preprocessing plugin {name}: {reason}")]
+    Plugin { name: String, reason: String },
+
+    /// A call that runs one at a time per process is already running.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl Error {

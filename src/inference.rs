@@ -7,6 +7,7 @@
 //! gradients disabled and batch-norm in evaluation mode, which reads the parameter
 //! tensors and never writes them; libtorch supports concurrent reads of a tensor.
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tch::nn::VarStore;
@@ -18,6 +19,7 @@ use crate::checkpoint::{EncoderManifest, MilManifest};
 use crate::error::{Error, Result};
 use crate::frozen::{load_mil, EncoderOptions, Flip, Frozen, FrozenEncoder};
 use crate::model::{pool_features, AttentionMil, FusedCellNet};
+use crate::plugin::{self, Preprocessor};
 use crate::Progress;
 
 /// One cell in an attention ranking.
@@ -90,6 +92,8 @@ pub struct Session {
     fused_g: Option<FusedCellNet>,
     mil_manifest: MilManifest,
     _mil_vars: VarStore,
+    /// Run on each batch of cells before encoding ([`crate::plugin`]).
+    preprocessors: plugin::Chain,
 }
 
 impl std::fmt::Debug for Session {
@@ -152,7 +156,21 @@ impl Session {
             fused_g,
             mil_manifest,
             _mil_vars: mil_vs,
+            preprocessors: Vec::new(),
         })
+    }
+
+    /// Appends a preprocessor to the chain every bag's cells go through before
+    /// encoding ([`crate::plugin`]); feature maps given to
+    /// [`Session::classify_feature_maps`] are not touched.
+    pub fn with_preprocessor(mut self, p: Arc<dyn Preprocessor>) -> Session {
+        self.preprocessors.push(p);
+        self
+    }
+
+    /// Whether cells go through preprocessors before encoding.
+    pub fn has_preprocessors(&self) -> bool {
+        !self.preprocessors.is_empty()
     }
 
     pub fn device(&self) -> Device {
@@ -181,11 +199,32 @@ impl Session {
         self.encoder.feature_maps(cells, Flip::None, progress)
     }
 
-    /// Pooled 512-d features of every cell, row-major `[N × feature_dim]`.
+    /// Pooled 512-d features of every cell, row-major `[N × feature_dim]`,
+    /// after the session's preprocessors (which must keep every cell here).
     pub fn embed(&self, cells: &[CellImage], progress: Progress) -> Result<Vec<f32>> {
         if cells.is_empty() {
             return Err(Error::EmptyBag("cells".into()));
         }
+        let preprocessed;
+        let cells = if self.preprocessors.is_empty() {
+            cells
+        } else {
+            let ids: Vec<u64> = (0..cells.len() as u64).collect();
+            let (kept_ids, kept) =
+                plugin::apply(&self.preprocessors, &ids, cells, self.batch_size())?;
+            if kept_ids.len() != ids.len() {
+                return Err(Error::invalid(
+                    "bag",
+                    format!(
+                        "preprocessing dropped {} of {} cells; embedding returns one row per cell, so classify instead",
+                        ids.len() - kept_ids.len(),
+                        ids.len()
+                    ),
+                ));
+            }
+            preprocessed = kept;
+            &preprocessed[..]
+        };
         let pooled = pool_features(&self.feature_maps(cells, progress)?).to_device(Device::Cpu);
         let out = Vec::<f32>::try_from(pooled.flatten(0, -1))?;
         if out.iter().any(|v| !v.is_finite()) {
@@ -203,8 +242,18 @@ impl Session {
         if bag.is_empty() {
             return Err(Error::EmptyBag("bag".into()));
         }
-        let z = self.instances(bag.cells(), progress)?;
-        self.classify_instances(&z, bag.ids())
+        if self.preprocessors.is_empty() {
+            let z = self.instances(bag.cells(), progress)?;
+            return self.classify_instances(&z, bag.ids());
+        }
+        let (ids, cells) = plugin::apply(
+            &self.preprocessors,
+            bag.ids(),
+            bag.cells(),
+            self.batch_size(),
+        )?;
+        let z = self.instances(&cells, progress)?;
+        self.classify_instances(&z, &ids)
     }
 
     /// Instance vectors `z` `[N, k′]` (the head's `g` of each cell's feature map),

@@ -36,6 +36,7 @@ pub mod interop;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod plugin;
 pub mod preprocess;
 pub mod settings;
 pub mod ssl;

@@ -222,7 +222,8 @@ pub unsafe extern "C" fn amlmil_bag_add_file(
 /// keeps streaming.
 ///
 /// @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when the bag already holds
-///   cells or streams already.
+///   cells or streams already; _UNSUPPORTED when the session preprocesses
+///   cells (`preprocess` or `plugin_path` in its options).
 /// Thread safety: as for the other bag calls.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_bag_stream(
@@ -232,6 +233,11 @@ pub unsafe extern "C" fn amlmil_bag_stream(
     guard(|| {
         let bag = arg_ref(bag, "bag")?;
         let session = arg_ref(session, "session")?.shared();
+        if session.has_preprocessors() {
+            return Err(FfiError::Unsupported(
+                "a session with a preprocessing plugin or callback cannot stream bags (plugins may drop cells the stream has already counted); use a plain bag".into(),
+            ));
+        }
         let mut cells = bag.inner.write();
         match &*cells {
             BagCells::Streaming(_) => return Err(Error::invalid("bag", "streams already").into()),

@@ -9,11 +9,13 @@ use super::bag::{amlmil_bag, BagCells};
 use super::boundary::{
     arg_ref, arg_slice, arg_str, guard, guard_value, into_c_string, out_ptr, out_slice, FfiResult,
 };
+use super::plugin::{amlmil_preprocess_callback, CallbackPreprocessor};
 use super::result::amlmil_result;
 use super::status::amlmil_status;
 use crate::device::Precision;
 use crate::error::Error;
 use crate::inference::{Session, SessionOptions};
+use crate::plugin::{PluginSpec, RustPlugin};
 
 /// Opaque session. Create with `amlmil_session_new`, free with `amlmil_session_free`.
 ///
@@ -73,6 +75,20 @@ pub struct amlmil_session_options {
     /// 1 (default): run one small batch through the encoder in
     /// `amlmil_session_new`, so the first bag does not pay for set-up; 0: skip.
     pub warm_up: u32,
+    /// Preprocessing callback run on each batch of cells before encoding
+    /// (after the plugin of `plugin_path`, if both are set); NULL: none. See
+    /// `amlmil_preprocess_callback` for the contract.
+    pub preprocess: amlmil_preprocess_callback,
+    /// Passed unchanged to every `preprocess` call.
+    pub preprocess_user_data: *mut c_void,
+    /// UTF-8 path of a Rust preprocessing plugin (a shared library built
+    /// against the `amlmil-plugin` interface crate, `plugins/interface`);
+    /// NULL: none. Loaded by `amlmil_session_new`, which fails with
+    /// AMLMIL_STATUS_PLUGIN for a missing or incompatible file.
+    pub plugin_path: *const c_char,
+    /// Configuration string handed to the plugin's constructor (JSON by
+    /// convention); NULL means "". Only read during `amlmil_session_new`.
+    pub plugin_config: *const c_char,
 }
 
 /// Progress of a long call, passed to an `amlmil_progress_callback`.
@@ -151,6 +167,10 @@ impl Default for amlmil_session_options {
             channels_last: d.channels_last as u32,
             fused: d.fused as u32,
             warm_up: d.warm_up as u32,
+            preprocess: None,
+            preprocess_user_data: std::ptr::null_mut(),
+            plugin_path: std::ptr::null(),
+            plugin_config: std::ptr::null(),
         }
     }
 }
@@ -166,12 +186,22 @@ pub unsafe extern "C" fn amlmil_session_options_init(
     })
 }
 
+/// What the options ask to run on cells before encoding.
+#[derive(Default)]
+struct Preprocessing {
+    plugin: Option<PluginSpec>,
+    callback: Option<CallbackPreprocessor>,
+}
+
 /// Reads the fields a caller's (possibly older or newer) struct has; fields
 /// beyond its `struct_size` keep their defaults.
-unsafe fn read_options(options: *const amlmil_session_options) -> FfiResult<SessionOptions> {
+unsafe fn read_options(
+    options: *const amlmil_session_options,
+) -> FfiResult<(SessionOptions, Preprocessing)> {
     let mut out = SessionOptions::default();
+    let mut pre = Preprocessing::default();
     let Some(o) = options.as_ref() else {
-        return Ok(out);
+        return Ok((out, pre));
     };
     let size = o.struct_size;
     macro_rules! present {
@@ -222,7 +252,22 @@ unsafe fn read_options(options: *const amlmil_session_options) -> FfiResult<Sess
     if present!(warm_up) {
         out.warm_up = o.warm_up != 0;
     }
-    Ok(out)
+    if present!(preprocess_user_data) {
+        pre.callback = CallbackPreprocessor::new(o.preprocess, o.preprocess_user_data);
+    }
+    if present!(plugin_config) && !o.plugin_path.is_null() {
+        let path = arg_str(o.plugin_path, "options.plugin_path")?;
+        let config = if o.plugin_config.is_null() {
+            ""
+        } else {
+            arg_str(o.plugin_config, "options.plugin_config")?
+        };
+        pre.plugin = Some(PluginSpec {
+            path: path.into(),
+            config: config.to_owned(),
+        });
+    }
+    Ok((out, pre))
 }
 
 /// Loads an encoder and an attention-MIL checkpoint into a new session.
@@ -245,8 +290,19 @@ pub unsafe extern "C" fn amlmil_session_new(
         let encoder_path = arg_str(encoder_path, "encoder_path")?;
         let mil_path = arg_str(mil_path, "mil_path")?;
         let out = out_ptr(out_session, "out_session")?;
-        let options = read_options(options)?;
-        let inner = Session::new(Path::new(encoder_path), Path::new(mil_path), &options)?;
+        let (options, pre) = read_options(options)?;
+        // The plugin first: a bad plugin fails before the models load.
+        let plugin = match &pre.plugin {
+            Some(spec) => Some(RustPlugin::load(&spec.path, &spec.config)?),
+            None => None,
+        };
+        let mut inner = Session::new(Path::new(encoder_path), Path::new(mil_path), &options)?;
+        if let Some(p) = plugin {
+            inner = inner.with_preprocessor(Arc::new(p));
+        }
+        if let Some(cb) = pre.callback {
+            inner = inner.with_preprocessor(Arc::new(cb));
+        }
         *out = Box::into_raw(Box::new(amlmil_session {
             inner: Arc::new(inner),
         }));

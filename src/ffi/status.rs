@@ -42,6 +42,12 @@ pub enum amlmil_status {
     Panic = 14,
     /// The request is valid but not supported in this build or state.
     Unsupported = 15,
+    /// A preprocessing plugin or callback could not be loaded, returned an
+    /// error or panicked (the message names it).
+    Plugin = 16,
+    /// Another call that allows only one at a time per process (training) is
+    /// running; try again when it has returned.
+    Busy = 17,
 }
 
 /// Errors of the C skin: the core's errors plus what only pointers can get wrong.
@@ -90,6 +96,8 @@ impl FfiError {
                 Error::Dataset { .. } => S::Dataset,
                 Error::Cancelled(_) => S::Cancelled,
                 Error::Torch(_) => S::Torch,
+                Error::Plugin { .. } => S::Plugin,
+                Error::Busy(_) => S::Busy,
             },
         }
     }
@@ -146,6 +154,8 @@ pub extern "C" fn amlmil_status_name(status: u32) -> *const c_char {
         13 => b"AMLMIL_STATUS_TORCH\0",
         14 => b"AMLMIL_STATUS_PANIC\0",
         15 => b"AMLMIL_STATUS_UNSUPPORTED\0",
+        16 => b"AMLMIL_STATUS_PLUGIN\0",
+        17 => b"AMLMIL_STATUS_BUSY\0",
         _ => b"AMLMIL_STATUS_UNKNOWN\0",
     };
     name.as_ptr() as *const c_char
