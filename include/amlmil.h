@@ -540,6 +540,17 @@ amlmil_status amlmil_bag_add_file(amlmil_bag *bag, uint64_t cell_id, const char 
 amlmil_status amlmil_bag_stream(amlmil_bag *bag, const amlmil_session *session);
 
 /*
+ Cancels the training call running in this process (`amlmil_pretrain`,
+ `amlmil_train_mil`, `amlmil_cross_validate`, `amlmil_extract_features`,
+ `amlmil_experiment`), from any thread. It returns
+ AMLMIL_STATUS_CANCELLED at its next progress report, with the files of its
+ last finished step intact (as when its progress callback cancels).
+
+ @return 1 if a training call was running, 0 if none was.
+ */
+uint32_t amlmil_training_cancel(void);
+
+/*
  Writes a synthetic blood-smear cohort in the data-set layout
  (`metadata.csv`, `data/<label>/<patient>/image_<k>.tif`, `cells.csv`).
 
@@ -634,7 +645,8 @@ amlmil_status amlmil_set_log_callback(amlmil_log_callback callback,
    `amlmil_string_free`). Untouched on failure.
  @return AMLMIL_STATUS_OK, AMLMIL_STATUS_CANCELLED, or an error status; a
    non-finite loss stops the run with an error naming the epoch, step and value.
- Thread safety: may run beside sessions; one pre-training per output directory.
+ Thread safety: may run beside sessions; _BUSY when another training call
+   runs in this process; `amlmil_training_cancel` cancels it from any thread.
  */
 amlmil_status amlmil_pretrain(const char *config_json,
                               amlmil_progress_callback progress,
@@ -744,6 +756,14 @@ amlmil_status amlmil_session_new(const char *encoder_path,
                                  amlmil_session **out_session);
 
 /*
+ Cancels every `amlmil_session_classify` and `amlmil_session_embed` call
+ running on `session` now, from any thread: each returns
+ AMLMIL_STATUS_CANCELLED before its next encoder batch. Calls started after
+ this one run normally. `NULL` is a no-op.
+ */
+void amlmil_session_cancel(const amlmil_session *session);
+
+/*
  Frees a session. `NULL` is a no-op. No call on it may be running.
  */
 void amlmil_session_free(amlmil_session *session);
@@ -771,10 +791,16 @@ amlmil_status amlmil_session_info(const amlmil_session *session, char **out_json
 /*
  Classifies a bag: subtype, probabilities and per-class attention over its cells.
 
- @param progress optional; called after each encoder batch; may cancel.
+ Cells go through the session's preprocessing (`preprocess`, `plugin_path`)
+ first; the result lists only the cells kept.
+
+ @param progress optional; called before each encoder batch (stage
+   "encode", `done` cells encoded of `total`) and once after the last; may
+   cancel. `amlmil_session_cancel` cancels from another thread.
  @param[out] out_result receives the result; free with `amlmil_result_free`.
    Untouched on failure.
- @return AMLMIL_STATUS_OK; _EMPTY_BAG, _NON_FINITE, _CANCELLED, _TORCH.
+ @return AMLMIL_STATUS_OK; _EMPTY_BAG (also when preprocessing dropped every
+   cell), _NON_FINITE, _CANCELLED, _PLUGIN, _TORCH.
  Thread safety: concurrent calls on one session (and one bag) are allowed.
  */
 amlmil_status amlmil_session_classify(const amlmil_session *session,
@@ -839,7 +865,9 @@ const char *amlmil_status_name(uint32_t status);
    the current run is marked incomplete, `report.json` has `"complete": false`.
  @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
    Untouched on failure.
- Thread safety: one training per process at a time (libtorch's seed is global).
+ @return AMLMIL_STATUS_OK, _CANCELLED (callback or `amlmil_training_cancel`),
+   _BUSY when another training call is running in this process (libtorch's
+   seed is global), or an error status.
  */
 amlmil_status amlmil_cross_validate(const char *config_json,
                                     amlmil_progress_callback progress,
@@ -864,7 +892,9 @@ amlmil_status amlmil_train_mil(const char *config_json,
  resuming a previous extraction of the same encoder.
 
  @param device "auto", "cpu", "cuda" or "cuda:N"; NULL = "auto".
+ @param progress optional; stage "extract", patients done of total.
  @param[out] out_manifest_json the cache manifest (library-owned). Untouched on failure.
+ @return _BUSY when another training call is running in this process.
  */
 amlmil_status amlmil_extract_features(const char *dataset_dir,
                                       const char *encoder_path,
@@ -899,7 +929,8 @@ amlmil_status amlmil_extract_features(const char *dataset_dir,
    (AMLMIL_STATUS_CANCELLED); finished stages stay on disk.
  @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
    Untouched on failure.
- Thread safety: one experiment per output directory; may run beside sessions.
+ @return _BUSY when another training call is running in this process.
+ Thread safety: may run beside sessions; `amlmil_training_cancel` cancels it.
  */
 amlmil_status amlmil_experiment(const char *config_json,
                                 amlmil_progress_callback progress,

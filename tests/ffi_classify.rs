@@ -436,3 +436,82 @@ fn concurrent_classification_from_four_threads_equals_serial() {
     }
     unsafe { amlmil_session_free(s.0) };
 }
+
+/// Shared by a blocking progress callback and the thread that cancels.
+#[derive(Default)]
+struct Gate {
+    started: std::sync::atomic::AtomicBool,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    fn wait(flag: &std::sync::atomic::AtomicBool) {
+        let t = std::time::Instant::now();
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(t.elapsed().as_secs() < 60, "gate never opened");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+/// Reports the first batch, then waits until the other thread has cancelled.
+unsafe extern "C" fn hold_first_batch(user_data: *mut c_void, _: *const amlmil_progress) -> i32 {
+    let gate = &*(user_data as *const Gate);
+    if !gate.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        Gate::wait(&gate.released);
+    }
+    0
+}
+
+#[test]
+fn a_session_call_is_cancelled_from_another_thread() {
+    let f = common::fixture();
+    let (enc, mil) = (c(f.encoder.to_str().unwrap()), c(f.mil.to_str().unwrap()));
+    let (mut o, _d) = cpu_options();
+    o.batch_size = 1;
+    o.warm_up = 0;
+    let mut s = ptr::null_mut();
+    let bag = bag_with(&common::cells(4, 144, 12), 0);
+    unsafe {
+        assert_eq!(
+            amlmil_session_new(enc.as_ptr(), mil.as_ptr(), &o, &mut s),
+            amlmil_status::Ok
+        );
+    }
+    let gate = Gate::default();
+    let (sp, bp) = (s as usize, bag as usize);
+    let status = std::thread::scope(|scope| {
+        let gate_ptr = &gate as *const Gate as usize;
+        let worker = scope.spawn(move || unsafe {
+            let mut r = ptr::null_mut();
+            let st = amlmil_session_classify(
+                sp as *const amlmil_session,
+                bp as *const amlmil_bag,
+                Some(hold_first_batch),
+                gate_ptr as *mut c_void,
+                &mut r,
+            );
+            (st, r.is_null(), last_error())
+        });
+        Gate::wait(&gate.started);
+        unsafe { amlmil_session_cancel(sp as *const amlmil_session) };
+        gate.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        worker.join().unwrap()
+    });
+    assert_eq!(status.0, amlmil_status::Cancelled, "{}", status.2);
+    assert!(status.1, "no result on cancellation");
+    assert!(status.2.contains("of 4 cells"), "{}", status.2);
+    unsafe {
+        // Calls started after the cancellation run normally; NULL is a no-op.
+        amlmil_session_cancel(ptr::null());
+        let mut r = ptr::null_mut();
+        assert_eq!(
+            amlmil_session_classify(s, bag, None, ptr::null_mut(), &mut r),
+            amlmil_status::Ok
+        );
+        amlmil_result_free(r);
+        amlmil_bag_free(bag);
+        amlmil_session_free(s);
+    }
+}

@@ -502,9 +502,13 @@ unsafe extern "C" fn count_and_cancel(
     (p.epoch == 2) as i32
 }
 
+/// The C ABI runs one training call per process: tests that call it take turns.
+static C_TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn c_abi_trains_reports_progress_and_cancels() {
     use amlmil::ffi::*;
+    let _turn = C_TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
     let json = |out: &str, epochs: u32| {
         CString::new(
@@ -692,4 +696,85 @@ fn feature_extraction_resumes_and_refuses_another_encoder() {
     assert!(matches!(e, Error::Mismatch(_)), "{e}");
     let e = amlmil::features::FeatureCache::open(&dir, Some(&other)).unwrap_err();
     assert!(e.to_string().contains("extracted with encoder"), "{e}");
+}
+
+/// Signals the first training report, then holds the call until released.
+unsafe extern "C" fn hold_training(
+    user_data: *mut c_void,
+    _: *const amlmil::ffi::amlmil_progress,
+) -> i32 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flags = &*(user_data as *const [AtomicBool; 2]);
+    if !flags[0].swap(true, Ordering::SeqCst) {
+        let t = std::time::Instant::now();
+        while !flags[1].load(Ordering::SeqCst) && t.elapsed().as_secs() < 60 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    0
+}
+
+#[test]
+fn c_abi_refuses_a_second_training_call_and_cancels_from_another_thread() {
+    use amlmil::ffi::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _turn = C_TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup();
+    let cfg = CString::new(
+        serde_json::json!({"dataset": s.cohort, "encoder": s.encoder, "features": s.features,
+            "output": s.root.join("c-busy"), "seeds": [0], "device": "cpu",
+            "training": {"cell_net": {"type": "pooled"}, "epochs": 50}})
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(amlmil_training_cancel(), 0, "nothing runs yet");
+    let flags = [AtomicBool::new(false), AtomicBool::new(false)];
+    let (status, second, message) = std::thread::scope(|scope| {
+        let (cfg_ptr, flags_ptr) = (cfg.as_ptr() as usize, &flags as *const _ as usize);
+        let first = scope.spawn(move || unsafe {
+            let mut report = std::ptr::null_mut();
+            let st = amlmil_cross_validate(
+                cfg_ptr as *const c_char,
+                Some(hold_training),
+                flags_ptr as *mut c_void,
+                &mut report,
+            );
+            (
+                st,
+                CStr::from_ptr(amlmil_last_error())
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        });
+        let t = std::time::Instant::now();
+        while !flags[0].load(Ordering::SeqCst) {
+            assert!(
+                t.elapsed().as_secs() < 120,
+                "training never reported progress"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // A second training call while the first runs: BUSY, naming the first.
+        let mut report = std::ptr::null_mut();
+        let second =
+            unsafe { amlmil_train_mil(cfg.as_ptr(), 0, None, std::ptr::null_mut(), &mut report) };
+        let message = unsafe {
+            CStr::from_ptr(amlmil_last_error())
+                .to_string_lossy()
+                .into_owned()
+        };
+        assert!(report.is_null());
+        assert_eq!(amlmil_training_cancel(), 1);
+        flags[1].store(true, Ordering::SeqCst);
+        let (st, first_message) = first.join().unwrap();
+        assert!(first_message.contains("cancelled"), "{first_message}");
+        (st, second, message)
+    });
+    assert_eq!(second, amlmil::ffi::amlmil_status::Busy, "{message}");
+    assert!(
+        message.contains("amlmil_cross_validate is running"),
+        "{message}"
+    );
+    assert_eq!(status, amlmil::ffi::amlmil_status::Cancelled);
+    assert_eq!(amlmil_training_cancel(), 0, "the slot is free again");
 }

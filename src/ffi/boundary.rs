@@ -132,11 +132,13 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> FfiResult<*mut c_char> 
 /// The body of every JSON-configured entry point (training, pre-training, the
 /// experiment): checks `out_json`, reads `config_json` (NULL or not UTF-8 are
 /// errors naming it), `parse`s it, `run`s it and writes the report as JSON to
-/// `*out_json` — only on success — all inside [`guard`].
+/// `*out_json` — only on success — all inside [`guard`], as the process's one
+/// training call ([`super::cancel::exclusive_training`]).
 ///
 /// # Safety
 /// `config_json` must be NULL or NUL-terminated; `out_json` NULL or writable.
 pub(crate) unsafe fn json_call<C, R: serde::Serialize>(
+    name: &'static str,
     config_json: *const c_char,
     out_json: *mut *mut c_char,
     parse: impl FnOnce(&str) -> crate::Result<C>,
@@ -146,7 +148,8 @@ pub(crate) unsafe fn json_call<C, R: serde::Serialize>(
         let out = out_ptr(out_json, "out_report_json")?;
         // SAFETY: the caller's contract.
         let text = unsafe { arg_str(config_json, "config_json") }?;
-        let report = run(parse(text)?)?;
+        let config = parse(text)?;
+        let report = super::cancel::exclusive_training(name, || Ok(run(config)?))?;
         // SAFETY: checked non-NULL above; written only on success.
         unsafe { *out = to_json(&report)? };
         Ok(())

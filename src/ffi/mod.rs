@@ -13,6 +13,7 @@
 
 pub mod bag;
 mod boundary;
+pub mod cancel;
 pub mod data;
 pub mod interop;
 pub mod log;
@@ -26,6 +27,7 @@ pub mod training;
 use std::ffi::c_char;
 
 pub use bag::*;
+pub use cancel::amlmil_training_cancel;
 pub use data::*;
 pub use interop::*;
 pub use log::*;

@@ -52,7 +52,8 @@ fn pretrain_adapter(
 ///   `amlmil_string_free`). Untouched on failure.
 /// @return AMLMIL_STATUS_OK, AMLMIL_STATUS_CANCELLED, or an error status; a
 ///   non-finite loss stops the run with an error naming the epoch, step and value.
-/// Thread safety: may run beside sessions; one pre-training per output directory.
+/// Thread safety: may run beside sessions; _BUSY when another training call
+///   runs in this process; `amlmil_training_cancel` cancels it from any thread.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_pretrain(
     config_json: *const c_char,
@@ -61,6 +62,7 @@ pub unsafe extern "C" fn amlmil_pretrain(
     out_report_json: *mut *mut c_char,
 ) -> amlmil_status {
     json_call(
+        "amlmil_pretrain",
         config_json,
         out_report_json,
         |text| PretrainConfig::parse(text, false),

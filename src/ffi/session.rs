@@ -1,6 +1,7 @@
 //! `amlmil_session`: a loaded encoder + MIL head, and the calls that classify bags.
 use std::ffi::{c_char, c_void, CString};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tch::Tensor;
@@ -9,6 +10,7 @@ use super::bag::{amlmil_bag, BagCells};
 use super::boundary::{
     arg_ref, arg_slice, arg_str, guard, guard_value, into_c_string, out_ptr, out_slice, FfiResult,
 };
+use super::cancel::with_cancel_check;
 use super::plugin::{amlmil_preprocess_callback, CallbackPreprocessor};
 use super::result::amlmil_result;
 use super::status::amlmil_status;
@@ -24,12 +26,22 @@ use crate::plugin::{PluginSpec, RustPlugin};
 #[allow(non_camel_case_types)]
 pub struct amlmil_session {
     inner: Arc<Session>,
+    /// Moved by `amlmil_session_cancel`; calls that started before see it move.
+    cancel_epoch: Arc<AtomicU64>,
 }
 
 impl amlmil_session {
     /// The session, shared (streaming bags keep it alive).
     pub(crate) fn shared(&self) -> Arc<Session> {
         self.inner.clone()
+    }
+
+    /// Runs `f` so that `amlmil_session_cancel` from another thread stops it
+    /// at its next progress report.
+    fn cancellable<R>(&self, f: impl FnOnce() -> R) -> R {
+        let epoch = self.cancel_epoch.clone();
+        let start = epoch.load(Ordering::SeqCst);
+        with_cancel_check(Box::new(move || epoch.load(Ordering::SeqCst) != start), f)
     }
 }
 
@@ -124,6 +136,9 @@ pub(crate) fn report_progress(
     (epoch, fold): (i32, i32),
     loss: f64,
 ) -> bool {
+    if super::cancel::cancel_requested() {
+        return false;
+    }
     let Some(f) = cb else { return true };
     let stage = CString::new(stage).unwrap_or_default();
     let p = amlmil_progress {
@@ -305,8 +320,22 @@ pub unsafe extern "C" fn amlmil_session_new(
         }
         *out = Box::into_raw(Box::new(amlmil_session {
             inner: Arc::new(inner),
+            cancel_epoch: Arc::new(AtomicU64::new(0)),
         }));
         Ok(())
+    })
+}
+
+/// Cancels every `amlmil_session_classify` and `amlmil_session_embed` call
+/// running on `session` now, from any thread: each returns
+/// AMLMIL_STATUS_CANCELLED before its next encoder batch. Calls started after
+/// this one run normally. `NULL` is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_cancel(session: *const amlmil_session) {
+    guard_value((), || {
+        if let Some(s) = session.as_ref() {
+            s.cancel_epoch.fetch_add(1, Ordering::SeqCst);
+        }
     })
 }
 
@@ -367,10 +396,16 @@ pub unsafe extern "C" fn amlmil_session_info(
 
 /// Classifies a bag: subtype, probabilities and per-class attention over its cells.
 ///
-/// @param progress optional; called after each encoder batch; may cancel.
+/// Cells go through the session's preprocessing (`preprocess`, `plugin_path`)
+/// first; the result lists only the cells kept.
+///
+/// @param progress optional; called before each encoder batch (stage
+///   "encode", `done` cells encoded of `total`) and once after the last; may
+///   cancel. `amlmil_session_cancel` cancels from another thread.
 /// @param[out] out_result receives the result; free with `amlmil_result_free`.
 ///   Untouched on failure.
-/// @return AMLMIL_STATUS_OK; _EMPTY_BAG, _NON_FINITE, _CANCELLED, _TORCH.
+/// @return AMLMIL_STATUS_OK; _EMPTY_BAG (also when preprocessing dropped every
+///   cell), _NON_FINITE, _CANCELLED, _PLUGIN, _TORCH.
 /// Thread safety: concurrent calls on one session (and one bag) are allowed.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_classify(
@@ -381,20 +416,18 @@ pub unsafe extern "C" fn amlmil_session_classify(
     out_result: *mut *mut amlmil_result,
 ) -> amlmil_status {
     guard(|| {
-        let s = &arg_ref(session, "session")?.inner;
+        let session = arg_ref(session, "session")?;
+        let s = &session.inner;
         let bag = arg_ref(bag, "bag")?;
         let out = out_ptr(out_result, "out_result")?;
         let mut progress = progress_adapter(progress, user_data);
-        let prediction = match &*bag.inner.read() {
-            BagCells::Plain(b) => s.classify(b, &mut progress)?,
-            BagCells::Streaming(b) if Arc::ptr_eq(b.session(), s) => b.classify(&mut progress)?,
-            BagCells::Streaming(_) => {
-                return Err(Error::Mismatch(
-                    "the bag streams to another session; classify it with that one".into(),
-                )
-                .into())
-            }
-        };
+        let prediction = session.cancellable(|| match &*bag.inner.read() {
+            BagCells::Plain(b) => s.classify(b, &mut progress),
+            BagCells::Streaming(b) if Arc::ptr_eq(b.session(), s) => b.classify(&mut progress),
+            BagCells::Streaming(_) => Err(Error::Mismatch(
+                "the bag streams to another session; classify it with that one".into(),
+            )),
+        })?;
         *out = Box::into_raw(Box::new(amlmil_result::new(prediction)));
         Ok(())
     })
@@ -463,7 +496,8 @@ pub unsafe extern "C" fn amlmil_session_embed(
     out_len: usize,
 ) -> amlmil_status {
     guard(|| {
-        let s = &arg_ref(session, "session")?.inner;
+        let session = arg_ref(session, "session")?;
+        let s = &session.inner;
         let cells = arg_ref(bag, "bag")?.inner.read();
         let bag = cells.plain("amlmil_session_embed")?;
         let needed = bag.len() * s.feature_dim();
@@ -472,7 +506,8 @@ pub unsafe extern "C" fn amlmil_session_embed(
         }
         // Check the buffer before the (slow) encoder runs.
         out_slice(out, out_len, needed, "out")?;
-        let features = s.embed(bag.cells(), &mut progress_adapter(progress, user_data))?;
+        let features = session
+            .cancellable(|| s.embed(bag.cells(), &mut progress_adapter(progress, user_data)))?;
         out_slice(out, out_len, needed, "out")?.copy_from_slice(&features);
         Ok(())
     })

@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_void};
 
 use super::boundary::{arg_str, guard, json_call, out_ptr, to_json};
+use super::cancel::exclusive_training;
 use super::session::{amlmil_progress_callback, report_progress};
 use super::status::amlmil_status;
 use crate::experiment::{run_experiment, ExperimentConfig};
@@ -47,7 +48,9 @@ fn cv_adapter(cb: amlmil_progress_callback, user_data: *mut c_void) -> impl FnMu
 ///   the current run is marked incomplete, `report.json` has `"complete": false`.
 /// @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
 ///   Untouched on failure.
-/// Thread safety: one training per process at a time (libtorch's seed is global).
+/// @return AMLMIL_STATUS_OK, _CANCELLED (callback or `amlmil_training_cancel`),
+///   _BUSY when another training call is running in this process (libtorch's
+///   seed is global), or an error status.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_cross_validate(
     config_json: *const c_char,
@@ -56,6 +59,7 @@ pub unsafe extern "C" fn amlmil_cross_validate(
     out_report_json: *mut *mut c_char,
 ) -> amlmil_status {
     json_call(
+        "amlmil_cross_validate",
         config_json,
         out_report_json,
         |text| CvConfig::parse(text, false),
@@ -76,6 +80,7 @@ pub unsafe extern "C" fn amlmil_train_mil(
     out_report_json: *mut *mut c_char,
 ) -> amlmil_status {
     json_call(
+        "amlmil_train_mil",
         config_json,
         out_report_json,
         |text| CvConfig::parse(text, false),
@@ -90,7 +95,9 @@ pub unsafe extern "C" fn amlmil_train_mil(
 /// resuming a previous extraction of the same encoder.
 ///
 /// @param device "auto", "cpu", "cuda" or "cuda:N"; NULL = "auto".
+/// @param progress optional; stage "extract", patients done of total.
 /// @param[out] out_manifest_json the cache manifest (library-owned). Untouched on failure.
+/// @return _BUSY when another training call is running in this process.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_extract_features(
     dataset_dir: *const c_char,
@@ -122,13 +129,15 @@ pub unsafe extern "C" fn amlmil_extract_features(
             },
         };
         let mut cv = cv_adapter(progress, user_data);
-        let cache = crate::features::extract_features(
-            &dataset,
-            encoder_path.as_ref(),
-            out_dir.as_ref(),
-            &options,
-            &mut |_, done, total| cv(CvEvent::Extract { done, total }),
-        )?;
+        let cache = exclusive_training("amlmil_extract_features", || {
+            Ok(crate::features::extract_features(
+                &dataset,
+                encoder_path.as_ref(),
+                out_dir.as_ref(),
+                &options,
+                &mut |_, done, total| cv(CvEvent::Extract { done, total }),
+            )?)
+        })?;
         *out = to_json(cache.manifest())?;
         Ok(())
     })
@@ -157,7 +166,8 @@ pub unsafe extern "C" fn amlmil_extract_features(
 ///   (AMLMIL_STATUS_CANCELLED); finished stages stay on disk.
 /// @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
 ///   Untouched on failure.
-/// Thread safety: one experiment per output directory; may run beside sessions.
+/// @return _BUSY when another training call is running in this process.
+/// Thread safety: may run beside sessions; `amlmil_training_cancel` cancels it.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_experiment(
     config_json: *const c_char,
@@ -166,6 +176,7 @@ pub unsafe extern "C" fn amlmil_experiment(
     out_report_json: *mut *mut c_char,
 ) -> amlmil_status {
     json_call(
+        "amlmil_experiment",
         config_json,
         out_report_json,
         |text| ExperimentConfig::parse(text, false),
