@@ -685,7 +685,7 @@ inline std::string pretrain(const std::string& config_json, const ProgressFn& pr
 /**
  * @brief Runs or resumes the paper's experiment (amlmil_experiment).
  * @param config_json JSON object with `output` (required), `preset`, overrides (see amlmil.h).
- * @param progress optional; stages "experiment/<stage>"; may cancel.
+ * @param progress optional; stages `experiment/<stage>[/<encoder>]`; may cancel.
  * @return the report as JSON.
  */
 inline std::string experiment(const std::string& config_json, const ProgressFn& progress = {}) {
