@@ -52,10 +52,7 @@ fn api_reference_builds_without_warnings() {
         assert!(c.contains(f), "{f} is not in the C reference");
     }
     // Placeholders of the C header's prose survive as text (docs/doxygen-filter.sh).
-    assert!(
-        c.contains("with &lt;stage&gt; one of"),
-        "placeholder lost"
-    );
+    assert!(c.contains("with &lt;stage&gt; one of"), "placeholder lost");
     // The wrapper's internals (amlmil::detail) stay out of the reference.
     assert!(!html.join("namespaceamlmil_1_1detail.html").exists());
 }

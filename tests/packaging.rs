@@ -32,7 +32,7 @@ fn readelf_dynamic(lib: &Path) -> String {
 }
 
 /// The C example on a bag: reports a class and names the top cells' files.
-fn assert_c_example_classifies(exe: &Path, env_path: Option<&str>) {
+fn assert_c_example_classifies(exe: &Path) {
     let f = common::fixture();
     let mut cmd = Command::new(exe);
     cmd.arg(&f.encoder)
@@ -40,12 +40,12 @@ fn assert_c_example_classifies(exe: &Path, env_path: Option<&str>) {
         .arg(&programs::bags().1[0])
         .args(["cpu", "2"])
         .env_remove("LD_LIBRARY_PATH");
-    if let Some(p) = env_path {
-        cmd.env("PATH", p);
-    }
     let out = programs::checked(&mut cmd);
     programs::assert_reports_a_class(&out);
-    assert!(out.contains("top 2 cells") && out.contains("image_"), "{out}");
+    assert!(
+        out.contains("top 2 cells") && out.contains("image_"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -114,7 +114,9 @@ fn install_layout_cmake_and_pkg_config() {
         .unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        !bad.status.success() && err.contains("AMLMIL_STATUS_IO") && err.contains("/nonexistent/enc.safetensors"),
+        !bad.status.success()
+            && err.contains("AMLMIL_STATUS_IO")
+            && err.contains("/nonexistent/enc.safetensors"),
         "{err}"
     );
     let classify_bag = dir.path().join("classify_bag");
@@ -125,7 +127,7 @@ fn install_layout_cmake_and_pkg_config() {
         &classify_bag,
         &flags,
     );
-    assert_c_example_classifies(&classify_bag, None);
+    assert_c_example_classifies(&classify_bag);
 
     // CMake, out of tree: find_package(amlmil) and amlmil::amlmil.
     let build = dir.path().join("build");
@@ -302,7 +304,10 @@ fn cpu_package_is_relocatable_and_ships_no_libtorch_cuda() {
     );
     let ldd = programs::checked(Command::new("ldd").arg(&exe).env_remove("LD_LIBRARY_PATH"));
     assert!(!ldd.contains("not found"), "{ldd}");
-    for l in ldd.lines().filter(|l| l.contains("torch") || l.contains("amlmil") || l.contains("c10")) {
+    for l in ldd
+        .lines()
+        .filter(|l| l.contains("torch") || l.contains("amlmil") || l.contains("c10"))
+    {
         assert!(
             l.contains(&lib.display().to_string()),
             "resolved outside the package: {l}\n{ldd}"
@@ -312,5 +317,5 @@ fn cpu_package_is_relocatable_and_ships_no_libtorch_cuda() {
         !ldd.contains(&libtorch.display().to_string()),
         "the venv's libtorch is used:\n{ldd}"
     );
-    assert_c_example_classifies(&exe, None);
+    assert_c_example_classifies(&exe);
 }
