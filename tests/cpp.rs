@@ -91,3 +91,30 @@ fn wrapper_rejects_cpp14() {
         "{err}"
     );
 }
+
+/// Every function amlmil.h declares is called by the wrapper: a new C function
+/// fails this test until amlmil.hpp wraps it.
+#[test]
+fn wrapper_calls_every_c_function() {
+    let header = std::fs::read_to_string(root().join("include/amlmil.h")).unwrap();
+    let wrapper = std::fs::read_to_string(root().join("bindings/cpp/amlmil.hpp")).unwrap();
+    // Every `amlmil_<name>(` in the header: declarations and calls in comments.
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut declared: Vec<&str> = header
+        .match_indices("amlmil_")
+        .filter(|(at, _)| !header[..*at].ends_with(ident))
+        .filter_map(|(at, _)| {
+            let name_len = header[at..].find(|c: char| !ident(c))?;
+            let name = &header[at..at + name_len];
+            header[at + name_len..].starts_with('(').then_some(name)
+        })
+        .collect();
+    declared.sort();
+    declared.dedup();
+    assert!(declared.len() > 25, "found only {declared:?}");
+    let missing: Vec<&&str> = declared
+        .iter()
+        .filter(|f| !wrapper.contains(&format!("{f}(")))
+        .collect();
+    assert!(missing.is_empty(), "amlmil.hpp does not wrap {missing:?}");
+}
