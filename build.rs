@@ -7,10 +7,16 @@
 //! * A RUNPATH of `$ORIGIN` lets a vendor ship libtorch beside `libamlmil.so`; for
 //!   development builds the libtorch lib dir is added too, so nothing needs
 //!   `LD_LIBRARY_PATH`. Set `AMLMIL_NO_DEV_RPATH=1` for redistributable builds.
+//! * The cdylib's soname is `libamlmil.so.<ABI>`, so programs record the ABI they were
+//!   linked against (`NEEDED libamlmil.so.1`) and an incompatible library is never
+//!   picked up. Programs linked against the build directory then look for that name
+//!   there, so a `libamlmil.so.<ABI> -> libamlmil.so` symlink is made beside it.
 use std::path::PathBuf;
 
 fn main() {
-    abi_version();
+    let abi = abi_version();
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libamlmil.so.{abi}");
+    soname_link(abi);
     println!("cargo:rerun-if-env-changed=AMLMIL_NO_DEV_RPATH");
     println!("cargo:rerun-if-changed=build.rs");
     // torch-sys (`links = "tch"`) publishes the lib dir it linked against.
@@ -54,7 +60,7 @@ fn main() {
 
 /// Hands `package.metadata.amlmil.abi-version` of Cargo.toml to the crate as
 /// `AMLMIL_ABI_VERSION` (the one place the ABI number is defined).
-fn abi_version() {
+fn abi_version() -> i64 {
     println!("cargo:rerun-if-changed=Cargo.toml");
     let text = std::fs::read_to_string("Cargo.toml").expect("read Cargo.toml");
     let manifest: toml::Table = text.parse().expect("Cargo.toml is TOML");
@@ -67,4 +73,23 @@ fn abi_version() {
         .filter(|v| (1..=i64::from(u32::MAX)).contains(v))
         .expect("Cargo.toml needs [package.metadata.amlmil] abi-version = <positive integer>");
     println!("cargo:rustc-env=AMLMIL_ABI_VERSION={abi}");
+    abi
+}
+
+/// `<target>/<profile>/libamlmil.so.<ABI> -> libamlmil.so`, made before the library is
+/// linked (OUT_DIR is `<target>/<profile>/build/amlmil-<hash>/out`).
+fn soname_link(abi: i64) {
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let Some(profile_dir) = out.ancestors().nth(3) else {
+        return;
+    };
+    let link = profile_dir.join(format!("libamlmil.so.{abi}"));
+    if std::fs::read_link(&link).ok().as_deref() == Some(std::path::Path::new("libamlmil.so")) {
+        return;
+    }
+    let _ = std::fs::remove_file(&link);
+    #[cfg(unix)]
+    if let Err(e) = std::os::unix::fs::symlink("libamlmil.so", &link) {
+        println!("cargo:warning=cannot create {}: {e}", link.display());
+    }
 }

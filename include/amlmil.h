@@ -1,5 +1,6 @@
-/*
- * libamlmil — AML subtype classification from single white-cell images.
+/**
+ * @file amlmil.h
+ * @brief libamlmil — AML subtype classification from single white-cell images.
  *
  * Contract (every function):
  *  - Fallible functions return amlmil_status; AMLMIL_STATUS_OK is 0. On failure
@@ -34,87 +35,87 @@
 #define AMLMIL_ABI_VERSION 1
 
 
-/*
- Result of every fallible `amlmil_*` function. Numbers are fixed forever; a
- retired status keeps its number as a comment and is never reused.
+/**
+ * Result of every fallible `amlmil_*` function. Numbers are fixed forever; a
+ * retired status keeps its number as a comment and is never reused.
  */
 enum amlmil_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  /*
-   Success; output arguments were written.
+  /**
+   * Success; output arguments were written.
    */
   AMLMIL_STATUS_OK = 0,
-  /*
-   A required pointer argument was NULL (the message names it).
+  /**
+   * A required pointer argument was NULL (the message names it).
    */
   AMLMIL_STATUS_NULL_ARGUMENT = 1,
-  /*
-   An argument was out of range, inconsistent or not valid UTF-8.
+  /**
+   * An argument was out of range, inconsistent or not valid UTF-8.
    */
   AMLMIL_STATUS_INVALID_ARGUMENT = 2,
-  /*
-   A caller-provided output buffer is shorter than needed.
+  /**
+   * A caller-provided output buffer is shorter than needed.
    */
   AMLMIL_STATUS_BUFFER_TOO_SMALL = 3,
-  /*
-   A file could not be read or written (the message names it).
+  /**
+   * A file could not be read or written (the message names it).
    */
   AMLMIL_STATUS_IO = 4,
-  /*
-   Image bytes could not be decoded.
+  /**
+   * Image bytes could not be decoded.
    */
   AMLMIL_STATUS_DECODE = 5,
-  /*
-   A checkpoint is missing its manifest, of the wrong kind, truncated or inconsistent.
+  /**
+   * A checkpoint is missing its manifest, of the wrong kind, truncated or inconsistent.
    */
   AMLMIL_STATUS_CHECKPOINT = 6,
-  /*
-   Encoder and MIL head (or other parts) do not fit together.
+  /**
+   * Encoder and MIL head (or other parts) do not fit together.
    */
   AMLMIL_STATUS_MISMATCH = 7,
-  /*
-   The bag has no cells.
+  /**
+   * The bag has no cells.
    */
   AMLMIL_STATUS_EMPTY_BAG = 8,
-  /*
-   NaN or infinite values where finite ones are required.
+  /**
+   * NaN or infinite values where finite ones are required.
    */
   AMLMIL_STATUS_NON_FINITE = 9,
-  /*
-   Unknown device string, or the device is not present.
+  /**
+   * Unknown device string, or the device is not present.
    */
   AMLMIL_STATUS_DEVICE = 10,
-  /*
-   A data set does not follow the documented layout.
+  /**
+   * A data set does not follow the documented layout.
    */
   AMLMIL_STATUS_DATASET = 11,
-  /*
-   The progress callback asked to stop.
+  /**
+   * The progress callback asked to stop.
    */
   AMLMIL_STATUS_CANCELLED = 12,
-  /*
-   libtorch reported an error.
+  /**
+   * libtorch reported an error.
    */
   AMLMIL_STATUS_TORCH = 13,
-  /*
-   An internal error (a bug): the call was abandoned safely.
+  /**
+   * An internal error (a bug): the call was abandoned safely.
    */
   AMLMIL_STATUS_PANIC = 14,
-  /*
-   The request is valid but not supported in this build or state.
+  /**
+   * The request is valid but not supported in this build or state.
    */
   AMLMIL_STATUS_UNSUPPORTED = 15,
-  /*
-   A preprocessing plugin or callback could not be loaded, returned an
-   error or panicked (the message names it).
+  /**
+   * A preprocessing plugin or callback could not be loaded, returned an
+   * error or panicked (the message names it).
    */
   AMLMIL_STATUS_PLUGIN = 16,
-  /*
-   Another call that allows only one at a time per process (training) is
-   running; try again when it has returned.
+  /**
+   * Another call that allows only one at a time per process (training) is
+   * running; try again when it has returned.
    */
   AMLMIL_STATUS_BUSY = 17,
 };
@@ -126,8 +127,8 @@ typedef uint32_t amlmil_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-/*
- Channel order of a raw pixel buffer (values of the `format` argument).
+/**
+ * Channel order of a raw pixel buffer (values of the `format` argument).
  */
 enum amlmil_pixel_format
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -147,20 +148,20 @@ typedef uint32_t amlmil_pixel_format;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-/*
- Which attention a caller asks for.
+/**
+ * Which attention a caller asks for.
  */
 enum amlmil_attention_kind
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  /*
-   Softmax over the cells of the bag; each class's row sums to 1.
+  /**
+   * Softmax over the cells of the bag; each class's row sums to 1.
    */
   AMLMIL_ATTENTION_KIND_SOFTMAX = 0,
-  /*
-   Scores before the softmax.
+  /**
+   * Scores before the softmax.
    */
   AMLMIL_ATTENTION_KIND_RAW = 1,
 };
@@ -172,24 +173,24 @@ typedef uint32_t amlmil_attention_kind;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-/*
- Arithmetic of the encoder (values of `amlmil_session_options.precision`).
+/**
+ * Arithmetic of the encoder (values of `amlmil_session_options.precision`).
  */
 enum amlmil_precision
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  /*
-   32-bit float (default; the only choice on the CPU).
+  /**
+   * 32-bit float (default; the only choice on the CPU).
    */
   AMLMIL_PRECISION_FP32 = 0,
-  /*
-   16-bit float (CUDA only).
+  /**
+   * 16-bit float (CUDA only).
    */
   AMLMIL_PRECISION_FP16 = 1,
-  /*
-   bfloat16 (CUDA only).
+  /**
+   * bfloat16 (CUDA only).
    */
   AMLMIL_PRECISION_BF16 = 2,
 };
@@ -201,8 +202,8 @@ typedef uint32_t amlmil_precision;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-/*
- Log levels (values of `max_level` and of the callback's `level`).
+/**
+ * Log levels (values of `max_level` and of the callback's `level`).
  */
 enum amlmil_log_level
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -224,198 +225,198 @@ typedef uint32_t amlmil_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-/*
- White-cell types the generator draws. Names (`name()`) are the snake_case
- strings written to `cells.csv`.
+/**
+ * White-cell types the generator draws. Names (`name()`) are the snake_case
+ * strings written to `cells.csv`.
  */
 typedef struct CellType CellType;
 
-/*
- Flip applied to a cell before encoding (feature caches keep all four, so flip
- augmentation during MIL training costs no re-encoding).
+/**
+ * Flip applied to a cell before encoding (feature caches keep all four, so flip
+ * augmentation during MIL training costs no re-encoding).
  */
 typedef struct Flip Flip;
 
-/*
- Where a file to import comes from: which names its tensors carry.
+/**
+ * Where a file to import comes from: which names its tensors carry.
  */
 typedef struct ImportSource ImportSource;
 
-/*
- Opaque bag of cells. Create with `amlmil_bag_new`, free with `amlmil_bag_free`.
-
- Thread safety: a bag may be classified from several threads at once; adding
- cells while another thread classifies the same bag is safe but the
- classification then sees the bag either before or after the addition.
+/**
+ * Opaque bag of cells. Create with `amlmil_bag_new`, free with `amlmil_bag_free`.
+ *
+ * Thread safety: a bag may be classified from several threads at once; adding
+ * cells while another thread classifies the same bag is safe but the
+ * classification then sees the bag either before or after the addition.
  */
 typedef struct amlmil_bag amlmil_bag;
 
-/*
- Opaque classification result, owned by the caller; free with `amlmil_result_free`.
- Immutable: any number of threads may read one result at once.
+/**
+ * Opaque classification result, owned by the caller; free with `amlmil_result_free`.
+ * Immutable: any number of threads may read one result at once.
  */
 typedef struct amlmil_result amlmil_result;
 
-/*
- Opaque session. Create with `amlmil_session_new`, free with `amlmil_session_free`.
-
- Thread safety: every function that takes a `const amlmil_session*` may be
- called from several threads at once on the same session.
+/**
+ * Opaque session. Create with `amlmil_session_new`, free with `amlmil_session_free`.
+ *
+ * Thread safety: every function that takes a `const amlmil_session*` may be
+ * called from several threads at once on the same session.
  */
 typedef struct amlmil_session amlmil_session;
 
-/*
- Progress of a long call, passed to an `amlmil_progress_callback`.
+/**
+ * Progress of a long call, passed to an `amlmil_progress_callback`.
  */
 typedef struct {
-  /*
-   What is running, e.g. `"encode"`; valid during the callback only.
+  /**
+   * What is running, e.g. `"encode"`; valid during the callback only.
    */
   const char *stage;
-  /*
-   Units done and total in this stage (e.g. cells encoded).
+  /**
+   * Units done and total in this stage (e.g. cells encoded).
    */
   uint64_t done;
   uint64_t total;
-  /*
-   Training epoch and cross-validation fold, or -1 when not applicable.
+  /**
+   * Training epoch and cross-validation fold, or -1 when not applicable.
    */
   int32_t epoch;
   int32_t fold;
-  /*
-   Current loss, or NaN when not applicable.
+  /**
+   * Current loss, or NaN when not applicable.
    */
   double loss;
 } amlmil_progress;
 
-/*
- Called from the calling thread during long calls. Return 0 to continue,
- anything else to cancel (the call then returns AMLMIL_STATUS_CANCELLED).
+/**
+ * Called from the calling thread during long calls. Return 0 to continue,
+ * anything else to cancel (the call then returns AMLMIL_STATUS_CANCELLED).
  */
 typedef int32_t (*amlmil_progress_callback)(void *user_data, const amlmil_progress *progress);
 
-/*
- Receives one log record. `target` and `message` are valid during the call only.
- May be called from any thread that runs library code, concurrently.
+/**
+ * Receives one log record. `target` and `message` are valid during the call only.
+ * May be called from any thread that runs library code, concurrently.
  */
 typedef void (*amlmil_log_callback)(void *user_data,
                                     uint32_t level,
                                     const char *target,
                                     const char *message);
 
-/*
- One cell of an attention ranking.
+/**
+ * One cell of an attention ranking.
  */
 typedef struct {
-  /*
-   The id given when the cell was added.
+  /**
+   * The id given when the cell was added.
    */
   uint64_t cell_id;
-  /*
-   Position of the cell in the bag (order of addition).
+  /**
+   * Position of the cell in the bag (order of addition).
    */
   uint64_t index;
-  /*
-   Softmax attention of the cell for the ranked class.
+  /**
+   * Softmax attention of the cell for the ranked class.
    */
   float attention;
 } amlmil_ranked_cell;
 
-/*
- One cell handed to an `amlmil_preprocess_callback`.
+/**
+ * One cell handed to an `amlmil_preprocess_callback`.
  */
 typedef struct {
-  /*
-   The id given when the cell was added (read-only).
+  /**
+   * The id given when the cell was added (read-only).
    */
   uint64_t cell_id;
-  /*
-   `height` rows of `width` RGB pixels, 3 bytes each, rows packed
-   (stride `width * 3`). The callback may change the bytes in place; the
-   size cannot change. Valid during the callback only.
+  /**
+   * `height` rows of `width` RGB pixels, 3 bytes each, rows packed
+   * (stride `width * 3`). The callback may change the bytes in place; the
+   * size cannot change. Valid during the callback only.
    */
   uint8_t *pixels;
   uint32_t width;
   uint32_t height;
-  /*
-   1 on entry; set to 0 to drop the cell from the bag.
+  /**
+   * 1 on entry; set to 0 to drop the cell from the bag.
    */
   uint32_t keep;
 } amlmil_cell;
 
-/*
- Runs on each batch of up to `batch_size` cells (bag order, as added,
- before resizing) before they are encoded. Return 0 to go on; anything else
- fails the call with AMLMIL_STATUS_PLUGIN. Called from the thread that
- classifies, and concurrently when several threads classify on one session,
- so it must be thread-safe. It must not unwind (no C++ exception may leave it).
+/**
+ * Runs on each batch of up to `batch_size` cells (bag order, as added,
+ * before resizing) before they are encoded. Return 0 to go on; anything else
+ * fails the call with AMLMIL_STATUS_PLUGIN. Called from the thread that
+ * classifies, and concurrently when several threads classify on one session,
+ * so it must be thread-safe. It must not unwind (no C++ exception may leave it).
  */
 typedef int32_t (*amlmil_preprocess_callback)(void *user_data, amlmil_cell *cells, size_t num_cells);
 
-/*
- Options for `amlmil_session_new`. Always initialise with
- `amlmil_session_options_init`, then change fields: new fields are only ever
- appended, and `struct_size` tells the library which ones the caller knows.
+/**
+ * Options for `amlmil_session_new`. Always initialise with
+ * `amlmil_session_options_init`, then change fields: new fields are only ever
+ * appended, and `struct_size` tells the library which ones the caller knows.
  */
 typedef struct {
-  /*
-   `sizeof(amlmil_session_options)` as compiled by the caller (set by init).
+  /**
+   * `sizeof(amlmil_session_options)` as compiled by the caller (set by init).
    */
   size_t struct_size;
-  /*
-   `"auto"` (default: first GPU if any, else CPU), `"cpu"`, `"cuda"` or
-   `"cuda:N"`. NULL means `"auto"`. Only read during `amlmil_session_new`.
+  /**
+   * `"auto"` (default: first GPU if any, else CPU), `"cpu"`, `"cuda"` or
+   * `"cuda:N"`. NULL means `"auto"`. Only read during `amlmil_session_new`.
    */
   const char *device;
-  /*
-   One of `amlmil_precision`.
+  /**
+   * One of `amlmil_precision`.
    */
   uint32_t precision;
-  /*
-   Cells per encoder forward pass (default 32).
+  /**
+   * Cells per encoder forward pass (default 32).
    */
   uint32_t batch_size;
-  /*
-   libtorch intra-op threads; 0 keeps libtorch's default. Process-wide.
+  /**
+   * libtorch intra-op threads; 0 keeps libtorch's default. Process-wide.
    */
   uint32_t num_threads;
-  /*
-   1 (default): on the CPU run the encoder with NHWC strides (faster); 0: plain
-   NCHW, bit-identical to PyTorch's default layout. Ignored on CUDA and when
-   `fused` is 1.
+  /**
+   * 1 (default): on the CPU run the encoder with NHWC strides (faster); 0: plain
+   * NCHW, bit-identical to PyTorch's default layout. Ignored on CUDA and when
+   * `fused` is 1.
    */
   uint32_t channels_last;
-  /*
-   1 (default): on the CPU fold batch norm into the convolutions and run the
-   encoder on oneDNN's layout with pre-packed weights (fastest; equal to the
-   plain encoder to float rounding); 0: the plain encoder. Ignored on CUDA.
+  /**
+   * 1 (default): on the CPU fold batch norm into the convolutions and run the
+   * encoder on oneDNN's layout with pre-packed weights (fastest; equal to the
+   * plain encoder to float rounding); 0: the plain encoder. Ignored on CUDA.
    */
   uint32_t fused;
-  /*
-   1 (default): run one small batch through the encoder in
-   `amlmil_session_new`, so the first bag does not pay for set-up; 0: skip.
+  /**
+   * 1 (default): run one small batch through the encoder in
+   * `amlmil_session_new`, so the first bag does not pay for set-up; 0: skip.
    */
   uint32_t warm_up;
-  /*
-   Preprocessing callback run on each batch of cells before encoding
-   (after the plugin of `plugin_path`, if both are set); NULL: none. See
-   `amlmil_preprocess_callback` for the contract.
+  /**
+   * Preprocessing callback run on each batch of cells before encoding
+   * (after the plugin of `plugin_path`, if both are set); NULL: none. See
+   * `amlmil_preprocess_callback` for the contract.
    */
   amlmil_preprocess_callback preprocess;
-  /*
-   Passed unchanged to every `preprocess` call.
+  /**
+   * Passed unchanged to every `preprocess` call.
    */
   void *preprocess_user_data;
-  /*
-   UTF-8 path of a Rust preprocessing plugin (a shared library built
-   against the `amlmil-plugin` interface crate, `plugins/interface`);
-   NULL: none. Loaded by `amlmil_session_new`, which fails with
-   AMLMIL_STATUS_PLUGIN for a missing or incompatible file.
+  /**
+   * UTF-8 path of a Rust preprocessing plugin (a shared library built
+   * against the `amlmil-plugin` interface crate, `plugins/interface`);
+   * NULL: none. Loaded by `amlmil_session_new`, which fails with
+   * AMLMIL_STATUS_PLUGIN for a missing or incompatible file.
    */
   const char *plugin_path;
-  /*
-   Configuration string handed to the plugin's constructor (JSON by
-   convention); NULL means "". Only read during `amlmil_session_new`.
+  /**
+   * Configuration string handed to the plugin's constructor (JSON by
+   * convention); NULL means "". Only read during `amlmil_session_new`.
    */
   const char *plugin_config;
 } amlmil_session_options;
@@ -424,73 +425,73 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
-/*
- The library's version, e.g. `"0.1.0"`. Static; never NULL.
+/**
+ * The library's version, e.g. `"0.1.0"`. Static; never NULL.
  */
 const char *amlmil_version(void);
 
-/*
- The ABI version of the loaded library; compare with `AMLMIL_ABI_VERSION`.
+/**
+ * The ABI version of the loaded library; compare with `AMLMIL_ABI_VERSION`.
  */
 uint32_t amlmil_abi_version(void);
 
-/*
- Number of CUDA devices libtorch can use (0 without a GPU).
+/**
+ * Number of CUDA devices libtorch can use (0 without a GPU).
  */
 uint32_t amlmil_cuda_device_count(void);
 
-/*
- Runtime facts as JSON: library and ABI version, libtorch version, CUDA device
- count, libtorch threads.
-
- @param[out] out_json library-owned string; free with `amlmil_string_free`.
+/**
+ * Runtime facts as JSON: library and ABI version, libtorch version, CUDA device
+ * count, libtorch threads.
+ *
+ * @param[out] out_json library-owned string; free with `amlmil_string_free`.
  */
 amlmil_status amlmil_runtime_info(char **out_json);
 
-/*
- Frees a string returned by the library. `NULL` is a no-op.
+/**
+ * Frees a string returned by the library. `NULL` is a no-op.
  */
 void amlmil_string_free(char *s);
 
-/*
- Creates an empty bag.
-
- @param[out] out_bag receives the new bag; the caller owns it and frees it with
-   `amlmil_bag_free`. Untouched on failure.
- @return AMLMIL_STATUS_OK, or AMLMIL_STATUS_NULL_ARGUMENT if `out_bag` is NULL.
+/**
+ * Creates an empty bag.
+ *
+ * @param[out] out_bag receives the new bag; the caller owns it and frees it with
+ *   `amlmil_bag_free`. Untouched on failure.
+ * @return AMLMIL_STATUS_OK, or AMLMIL_STATUS_NULL_ARGUMENT if `out_bag` is NULL.
  */
 amlmil_status amlmil_bag_new(amlmil_bag **out_bag);
 
-/*
- Frees a bag. `NULL` is a no-op. The bag must not be used afterwards.
+/**
+ * Frees a bag. `NULL` is a no-op. The bag must not be used afterwards.
  */
 void amlmil_bag_free(amlmil_bag *bag);
 
-/*
- Number of cells in the bag.
-
- @param[out] out_len receives the count. Untouched on failure.
+/**
+ * Number of cells in the bag.
+ *
+ * @param[out] out_len receives the count. Untouched on failure.
  */
 amlmil_status amlmil_bag_len(const amlmil_bag *bag, size_t *out_len);
 
-/*
- Removes every cell from the bag so it can be reused for another patient
- (a streaming bag keeps streaming to its session).
+/**
+ * Removes every cell from the bag so it can be reused for another patient
+ * (a streaming bag keeps streaming to its session).
  */
 amlmil_status amlmil_bag_clear(amlmil_bag *bag);
 
-/*
- Adds one cell from a raw 8-bit pixel buffer. The pixels are copied.
-
- @param bag the bag (not NULL).
- @param cell_id caller-chosen id, unique within the bag; results refer to cells by it.
- @param pixels `height` rows of `width` pixels, `stride` bytes apart.
- @param pixels_len size of the `pixels` buffer in bytes (checked against the geometry).
- @param width, height image size in pixels (1..4096).
- @param stride bytes from one row to the next; at least `width * channels`.
- @param format one of `amlmil_pixel_format`.
- @return AMLMIL_STATUS_OK; AMLMIL_STATUS_NULL_ARGUMENT, AMLMIL_STATUS_INVALID_ARGUMENT
-   (bad size, stride, format or duplicate id). The bag is unchanged on failure.
+/**
+ * Adds one cell from a raw 8-bit pixel buffer. The pixels are copied.
+ *
+ * @param bag the bag (not NULL).
+ * @param cell_id caller-chosen id, unique within the bag; results refer to cells by it.
+ * @param pixels `height` rows of `width` pixels, `stride` bytes apart.
+ * @param pixels_len size of the `pixels` buffer in bytes (checked against the geometry).
+ * @param width, height image size in pixels (1..4096).
+ * @param stride bytes from one row to the next; at least `width * channels`.
+ * @param format one of `amlmil_pixel_format`.
+ * @return AMLMIL_STATUS_OK; AMLMIL_STATUS_NULL_ARGUMENT, AMLMIL_STATUS_INVALID_ARGUMENT
+ *   (bad size, stride, format or duplicate id). The bag is unchanged on failure.
  */
 amlmil_status amlmil_bag_add_pixels(amlmil_bag *bag,
                                     uint64_t cell_id,
@@ -501,68 +502,68 @@ amlmil_status amlmil_bag_add_pixels(amlmil_bag *bag,
                                     size_t stride,
                                     uint32_t format);
 
-/*
- Adds one cell from encoded TIFF, PNG or JPEG bytes (RGB, RGBA, greyscale, 8 or 16 bit).
-
- @return AMLMIL_STATUS_OK; AMLMIL_STATUS_DECODE when the bytes are not a supported
-   image. The bag is unchanged on failure.
+/**
+ * Adds one cell from encoded TIFF, PNG or JPEG bytes (RGB, RGBA, greyscale, 8 or 16 bit).
+ *
+ * @return AMLMIL_STATUS_OK; AMLMIL_STATUS_DECODE when the bytes are not a supported
+ *   image. The bag is unchanged on failure.
  */
 amlmil_status amlmil_bag_add_encoded(amlmil_bag *bag,
                                      uint64_t cell_id,
                                      const uint8_t *data,
                                      size_t data_len);
 
-/*
- Adds one cell from an image file (TIFF, PNG or JPEG), path in UTF-8.
-
- @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO when the file cannot be read;
-   AMLMIL_STATUS_DECODE when it is not a supported image. The bag is unchanged on failure.
+/**
+ * Adds one cell from an image file (TIFF, PNG or JPEG), path in UTF-8.
+ *
+ * @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO when the file cannot be read;
+ *   AMLMIL_STATUS_DECODE when it is not a supported image. The bag is unchanged on failure.
  */
 amlmil_status amlmil_bag_add_file(amlmil_bag *bag, uint64_t cell_id, const char *path);
 
-/*
- Makes an empty bag stream: from now on every cell added is encoded by
- `session` on a background worker while the caller goes on adding (a scanner
- adding cells as it segments), and only its features are kept, so memory is
- bounded by the batch, not the bag. `amlmil_session_classify` with the same
- session then only encodes the last partial batch and runs the MIL head.
-
- `add` calls block while the worker is a batch behind. The bag keeps the
- session alive until the bag is freed. `amlmil_session_embed` needs the
- images and refuses a streaming bag; `amlmil_bag_clear` empties it and it
- keeps streaming.
-
- @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when the bag already holds
-   cells or streams already; _UNSUPPORTED when the session preprocesses
-   cells (`preprocess` or `plugin_path` in its options).
- Thread safety: as for the other bag calls.
+/**
+ * Makes an empty bag stream: from now on every cell added is encoded by
+ * `session` on a background worker while the caller goes on adding (a scanner
+ * adding cells as it segments), and only its features are kept, so memory is
+ * bounded by the batch, not the bag. `amlmil_session_classify` with the same
+ * session then only encodes the last partial batch and runs the MIL head.
+ *
+ * `add` calls block while the worker is a batch behind. The bag keeps the
+ * session alive until the bag is freed. `amlmil_session_embed` needs the
+ * images and refuses a streaming bag; `amlmil_bag_clear` empties it and it
+ * keeps streaming.
+ *
+ * @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when the bag already holds
+ *   cells or streams already; _UNSUPPORTED when the session preprocesses
+ *   cells (`preprocess` or `plugin_path` in its options).
+ * Thread safety: as for the other bag calls.
  */
 amlmil_status amlmil_bag_stream(amlmil_bag *bag, const amlmil_session *session);
 
-/*
- Cancels the training call running in this process (`amlmil_pretrain`,
- `amlmil_train_mil`, `amlmil_cross_validate`, `amlmil_extract_features`,
- `amlmil_experiment`), from any thread. It returns
- AMLMIL_STATUS_CANCELLED at its next progress report, with the files of its
- last finished step intact (as when its progress callback cancels).
-
- @return 1 if a training call was running, 0 if none was.
+/**
+ * Cancels the training call running in this process (`amlmil_pretrain`,
+ * `amlmil_train_mil`, `amlmil_cross_validate`, `amlmil_extract_features`,
+ * `amlmil_experiment`), from any thread. It returns
+ * AMLMIL_STATUS_CANCELLED at its next progress report, with the files of its
+ * last finished step intact (as when its progress callback cancels).
+ *
+ * @return 1 if a training call was running, 0 if none was.
  */
 uint32_t amlmil_training_cancel(void);
 
-/*
- Writes a synthetic blood-smear cohort in the data-set layout
- (`metadata.csv`, `data/<label>/<patient>/image_<k>.tif`, `cells.csv`).
-
- @param config_json NULL or "{}" for the default cohort, else any of
-   `patients_per_class` (20), `cells_min` (100), `cells_max` (300),
-   `abnormal_fraction_min` (0.05), `abnormal_fraction_max` (0.6),
-   `image_size` (144), `annotated_fraction` (0.02), `seed` (0), `threads` (0 = all).
-   Unknown keys are errors.
- @param out_dir must not exist or be empty.
- @param progress optional; stage "synth", cells done of total (cannot cancel:
-   the return value is ignored).
- @param[out] out_summary_json patients written (library-owned string). Untouched on failure.
+/**
+ * Writes a synthetic blood-smear cohort in the data-set layout
+ * (`metadata.csv`, `data/<label>/<patient>/image_<k>.tif`, `cells.csv`).
+ *
+ * @param config_json NULL or "{}" for the default cohort, else any of
+ *   `patients_per_class` (20), `cells_min` (100), `cells_max` (300),
+ *   `abnormal_fraction_min` (0.05), `abnormal_fraction_max` (0.6),
+ *   `image_size` (144), `annotated_fraction` (0.02), `seed` (0), `threads` (0 = all).
+ *   Unknown keys are errors.
+ * @param out_dir must not exist or be empty.
+ * @param progress optional; stage "synth", cells done of total (cannot cancel:
+ *   the return value is ignored).
+ * @param[out] out_summary_json patients written (library-owned string). Untouched on failure.
  */
 amlmil_status amlmil_synth_cohort(const char *config_json,
                                   const char *out_dir,
@@ -570,140 +571,140 @@ amlmil_status amlmil_synth_cohort(const char *config_json,
                                   void *user_data,
                                   char **out_summary_json);
 
-/*
- Validates a data-set folder and summarises it.
-
- @param skip non-zero: report problems and go on (they are listed in the
-   JSON's `issues`); zero: fail on the first with AMLMIL_STATUS_DATASET.
- @param check_images non-zero: also decode every image.
- @param[out] out_json `{"summary": …, "issues": […]}` (library-owned). Untouched on failure.
+/**
+ * Validates a data-set folder and summarises it.
+ *
+ * @param skip non-zero: report problems and go on (they are listed in the
+ *   JSON's `issues`); zero: fail on the first with AMLMIL_STATUS_DATASET.
+ * @param check_images non-zero: also decode every image.
+ * @param[out] out_json `{"summary": …, "issues": […]}` (library-owned). Untouched on failure.
  */
 amlmil_status amlmil_dataset_check(const char *dataset_dir,
                                    uint32_t skip,
                                    uint32_t check_images,
                                    char **out_json);
 
-/*
- Converts a PyTorch-trained model to a libamlmil checkpoint: a ResNet18/34
- encoder from torchvision, VISSL, DINO, SwAV or lightly layouts, or SCEMILA's
- attention-MIL head. Safetensors files are read directly; pickled files
- (`.pth`, `.pt`, `.ckpt`, …) need the Python side (`bindings/python`, a
- Python with torch in `options.python` or `$AMLMIL_PYTHON`).
-
- @param source_path the file to import.
- @param out_path the checkpoint to write; written only when the whole model
-   checks out (nothing is left behind on failure).
- @param options_json NULL for the defaults, or a JSON object: `source`
-   ("auto" | "torchvision" | "vissl" | "dino" | "swav" | "lightly" |
-   "scemila"), `branch` ("teacher" | "student"), `prefix`, `input_size` (144),
-   `normalization` ({"mean": [r,g,b], "std": [r,g,b]}, ImageNet's), `classes`
-   or `class_conversion` (SCEMILA), `python`. Unknown keys are errors.
- @param[out] out_report_json what was written: kind, source, prefix,
-   architecture, tensor counts (library-owned; `amlmil_string_free`).
-   Untouched on failure.
- Thread safety: any thread; imports to different `out_path`s may run at once.
+/**
+ * Converts a PyTorch-trained model to a libamlmil checkpoint: a ResNet18/34
+ * encoder from torchvision, VISSL, DINO, SwAV or lightly layouts, or SCEMILA's
+ * attention-MIL head. Safetensors files are read directly; pickled files
+ * (`.pth`, `.pt`, `.ckpt`, …) need the Python side (`bindings/python`, a
+ * Python with torch in `options.python` or `$AMLMIL_PYTHON`).
+ *
+ * @param source_path the file to import.
+ * @param out_path the checkpoint to write; written only when the whole model
+ *   checks out (nothing is left behind on failure).
+ * @param options_json NULL for the defaults, or a JSON object: `source`
+ *   ("auto" | "torchvision" | "vissl" | "dino" | "swav" | "lightly" |
+ *   "scemila"), `branch` ("teacher" | "student"), `prefix`, `input_size` (144),
+ *   `normalization` ({"mean": [r,g,b], "std": [r,g,b]}, ImageNet's), `classes`
+ *   or `class_conversion` (SCEMILA), `python`. Unknown keys are errors.
+ * @param[out] out_report_json what was written: kind, source, prefix,
+ *   architecture, tensor counts (library-owned; `amlmil_string_free`).
+ *   Untouched on failure.
+ * Thread safety: any thread; imports to different `out_path`s may run at once.
  */
 amlmil_status amlmil_import(const char *source_path,
                             const char *out_path,
                             const char *options_json,
                             char **out_report_json);
 
-/*
- Routes the library's log records at or above `max_level` to `callback`.
- Pass a NULL callback (or `max_level` 0) to stop logging.
-
- @return AMLMIL_STATUS_UNSUPPORTED if the host process already installed another
-   Rust `log` logger (then that one receives the records).
- Thread safety: may be called at any time from any thread.
+/**
+ * Routes the library's log records at or above `max_level` to `callback`.
+ * Pass a NULL callback (or `max_level` 0) to stop logging.
+ *
+ * @return AMLMIL_STATUS_UNSUPPORTED if the host process already installed another
+ *   Rust `log` logger (then that one receives the records).
+ * Thread safety: may be called at any time from any thread.
  */
 amlmil_status amlmil_set_log_callback(amlmil_log_callback callback,
                                       void *user_data,
                                       uint32_t max_level);
 
-/*
- Pre-trains a cell encoder (DESIGN §2) with SimCLR, SwAV, DINO or the
- supervised cell-type baseline on all cells of a data set, writing after
- every epoch `<output>/encoder.safetensors` (an encoder checkpoint for
- `amlmil_session_new` and `amlmil_extract_features`, its manifest naming the
- method) and the resumable `<output>/state.safetensors`.
-
- @param config_json JSON object: `method` ("simclr" | "swav" | "dino" |
-   "supervised", required), `dataset` and `output` (required), `preset`
-   ("paper": 144 px, batch 512; "cpu-small": 64 px, batch 32), and overrides
-   of any preset value, nested objects merged key by key (e.g. `"epochs": 20`,
-   `"swav": {"num_prototypes": 30}`, `"resume": true`, `"device": "cpu"`).
-   Unknown keys and impossible values are errors naming the key.
- @param progress optional; stage "decode" (cells decoded, epoch -1),
-   "pretrain" (steps of the epoch, with epoch and the epoch's running mean
-   loss) and "pretrain-epoch" (epochs done, with the epoch's mean loss, after
-   its checkpoint is written). Non-zero cancels: the call returns
-   AMLMIL_STATUS_CANCELLED and the files of the last finished epoch stay
-   intact, so `"resume": true` continues from them.
- @param[out] out_report_json the report: method, cells, steps per epoch,
-   epochs and steps completed, per-epoch history (loss, learning rate,
-   images/s), every step's loss, output paths (library-owned;
-   `amlmil_string_free`). Untouched on failure.
- @return AMLMIL_STATUS_OK, AMLMIL_STATUS_CANCELLED, or an error status; a
-   non-finite loss stops the run with an error naming the epoch, step and value.
- Thread safety: may run beside sessions; _BUSY when another training call
-   runs in this process; `amlmil_training_cancel` cancels it from any thread.
+/**
+ * Pre-trains a cell encoder (DESIGN §2) with SimCLR, SwAV, DINO or the
+ * supervised cell-type baseline on all cells of a data set, writing after
+ * every epoch `<output>/encoder.safetensors` (an encoder checkpoint for
+ * `amlmil_session_new` and `amlmil_extract_features`, its manifest naming the
+ * method) and the resumable `<output>/state.safetensors`.
+ *
+ * @param config_json JSON object: `method` ("simclr" | "swav" | "dino" |
+ *   "supervised", required), `dataset` and `output` (required), `preset`
+ *   ("paper": 144 px, batch 512; "cpu-small": 64 px, batch 32), and overrides
+ *   of any preset value, nested objects merged key by key (e.g. `"epochs": 20`,
+ *   `"swav": {"num_prototypes": 30}`, `"resume": true`, `"device": "cpu"`).
+ *   Unknown keys and impossible values are errors naming the key.
+ * @param progress optional; stage "decode" (cells decoded, epoch -1),
+ *   "pretrain" (steps of the epoch, with epoch and the epoch's running mean
+ *   loss) and "pretrain-epoch" (epochs done, with the epoch's mean loss, after
+ *   its checkpoint is written). Non-zero cancels: the call returns
+ *   AMLMIL_STATUS_CANCELLED and the files of the last finished epoch stay
+ *   intact, so `"resume": true` continues from them.
+ * @param[out] out_report_json the report: method, cells, steps per epoch,
+ *   epochs and steps completed, per-epoch history (loss, learning rate,
+ *   images/s), every step's loss, output paths (library-owned;
+ *   `amlmil_string_free`). Untouched on failure.
+ * @return AMLMIL_STATUS_OK, AMLMIL_STATUS_CANCELLED, or an error status; a
+ *   non-finite loss stops the run with an error naming the epoch, step and value.
+ * Thread safety: may run beside sessions; _BUSY when another training call
+ *   runs in this process; `amlmil_training_cancel` cancels it from any thread.
  */
 amlmil_status amlmil_pretrain(const char *config_json,
                               amlmil_progress_callback progress,
                               void *user_data,
                               char **out_report_json);
 
-/*
- Frees a result. `NULL` is a no-op.
+/**
+ * Frees a result. `NULL` is a no-op.
  */
 void amlmil_result_free(amlmil_result *result);
 
-/*
- Number of classes C, or 0 if `result` is NULL.
+/**
+ * Number of classes C, or 0 if `result` is NULL.
  */
 size_t amlmil_result_num_classes(const amlmil_result *result);
 
-/*
- Number of cells N, or 0 if `result` is NULL.
+/**
+ * Number of cells N, or 0 if `result` is NULL.
  */
 size_t amlmil_result_num_cells(const amlmil_result *result);
 
-/*
- Name (bag label, e.g. `"PML_RARA"`) of class `class_index`, or NULL if `result`
- is NULL or the index is out of range. Owned by the result; valid until it is freed.
+/**
+ * Name (bag label, e.g. `"PML_RARA"`) of class `class_index`, or NULL if `result`
+ * is NULL or the index is out of range. Owned by the result; valid until it is freed.
  */
 const char *amlmil_result_class_name(const amlmil_result *result, size_t class_index);
 
-/*
- Index of the predicted (most probable) class.
-
- @param[out] out_class receives the index. Untouched on failure.
+/**
+ * Index of the predicted (most probable) class.
+ *
+ * @param[out] out_class receives the index. Untouched on failure.
  */
 amlmil_status amlmil_result_predicted_class(const amlmil_result *result, size_t *out_class);
 
-/*
- Copies the C class probabilities (softmax of the logits) into `out`.
-
- @param out buffer of `out_len` floats; `out_len` must be at least the class count.
- @return AMLMIL_STATUS_BUFFER_TOO_SMALL when it is shorter. Untouched on failure.
+/**
+ * Copies the C class probabilities (softmax of the logits) into `out`.
+ *
+ * @param out buffer of `out_len` floats; `out_len` must be at least the class count.
+ * @return AMLMIL_STATUS_BUFFER_TOO_SMALL when it is shorter. Untouched on failure.
  */
 amlmil_status amlmil_result_probabilities(const amlmil_result *result, float *out, size_t out_len);
 
-/*
- Copies the C logits into `out` (at least the class count). Untouched on failure.
+/**
+ * Copies the C logits into `out` (at least the class count). Untouched on failure.
  */
 amlmil_status amlmil_result_logits(const amlmil_result *result, float *out, size_t out_len);
 
-/*
- Copies the N cell ids, in bag order, into `out` (at least N). Untouched on failure.
+/**
+ * Copies the N cell ids, in bag order, into `out` (at least N). Untouched on failure.
  */
 amlmil_status amlmil_result_cell_ids(const amlmil_result *result, uint64_t *out, size_t out_len);
 
-/*
- Copies the attention of every cell (bag order) for class `class_index` into `out`.
-
- @param kind one of `amlmil_attention_kind` (softmax or raw).
- @param out buffer of `out_len` floats, at least N. Untouched on failure.
+/**
+ * Copies the attention of every cell (bag order) for class `class_index` into `out`.
+ *
+ * @param kind one of `amlmil_attention_kind` (softmax or raw).
+ * @param out buffer of `out_len` floats, at least N. Untouched on failure.
  */
 amlmil_status amlmil_result_attention(const amlmil_result *result,
                                       size_t class_index,
@@ -711,12 +712,12 @@ amlmil_status amlmil_result_attention(const amlmil_result *result,
                                       float *out,
                                       size_t out_len);
 
-/*
- The `k` cells with the highest attention for class `class_index`, highest first
- (ties in bag order): the cells a cytologist should review.
-
- @param out buffer of `out_len` entries; at least min(k, N).
- @param[out] out_written receives min(k, N). Both untouched on failure.
+/**
+ * The `k` cells with the highest attention for class `class_index`, highest first
+ * (ties in bag order): the cells a cytologist should review.
+ *
+ * @param out buffer of `out_len` entries; at least min(k, N).
+ * @param[out] out_written receives min(k, N). Both untouched on failure.
  */
 amlmil_status amlmil_result_top_cells(const amlmil_result *result,
                                       size_t class_index,
@@ -725,83 +726,83 @@ amlmil_status amlmil_result_top_cells(const amlmil_result *result,
                                       size_t out_len,
                                       size_t *out_written);
 
-/*
- The whole result as JSON (classes, probabilities, logits, predicted, cell ids,
- attention and raw attention as class-major arrays).
-
- @param[out] out_json receives a library-owned string; free it with
-   `amlmil_string_free`. Untouched on failure.
+/**
+ * The whole result as JSON (classes, probabilities, logits, predicted, cell ids,
+ * attention and raw attention as class-major arrays).
+ *
+ * @param[out] out_json receives a library-owned string; free it with
+ *   `amlmil_string_free`. Untouched on failure.
  */
 amlmil_status amlmil_result_to_json(const amlmil_result *result, char **out_json);
 
-/*
- Fills `options` with the defaults of this library version (and sets `struct_size`).
+/**
+ * Fills `options` with the defaults of this library version (and sets `struct_size`).
  */
 amlmil_status amlmil_session_options_init(amlmil_session_options *options);
 
-/*
- Loads an encoder and an attention-MIL checkpoint into a new session.
-
- @param encoder_path, mil_path `.safetensors` checkpoints (UTF-8 paths).
- @param options NULL for defaults, or initialised with `amlmil_session_options_init`.
- @param[out] out_session receives the session; free with `amlmil_session_free`.
-   Untouched on failure.
- @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO, _CHECKPOINT (missing manifest, wrong
-   kind, truncated, tensors not matching the manifest), _MISMATCH (head does not
-   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT.
+/**
+ * Loads an encoder and an attention-MIL checkpoint into a new session.
+ *
+ * @param encoder_path, mil_path `.safetensors` checkpoints (UTF-8 paths).
+ * @param options NULL for defaults, or initialised with `amlmil_session_options_init`.
+ * @param[out] out_session receives the session; free with `amlmil_session_free`.
+ *   Untouched on failure.
+ * @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO, _CHECKPOINT (missing manifest, wrong
+ *   kind, truncated, tensors not matching the manifest), _MISMATCH (head does not
+ *   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT.
  */
 amlmil_status amlmil_session_new(const char *encoder_path,
                                  const char *mil_path,
                                  const amlmil_session_options *options,
                                  amlmil_session **out_session);
 
-/*
- Cancels every `amlmil_session_classify` and `amlmil_session_embed` call
- running on `session` now, from any thread: each returns
- AMLMIL_STATUS_CANCELLED before its next encoder batch. Calls started after
- this one run normally. `NULL` is a no-op.
+/**
+ * Cancels every `amlmil_session_classify` and `amlmil_session_embed` call
+ * running on `session` now, from any thread: each returns
+ * AMLMIL_STATUS_CANCELLED before its next encoder batch. Calls started after
+ * this one run normally. `NULL` is a no-op.
  */
 void amlmil_session_cancel(const amlmil_session *session);
 
-/*
- Frees a session. `NULL` is a no-op. No call on it may be running.
+/**
+ * Frees a session. `NULL` is a no-op. No call on it may be running.
  */
 void amlmil_session_free(amlmil_session *session);
 
-/*
- Length of the per-cell feature vector written by `amlmil_session_embed` (512),
- or 0 if `session` is NULL.
+/**
+ * Length of the per-cell feature vector written by `amlmil_session_embed` (512),
+ * or 0 if `session` is NULL.
  */
 size_t amlmil_session_feature_dim(const amlmil_session *session);
 
-/*
- Number of floats per cell that `amlmil_session_classify_features` expects
- (channels × height × width of the encoder's feature map, 512·5·5 at 144 px),
- or 0 if `session` is NULL.
+/**
+ * Number of floats per cell that `amlmil_session_classify_features` expects
+ * (channels × height × width of the encoder's feature map, 512·5·5 at 144 px),
+ * or 0 if `session` is NULL.
  */
 size_t amlmil_session_feature_map_len(const amlmil_session *session);
 
-/*
- Session details as JSON: device, classes, both manifests.
-
- @param[out] out_json library-owned string; free with `amlmil_string_free`.
+/**
+ * Session details as JSON: device, classes, both manifests.
+ *
+ * @param[out] out_json library-owned string; free with `amlmil_string_free`.
  */
 amlmil_status amlmil_session_info(const amlmil_session *session, char **out_json);
 
-/*
- Classifies a bag: subtype, probabilities and per-class attention over its cells.
-
- Cells go through the session's preprocessing (`preprocess`, `plugin_path`)
- first; the result lists only the cells kept.
-
- @param progress optional; called before each encoder batch (stage
-   "encode", `done` cells encoded of `total`) and once after the last; may
-   cancel. `amlmil_session_cancel` cancels from another thread.
- @param[out] out_result receives the result; free with `amlmil_result_free`.
-   Untouched on failure.
- @return AMLMIL_STATUS_OK; _EMPTY_BAG (also when preprocessing dropped every
-   cell), _NON_FINITE, _CANCELLED, _PLUGIN, _TORCH.
- Thread safety: concurrent calls on one session (and one bag) are allowed.
+/**
+ * Classifies a bag: subtype, probabilities and per-class attention over its cells.
+ *
+ * Cells go through the session's preprocessing (`preprocess`, `plugin_path`)
+ * first; the result lists only the cells kept.
+ *
+ * @param progress optional; called before each encoder batch (stage
+ *   "encode", `done` cells encoded of `total`) and once after the last; may
+ *   cancel. `amlmil_session_cancel` cancels from another thread.
+ * @param[out] out_result receives the result; free with `amlmil_result_free`.
+ *   Untouched on failure.
+ * @return AMLMIL_STATUS_OK; _EMPTY_BAG (also when preprocessing dropped every
+ *   cell), _NON_FINITE, _CANCELLED, _PLUGIN, _TORCH.
+ * Thread safety: concurrent calls on one session (and one bag) are allowed.
  */
 amlmil_status amlmil_session_classify(const amlmil_session *session,
                                       const amlmil_bag *bag,
@@ -809,13 +810,13 @@ amlmil_status amlmil_session_classify(const amlmil_session *session,
                                       void *user_data,
                                       amlmil_result **out_result);
 
-/*
- Classifies precomputed encoder feature maps (e.g. cached by the caller).
-
- @param features `num_cells` × `amlmil_session_feature_map_len()` floats, row-major.
- @param features_len number of floats in `features` (must equal the product above).
- @param cell_ids `num_cells` ids, or NULL for 0, 1, …, num_cells-1.
- @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong length.
+/**
+ * Classifies precomputed encoder feature maps (e.g. cached by the caller).
+ *
+ * @param features `num_cells` × `amlmil_session_feature_map_len()` floats, row-major.
+ * @param features_len number of floats in `features` (must equal the product above).
+ * @param cell_ids `num_cells` ids, or NULL for 0, 1, …, num_cells-1.
+ * @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong length.
  */
 amlmil_status amlmil_session_classify_features(const amlmil_session *session,
                                                const float *features,
@@ -824,11 +825,11 @@ amlmil_status amlmil_session_classify_features(const amlmil_session *session,
                                                const uint64_t *cell_ids,
                                                amlmil_result **out_result);
 
-/*
- Writes each cell's pooled encoder features (bag order, row-major N × feature_dim).
-
- @param out buffer of `out_len` floats, at least N × `amlmil_session_feature_dim()`.
-   Untouched on failure.
+/**
+ * Writes each cell's pooled encoder features (bag order, row-major N × feature_dim).
+ *
+ * @param out buffer of `out_len` floats, at least N × `amlmil_session_feature_dim()`.
+ *   Untouched on failure.
  */
 amlmil_status amlmil_session_embed(const amlmil_session *session,
                                    const amlmil_bag *bag,
@@ -837,48 +838,48 @@ amlmil_status amlmil_session_embed(const amlmil_session *session,
                                    float *out,
                                    size_t out_len);
 
-/*
- The message of the most recent failed `amlmil_*` call on the calling thread,
- or an empty string if none failed yet. Never NULL.
-
- The pointer stays valid until the next failing `amlmil_*` call on this thread;
- copy the text if you need it longer. Successful calls leave it unchanged.
+/**
+ * The message of the most recent failed `amlmil_*` call on the calling thread,
+ * or an empty string if none failed yet. Never NULL.
+ *
+ * The pointer stays valid until the next failing `amlmil_*` call on this thread;
+ * copy the text if you need it longer. Successful calls leave it unchanged.
  */
 const char *amlmil_last_error(void);
 
-/*
- A static, human-readable name for a status (`"AMLMIL_STATUS_OK"`, …); never NULL.
+/**
+ * A static, human-readable name for a status (`"AMLMIL_STATUS_OK"`, …); never NULL.
  */
 const char *amlmil_status_name(uint32_t status);
 
-/*
- Cross-validates the attention-MIL head (DESIGN §2): stratified folds × seeds,
- writing checkpoints, predictions, attention, learning curves, metrics, plots
- and `report.json` under the configuration's `output` directory.
-
- @param config_json JSON object: `dataset`, `encoder`, `output` (required),
-   `features`, `folds` (5), `seeds` ([0,1,2]), `device` ("auto"),
-   `gallery_cells` (8), `training` ({"preset": "paper" | "scemila", overrides…}).
-   Unknown keys are errors.
- @param progress optional; stage "extract" (patients), "train" (bags of an
-   epoch, with epoch, fold and running loss) or "report". Non-zero cancels:
-   the current run is marked incomplete, `report.json` has `"complete": false`.
- @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
-   Untouched on failure.
- @return AMLMIL_STATUS_OK, _CANCELLED (callback or `amlmil_training_cancel`),
-   _BUSY when another training call is running in this process (libtorch's
-   seed is global), or an error status.
+/**
+ * Cross-validates the attention-MIL head (DESIGN §2): stratified folds × seeds,
+ * writing checkpoints, predictions, attention, learning curves, metrics, plots
+ * and `report.json` under the configuration's `output` directory.
+ *
+ * @param config_json JSON object: `dataset`, `encoder`, `output` (required),
+ *   `features`, `folds` (5), `seeds` ([0,1,2]), `device` ("auto"),
+ *   `gallery_cells` (8), `training` ({"preset": "paper" | "scemila", overrides…}).
+ *   Unknown keys are errors.
+ * @param progress optional; stage "extract" (patients), "train" (bags of an
+ *   epoch, with epoch, fold and running loss) or "report". Non-zero cancels:
+ *   the current run is marked incomplete, `report.json` has `"complete": false`.
+ * @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
+ *   Untouched on failure.
+ * @return AMLMIL_STATUS_OK, _CANCELLED (callback or `amlmil_training_cancel`),
+ *   _BUSY when another training call is running in this process (libtorch's
+ *   seed is global), or an error status.
  */
 amlmil_status amlmil_cross_validate(const char *config_json,
                                     amlmil_progress_callback progress,
                                     void *user_data,
                                     char **out_report_json);
 
-/*
- Trains one attention-MIL head on fold `fold` of the first seed (60/20/20) and
- writes its run directory under `output` (`runs/seed<S>_fold<F>/mil.safetensors`,
- loadable by `amlmil_session_new`). Same configuration and callback as
- `amlmil_cross_validate`.
+/**
+ * Trains one attention-MIL head on fold `fold` of the first seed (60/20/20) and
+ * writes its run directory under `output` (`runs/seed<S>_fold<F>/mil.safetensors`,
+ * loadable by `amlmil_session_new`). Same configuration and callback as
+ * `amlmil_cross_validate`.
  */
 amlmil_status amlmil_train_mil(const char *config_json,
                                uint32_t fold,
@@ -886,15 +887,15 @@ amlmil_status amlmil_train_mil(const char *config_json,
                                void *user_data,
                                char **out_report_json);
 
-/*
- Encodes every cell of `dataset_dir` with the encoder checkpoint into the
- feature cache `out_dir` (four flip variants when `flips` is non-zero),
- resuming a previous extraction of the same encoder.
-
- @param device "auto", "cpu", "cuda" or "cuda:N"; NULL = "auto".
- @param progress optional; stage "extract", patients done of total.
- @param[out] out_manifest_json the cache manifest (library-owned). Untouched on failure.
- @return _BUSY when another training call is running in this process.
+/**
+ * Encodes every cell of `dataset_dir` with the encoder checkpoint into the
+ * feature cache `out_dir` (four flip variants when `flips` is non-zero),
+ * resuming a previous extraction of the same encoder.
+ *
+ * @param device "auto", "cpu", "cuda" or "cuda:N"; NULL = "auto".
+ * @param progress optional; stage "extract", patients done of total.
+ * @param[out] out_manifest_json the cache manifest (library-owned). Untouched on failure.
+ * @return _BUSY when another training call is running in this process.
  */
 amlmil_status amlmil_extract_features(const char *dataset_dir,
                                       const char *encoder_path,
@@ -905,32 +906,32 @@ amlmil_status amlmil_extract_features(const char *dataset_dir,
                                       void *user_data,
                                       char **out_manifest_json);
 
-/*
- Runs (or resumes) the paper's experiment (DESIGN §2): generates the synthetic
- MIL cohort and a disjoint pre-training cohort unless data sets are given,
- pre-trains the supervised, SimCLR, SwAV and DINO encoders and keeps a random
- floor, probes each with a k-NN cell-type classifier, cross-validates the
- attention-MIL head on each (folds × seeds), and writes `report.md`,
- `report.html`, `report.json` and `figures/` under `output`. Every stage that
- is complete under `output` is reused, so calling it again after a
- cancellation continues where it stopped.
-
- @param config_json JSON object: `output` (required), `preset` ("quick" |
-   "cpu-small" | "paper", default "quick") and overrides of the preset:
-   `dataset` and `pretrain_dataset` (data set roots), `cohort` and
-   `pretrain_cohort` (synthetic cohort settings), `encoders`, `pretrain`
-   (`{"all": {…}, "<method>": {…}}` pre-training overrides), `training` (MIL
-   preset and overrides), `folds`, `seeds`, `device`, `gallery_cells`,
-   `probe_cells`, `umap_cells`, `seed`. Unknown keys are errors naming the key.
- @param progress optional; `stage` is "experiment/<stage>" or
-   "experiment/<stage>/<encoder>" with <stage> one of cohort, pretrain, probe,
-   cv, embedding, report; `done`/`total` count the current step's units
-   (cells, steps, bags), `loss` is the latest loss or NaN. Non-zero cancels
-   (AMLMIL_STATUS_CANCELLED); finished stages stay on disk.
- @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
-   Untouched on failure.
- @return _BUSY when another training call is running in this process.
- Thread safety: may run beside sessions; `amlmil_training_cancel` cancels it.
+/**
+ * Runs (or resumes) the paper's experiment (DESIGN §2): generates the synthetic
+ * MIL cohort and a disjoint pre-training cohort unless data sets are given,
+ * pre-trains the supervised, SimCLR, SwAV and DINO encoders and keeps a random
+ * floor, probes each with a k-NN cell-type classifier, cross-validates the
+ * attention-MIL head on each (folds × seeds), and writes `report.md`,
+ * `report.html`, `report.json` and `figures/` under `output`. Every stage that
+ * is complete under `output` is reused, so calling it again after a
+ * cancellation continues where it stopped.
+ *
+ * @param config_json JSON object: `output` (required), `preset` ("quick" |
+ *   "cpu-small" | "paper", default "quick") and overrides of the preset:
+ *   `dataset` and `pretrain_dataset` (data set roots), `cohort` and
+ *   `pretrain_cohort` (synthetic cohort settings), `encoders`, `pretrain`
+ *   (`{"all": {…}, "<method>": {…}}` pre-training overrides), `training` (MIL
+ *   preset and overrides), `folds`, `seeds`, `device`, `gallery_cells`,
+ *   `probe_cells`, `umap_cells`, `seed`. Unknown keys are errors naming the key.
+ * @param progress optional; `stage` is "experiment/<stage>" or
+ *   "experiment/<stage>/<encoder>" with <stage> one of cohort, pretrain, probe,
+ *   cv, embedding, report; `done`/`total` count the current step's units
+ *   (cells, steps, bags), `loss` is the latest loss or NaN. Non-zero cancels
+ *   (AMLMIL_STATUS_CANCELLED); finished stages stay on disk.
+ * @param[out] out_report_json the report (library-owned; `amlmil_string_free`).
+ *   Untouched on failure.
+ * @return _BUSY when another training call is running in this process.
+ * Thread safety: may run beside sessions; `amlmil_training_cancel` cancels it.
  */
 amlmil_status amlmil_experiment(const char *config_json,
                                 amlmil_progress_callback progress,

@@ -121,12 +121,14 @@ fn cpp_example_classifies_bags_in_parallel() {
     let f = common::fixture();
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("classify_bags");
+    // The example uses the header-only wrapper (bindings/cpp/amlmil.hpp).
+    let wrapper = format!("-I{}", root().join("bindings/cpp").display());
     build(
         "c++",
         "-std=c++17",
         &root().join("examples/cpp/classify_bags.cpp"),
         &exe,
-        &["-pedantic", "-pthread"],
+        &["-pedantic", "-pthread", &wrapper],
     );
     let b = &bags().1;
     let out = run(&exe, &[&f.encoder, &f.mil, &b[0], &b[1]]);

@@ -14,6 +14,7 @@ use tch::nn::VarStore;
 use tch::Tensor;
 
 pub mod ffi;
+pub mod programs;
 
 /// A seeded random encoder that looks trained: random batch-norm affine
 /// parameters, and running statistics calibrated on a batch of cells (so
