@@ -282,6 +282,12 @@ inline std::uint32_t cuda_device_count() noexcept { return amlmil_cuda_device_co
 /** @brief The name of a status, e.g. `"AMLMIL_STATUS_OK"`; static, never NULL. */
 inline const char* status_name(Status status) noexcept { return amlmil_status_name(status); }
 
+/**
+ * @brief Cancels the training call running in this process (from any thread).
+ * @return true if one was running.
+ */
+inline bool training_cancel() noexcept { return amlmil_training_cancel() != 0; }
+
 /** @brief Runtime facts as JSON: library, ABI and libtorch versions, CUDA devices, threads. */
 inline std::string runtime_info() {
   detail::OwnedString json;
@@ -334,8 +340,31 @@ class SessionOptions {
     return *this;
   }
 
+  /**
+   * @brief A Rust preprocessing plugin (shared library built against the
+   * `amlmil-plugin` crate) and its configuration string; loaded by the
+   * Session constructor, which throws AMLMIL_STATUS_PLUGIN for a missing or
+   * incompatible file. An empty path means none.
+   */
+  SessionOptions& plugin(std::string path, std::string config = std::string()) {
+    plugin_path_ = std::move(path);
+    plugin_config_ = std::move(config);
+    return *this;
+  }
+  /**
+   * @brief A C preprocessing callback (see amlmil_preprocess_callback); it must
+   * be thread-safe and must not throw. NULL removes it.
+   */
+  SessionOptions& preprocess(amlmil_preprocess_callback callback, void* user_data) noexcept {
+    raw_.preprocess = callback;
+    raw_.preprocess_user_data = user_data;
+    return *this;
+  }
+
   /** @brief The device string (empty: `"auto"`). */
   const std::string& device() const noexcept { return device_; }
+  /** @brief The plugin path (empty: none). */
+  const std::string& plugin_path() const noexcept { return plugin_path_; }
   /** @brief The precision. */
   Precision precision() const noexcept { return static_cast<Precision>(raw_.precision); }
   /** @brief Cells per encoder forward pass. */
@@ -353,12 +382,16 @@ class SessionOptions {
   amlmil_session_options c_options() const noexcept {
     amlmil_session_options o = raw_;
     o.device = detail::or_null(device_);
+    o.plugin_path = detail::or_null(plugin_path_);
+    o.plugin_config = plugin_path_.empty() ? nullptr : plugin_config_.c_str();
     return o;
   }
 
  private:
   amlmil_session_options raw_;
   std::string device_ = "auto";
+  std::string plugin_path_;
+  std::string plugin_config_;
 };
 
 /**
@@ -540,6 +573,11 @@ class Session {
   std::size_t feature_dim() const noexcept { return amlmil_session_feature_dim(ptr_); }
   /** @brief Floats per cell that classify_features expects (0 when empty). */
   std::size_t feature_map_len() const noexcept { return amlmil_session_feature_map_len(ptr_); }
+  /**
+   * @brief Cancels the classify/embed calls running on this session now (from
+   * any thread); they throw Error with AMLMIL_STATUS_CANCELLED. Later calls run.
+   */
+  void cancel() const noexcept { amlmil_session_cancel(ptr_); }
 
  private:
   amlmil_session* ptr_ = nullptr;

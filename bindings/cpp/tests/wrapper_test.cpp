@@ -160,6 +160,13 @@ int main(int argc, char** argv) {
         },
         AMLMIL_STATUS_DEVICE, "tpu", "unknown device");
 
+    expect_error(
+        [&] {
+          amlmil::Session s(encoder, mil, amlmil::SessionOptions().device("cpu").plugin("/nonexistent/plugin.so"));
+        },
+        AMLMIL_STATUS_PLUGIN, "/nonexistent/plugin.so", "missing preprocessing plugin");
+    expect(!amlmil::training_cancel(), "training_cancel with no training running");
+
     amlmil::SessionOptions options;
     options.device("cpu").batch_size(2).warm_up(false);
     expect(options.batch_size() == 2 && options.device() == "cpu" && !options.warm_up() && options.fused(),
@@ -195,6 +202,7 @@ int main(int argc, char** argv) {
                  AMLMIL_STATUS_DATASET, "no-such-dataset", "missing data set named");
 
     // --- results equal the C API's on the same bag
+    session.cancel();  // cancels only calls running now: none
     const amlmil::Result result = session.classify(bag);
     const CView c = c_classify(session.get(), bag.get());
     bool attention_equal = true;
