@@ -305,6 +305,73 @@ typedef void (*amlmil_log_callback)(void *user_data,
                                     const char *message);
 
 /**
+ * Typed facts about a session's models. Set `struct_size` to
+ * `sizeof(amlmil_model_info)` before calling `amlmil_session_model_info`:
+ * fields are only ever appended, and the library fills those that fit.
+ * Strings are owned by the session and valid until it is freed.
+ */
+typedef struct {
+  /**
+   * `sizeof(amlmil_model_info)` as compiled by the caller.
+   */
+  size_t struct_size;
+  /**
+   * Number of classes C (`amlmil_session_class_name` gives their names).
+   */
+  size_t num_classes;
+  /**
+   * Side in pixels of the square encoder input every cell is resized to.
+   */
+  uint32_t input_size;
+  /**
+   * Length of a pooled feature vector (`amlmil_session_embed`), 512.
+   */
+  uint32_t feature_dim;
+  /**
+   * Feature map of one cell (`amlmil_session_feature_maps`,
+   * `amlmil_session_classify_features`): channels, height, width.
+   */
+  uint32_t feature_map_channels;
+  uint32_t feature_map_height;
+  uint32_t feature_map_width;
+  /**
+   * Physical pixel size the encoder was trained at, in µm, or NaN when the
+   * checkpoint does not record it (provenance detail `pixel_size_um`).
+   */
+  double pixel_size_um;
+  /**
+   * `"resnet18"` or `"resnet34"`.
+   */
+  const char *encoder_architecture;
+  /**
+   * How the encoder was trained: `"simclr"`, `"swav"`, `"dino"`,
+   * `"supervised"`, `"imported"`, `"random-init"`, …
+   */
+  const char *encoder_method;
+  /**
+   * Hex SHA-256 of the encoder checkpoint's contents (verified at load), or
+   * `""` for a file written before checksums.
+   */
+  const char *encoder_sha256;
+  /**
+   * How the MIL head was made (`"mil"` when trained by this library).
+   */
+  const char *mil_method;
+  /**
+   * Hex SHA-256 of the MIL checkpoint's contents, or `""`.
+   */
+  const char *mil_sha256;
+  /**
+   * Tool that wrote the MIL checkpoint, e.g. `"amlmil 0.1.0"`.
+   */
+  const char *mil_tool;
+  /**
+   * Device the session runs on: `"cpu"` or `"cuda:N"`.
+   */
+  const char *device;
+} amlmil_model_info;
+
+/**
  * One cell of an attention ranking.
  */
 typedef struct {
@@ -622,6 +689,21 @@ amlmil_status amlmil_set_log_callback(amlmil_log_callback callback,
                                       uint32_t max_level);
 
 /**
+ * Fills `info` (whose `struct_size` the caller set) with the session's
+ * model metadata.
+ *
+ * @return AMLMIL_STATUS_OK; _NULL_ARGUMENT; _INVALID_ARGUMENT when
+ *   `struct_size` is smaller than the first two fields.
+ */
+amlmil_status amlmil_session_model_info(const amlmil_session *session, amlmil_model_info *info);
+
+/**
+ * Name of class `class_index` (bag label, e.g. `"PML_RARA"`), or NULL if
+ * `session` is NULL or the index is out of range. Owned by the session.
+ */
+const char *amlmil_session_class_name(const amlmil_session *session, size_t class_index);
+
+/**
  * Pre-trains a cell encoder (DESIGN §2) with SimCLR, SwAV, DINO or the
  * supervised cell-type baseline on all cells of a data set, writing after
  * every epoch `<output>/encoder.safetensors` (an encoder checkpoint for
@@ -816,7 +898,8 @@ amlmil_status amlmil_session_classify(const amlmil_session *session,
  * @param features `num_cells` × `amlmil_session_feature_map_len()` floats, row-major.
  * @param features_len number of floats in `features` (must equal the product above).
  * @param cell_ids `num_cells` ids, or NULL for 0, 1, …, num_cells-1.
- * @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong length.
+ * @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong
+ *   length or a cell id given twice.
  */
 amlmil_status amlmil_session_classify_features(const amlmil_session *session,
                                                const float *features,
@@ -837,6 +920,24 @@ amlmil_status amlmil_session_embed(const amlmil_session *session,
                                    void *user_data,
                                    float *out,
                                    size_t out_len);
+
+/**
+ * Writes each cell's encoder feature map (bag order; per cell channels ×
+ * height × width floats, row-major, exactly what
+ * `amlmil_session_classify_features` takes), so a caller can cache features
+ * and classify later without re-encoding.
+ *
+ * @param out buffer of `out_len` floats, at least N × `amlmil_session_feature_map_len()`.
+ *   Untouched on failure.
+ * @return _EMPTY_BAG; _BUFFER_TOO_SMALL; _INVALID_ARGUMENT for a streaming bag
+ *   (it keeps no images) or when preprocessing drops cells; _CANCELLED.
+ */
+amlmil_status amlmil_session_feature_maps(const amlmil_session *session,
+                                          const amlmil_bag *bag,
+                                          amlmil_progress_callback progress,
+                                          void *user_data,
+                                          float *out,
+                                          size_t out_len);
 
 /**
  * The message of the most recent failed `amlmil_*` call on the calling thread,

@@ -329,6 +329,36 @@ pub fn decode_tensors(
     Ok((metadata, tensors))
 }
 
+/// The content SHA-256 a checkpoint was written with (`None` for files
+/// written before checksums), read from the safetensors header only. The
+/// tensors are checked against it when the checkpoint is loaded.
+pub fn stored_checksum(path: &Path) -> Result<Option<String>> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Error::io("cannot read checkpoint", path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| Error::io("cannot read checkpoint header of", path, e))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors caps its header at 100 MB.
+    if len > 100_000_000 {
+        return Err(Error::checkpoint(
+            path,
+            format!("header of {len} bytes is not a safetensors header"),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| Error::io("cannot read checkpoint header of", path, e))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::checkpoint(path, format!("header is not JSON ({e})")))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.get(CHECKSUM_KEY))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned))
+}
+
 /// A checkpoint read from disk: its manifest and its tensors (on the CPU, f32).
 #[derive(Debug)]
 pub struct Checkpoint {

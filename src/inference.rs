@@ -94,6 +94,9 @@ pub struct Session {
     _mil_vars: VarStore,
     /// Run on each batch of cells before encoding ([`crate::plugin`]).
     preprocessors: plugin::Chain,
+    /// Content SHA-256 of the encoder and MIL checkpoints (`None`: written
+    /// before checksums).
+    checksums: [Option<String>; 2],
 }
 
 impl std::fmt::Debug for Session {
@@ -157,6 +160,10 @@ impl Session {
             mil_manifest,
             _mil_vars: mil_vs,
             preprocessors: Vec::new(),
+            checksums: [
+                crate::checkpoint::stored_checksum(encoder_path)?,
+                crate::checkpoint::stored_checksum(mil_path)?,
+            ],
         })
     }
 
@@ -166,6 +173,12 @@ impl Session {
     pub fn with_preprocessor(mut self, p: Arc<dyn Preprocessor>) -> Session {
         self.preprocessors.push(p);
         self
+    }
+
+    /// Content SHA-256 of the encoder and the MIL checkpoint, as verified at
+    /// load (`None` for a file written before checksums).
+    pub fn checksums(&self) -> [Option<&str>; 2] {
+        [self.checksums[0].as_deref(), self.checksums[1].as_deref()]
     }
 
     /// Whether cells go through preprocessors before encoding.
@@ -194,37 +207,34 @@ impl Session {
         self.encoder.manifest().feature_map[0] as usize
     }
 
-    /// Encoder feature maps `[N, C, h, w]` (f32, on the session's device), batch by batch.
+    /// Encoder feature maps `[N, C, h, w]` (f32, on the session's device),
+    /// batch by batch, of every cell after the session's preprocessors (which
+    /// must keep every cell here: one map per cell given).
     pub fn feature_maps(&self, cells: &[CellImage], progress: Progress) -> Result<Tensor> {
-        self.encoder.feature_maps(cells, Flip::None, progress)
+        if self.preprocessors.is_empty() {
+            return self.encoder.feature_maps(cells, Flip::None, progress);
+        }
+        let ids: Vec<u64> = (0..cells.len() as u64).collect();
+        let (kept_ids, kept) = plugin::apply(&self.preprocessors, &ids, cells, self.batch_size())?;
+        if kept_ids.len() != ids.len() {
+            return Err(Error::invalid(
+                "bag",
+                format!(
+                    "preprocessing dropped {} of {} cells; features are returned one row per cell, so classify instead",
+                    ids.len() - kept_ids.len(),
+                    ids.len()
+                ),
+            ));
+        }
+        self.encoder.feature_maps(&kept, Flip::None, progress)
     }
 
     /// Pooled 512-d features of every cell, row-major `[N × feature_dim]`,
-    /// after the session's preprocessors (which must keep every cell here).
+    /// after the session's preprocessors (see [`Session::feature_maps`]).
     pub fn embed(&self, cells: &[CellImage], progress: Progress) -> Result<Vec<f32>> {
         if cells.is_empty() {
             return Err(Error::EmptyBag("cells".into()));
         }
-        let preprocessed;
-        let cells = if self.preprocessors.is_empty() {
-            cells
-        } else {
-            let ids: Vec<u64> = (0..cells.len() as u64).collect();
-            let (kept_ids, kept) =
-                plugin::apply(&self.preprocessors, &ids, cells, self.batch_size())?;
-            if kept_ids.len() != ids.len() {
-                return Err(Error::invalid(
-                    "bag",
-                    format!(
-                        "preprocessing dropped {} of {} cells; embedding returns one row per cell, so classify instead",
-                        ids.len() - kept_ids.len(),
-                        ids.len()
-                    ),
-                ));
-            }
-            preprocessed = kept;
-            &preprocessed[..]
-        };
         let pooled = pool_features(&self.feature_maps(cells, progress)?).to_device(Device::Cpu);
         let out = Vec::<f32>::try_from(pooled.flatten(0, -1))?;
         if out.iter().any(|v| !v.is_finite()) {

@@ -515,3 +515,132 @@ fn a_session_call_is_cancelled_from_another_thread() {
         amlmil_session_free(s);
     }
 }
+
+#[test]
+fn model_info_class_names_and_feature_maps_round_trip_through_classify_features() {
+    let s = session();
+    unsafe {
+        let mut info: amlmil_model_info = std::mem::zeroed();
+        info.struct_size = std::mem::size_of::<amlmil_model_info>();
+        assert_eq!(amlmil_session_model_info(s, &mut info), amlmil_status::Ok);
+        assert_eq!(info.num_classes, 5);
+        assert_eq!((info.input_size, info.feature_dim), (144, 512));
+        assert_eq!(
+            (
+                info.feature_map_channels,
+                info.feature_map_height,
+                info.feature_map_width
+            ),
+            (512, 5, 5)
+        );
+        assert!(
+            info.pixel_size_um.is_nan(),
+            "the fixture records no pixel size"
+        );
+        let text = |p: *const c_char| CStr::from_ptr(p).to_str().unwrap().to_owned();
+        assert_eq!(text(info.encoder_architecture), "resnet18");
+        assert_eq!(text(info.device), "cpu");
+        assert!(text(info.mil_tool).starts_with("amlmil "));
+        // The hashes are the checksums the files were written with.
+        let f = common::fixture();
+        for (p, path) in [(info.encoder_sha256, &f.encoder), (info.mil_sha256, &f.mil)] {
+            let want = amlmil::checkpoint::stored_checksum(path).unwrap().unwrap();
+            assert_eq!(text(p), want);
+            assert_eq!(want.len(), 64);
+        }
+        let names: Vec<String> = (0..5)
+            .map(|i| text(amlmil_session_class_name(s, i)))
+            .collect();
+        assert_eq!(names[0], "PML_RARA");
+        assert!(amlmil_session_class_name(s, 5).is_null());
+        assert!(amlmil_session_class_name(ptr::null(), 0).is_null());
+        // An older, shorter struct: only its fields are written.
+        let mut old: amlmil_model_info = std::mem::zeroed();
+        old.struct_size = std::mem::offset_of!(amlmil_model_info, feature_dim);
+        old.feature_dim = 77;
+        assert_eq!(amlmil_session_model_info(s, &mut old), amlmil_status::Ok);
+        assert_eq!(
+            (old.num_classes, old.input_size, old.feature_dim),
+            (5, 144, 77)
+        );
+        old.struct_size = 4;
+        expect(
+            amlmil_session_model_info(s, &mut old),
+            amlmil_status::InvalidArgument,
+            "struct_size",
+        );
+        expect(
+            amlmil_session_model_info(s, ptr::null_mut()),
+            amlmil_status::NullArgument,
+            "info",
+        );
+
+        // Feature maps out, classified later: the same result as classify.
+        let bag = bag_with(&common::cells(3, 144, 31), 40);
+        let per_cell = amlmil_session_feature_map_len(s);
+        let mut maps = vec![f32::NAN; 3 * per_cell];
+        expect(
+            amlmil_session_feature_maps(
+                s,
+                bag,
+                None,
+                ptr::null_mut(),
+                maps.as_mut_ptr(),
+                maps.len() - 1,
+            ),
+            amlmil_status::BufferTooSmall,
+            "out",
+        );
+        assert!(maps[0].is_nan(), "output untouched on failure");
+        assert_eq!(
+            amlmil_session_feature_maps(
+                s,
+                bag,
+                None,
+                ptr::null_mut(),
+                maps.as_mut_ptr(),
+                maps.len()
+            ),
+            amlmil_status::Ok
+        );
+        let ids = [40u64, 41, 42];
+        let (mut direct, mut cached) = (ptr::null_mut(), ptr::null_mut());
+        assert_eq!(
+            amlmil_session_classify(s, bag, None, ptr::null_mut(), &mut direct),
+            amlmil_status::Ok
+        );
+        assert_eq!(
+            amlmil_session_classify_features(
+                s,
+                maps.as_ptr(),
+                maps.len(),
+                3,
+                ids.as_ptr(),
+                &mut cached
+            ),
+            amlmil_status::Ok
+        );
+        let probs = |r: *const amlmil_result| {
+            let mut p = vec![0f32; 5];
+            amlmil_result_probabilities(r, p.as_mut_ptr(), 5);
+            p
+        };
+        let (a, b) = (probs(direct), probs(cached));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+        // Duplicate ids are refused, as bags refuse them.
+        let dup = [40u64, 41, 40];
+        let mut r = ptr::null_mut();
+        expect(
+            amlmil_session_classify_features(s, maps.as_ptr(), maps.len(), 3, dup.as_ptr(), &mut r),
+            amlmil_status::InvalidArgument,
+            "id 40 at position 2",
+        );
+        assert!(r.is_null());
+        amlmil_result_free(direct);
+        amlmil_result_free(cached);
+        amlmil_bag_free(bag);
+        amlmil_session_free(s);
+    }
+}

@@ -24,6 +24,7 @@
 #error "amlmil.hpp needs C++17 (-std=c++17); C++11 code can use amlmil.h directly"
 #endif
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -507,6 +508,22 @@ class Bag;
  * Thread-safe: any number of threads may classify with one session at once.
  * No call may be running when it is destroyed or assigned to.
  */
+/** @brief Typed model metadata of a session (see amlmil_model_info). */
+struct ModelInfo {
+  std::vector<std::string> classes;        ///< Class names in output order.
+  std::uint32_t input_size = 0;            ///< Side of the square encoder input, px.
+  std::uint32_t feature_dim = 0;           ///< Pooled feature length (512).
+  std::array<std::uint32_t, 3> feature_map{};  ///< Channels, height, width of a cell's map.
+  double pixel_size_um = 0;                ///< µm per pixel, NaN when not recorded.
+  std::string encoder_architecture;        ///< "resnet18" or "resnet34".
+  std::string encoder_method;              ///< "simclr", "dino", "swav", "supervised", …
+  std::string encoder_sha256;              ///< Content hash ("" before checksums).
+  std::string mil_method;                  ///< "mil" when trained by libamlmil.
+  std::string mil_sha256;                  ///< Content hash ("" before checksums).
+  std::string mil_tool;                    ///< Tool that wrote the head.
+  std::string device;                      ///< "cpu" or "cuda:N".
+};
+
 class Session {
  public:
   /** @brief An empty session (what a moved-from session is). */
@@ -562,6 +579,34 @@ class Session {
   void embed(const Bag& bag, span<float> out, const ProgressFn& progress = {}) const;
   /** @brief Each cell's pooled features (N × feature_dim(), row-major). */
   std::vector<float> embed(const Bag& bag, const ProgressFn& progress = {}) const;
+  /**
+   * @brief Writes each cell's encoder feature map (N × feature_map_len(),
+   * what classify_features takes) into @p out, for caching.
+   */
+  void feature_maps(const Bag& bag, span<float> out, const ProgressFn& progress = {}) const;
+  /** @brief Each cell's encoder feature map (N × feature_map_len(), row-major). */
+  std::vector<float> feature_maps(const Bag& bag, const ProgressFn& progress = {}) const;
+
+  /** @brief Typed model metadata (amlmil_session_model_info). */
+  ModelInfo model_info() const {
+    amlmil_model_info raw{};
+    raw.struct_size = sizeof raw;
+    detail::check(amlmil_session_model_info(ptr_, &raw));
+    ModelInfo m;
+    for (std::size_t i = 0; i < raw.num_classes; ++i) m.classes.emplace_back(amlmil_session_class_name(ptr_, i));
+    m.input_size = raw.input_size;
+    m.feature_dim = raw.feature_dim;
+    m.feature_map = {raw.feature_map_channels, raw.feature_map_height, raw.feature_map_width};
+    m.pixel_size_um = raw.pixel_size_um;
+    m.encoder_architecture = raw.encoder_architecture;
+    m.encoder_method = raw.encoder_method;
+    m.encoder_sha256 = raw.encoder_sha256;
+    m.mil_method = raw.mil_method;
+    m.mil_sha256 = raw.mil_sha256;
+    m.mil_tool = raw.mil_tool;
+    m.device = raw.device;
+    return m;
+  }
 
   /** @brief Session details as JSON: device, classes, both manifests. */
   std::string info() const {
@@ -675,6 +720,18 @@ inline void Session::embed(const Bag& bag, span<float> out, const ProgressFn& pr
 inline std::vector<float> Session::embed(const Bag& bag, const ProgressFn& progress) const {
   std::vector<float> out(bag.size() * feature_dim());
   embed(bag, span<float>(out), progress);
+  return out;
+}
+
+inline void Session::feature_maps(const Bag& bag, span<float> out, const ProgressFn& progress) const {
+  detail::ProgressBridge bridge(progress);
+  bridge.finish(amlmil_session_feature_maps(ptr_, bag.get(), bridge.callback(), bridge.user_data(), out.data(),
+                                            out.size()));
+}
+
+inline std::vector<float> Session::feature_maps(const Bag& bag, const ProgressFn& progress) const {
+  std::vector<float> out(bag.size() * feature_map_len());
+  feature_maps(bag, span<float>(out), progress);
   return out;
 }
 

@@ -11,6 +11,7 @@ use super::boundary::{
     arg_ref, arg_slice, arg_str, guard, guard_value, into_c_string, out_ptr, out_slice, FfiResult,
 };
 use super::cancel::with_cancel_check;
+use super::model_info::InfoStrings;
 use super::plugin::{amlmil_preprocess_callback, CallbackPreprocessor};
 use super::result::amlmil_result;
 use super::status::amlmil_status;
@@ -28,12 +29,22 @@ pub struct amlmil_session {
     inner: Arc<Session>,
     /// Moved by `amlmil_session_cancel`; calls that started before see it move.
     cancel_epoch: Arc<AtomicU64>,
+    /// Strings of `amlmil_model_info`, owned here.
+    info: InfoStrings,
 }
 
 impl amlmil_session {
     /// The session, shared (streaming bags keep it alive).
     pub(crate) fn shared(&self) -> Arc<Session> {
         self.inner.clone()
+    }
+
+    pub(crate) fn core(&self) -> &Session {
+        &self.inner
+    }
+
+    pub(crate) fn info_strings(&self) -> &InfoStrings {
+        &self.info
     }
 
     /// Runs `f` so that `amlmil_session_cancel` from another thread stops it
@@ -321,6 +332,7 @@ pub unsafe extern "C" fn amlmil_session_new(
         *out = Box::into_raw(Box::new(amlmil_session {
             inner: Arc::new(inner),
             cancel_epoch: Arc::new(AtomicU64::new(0)),
+            info: InfoStrings::default(),
         }));
         Ok(())
     })
@@ -438,7 +450,8 @@ pub unsafe extern "C" fn amlmil_session_classify(
 /// @param features `num_cells` × `amlmil_session_feature_map_len()` floats, row-major.
 /// @param features_len number of floats in `features` (must equal the product above).
 /// @param cell_ids `num_cells` ids, or NULL for 0, 1, …, num_cells-1.
-/// @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong length.
+/// @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong
+///   length or a cell id given twice.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_classify_features(
     session: *const amlmil_session,
@@ -475,6 +488,16 @@ pub unsafe extern "C" fn amlmil_session_classify_features(
         } else {
             arg_slice(cell_ids, num_cells, "cell_ids")?.to_vec()
         };
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| !seen.insert(**id)) {
+            return Err(Error::invalid(
+                "cell_ids",
+                format!(
+                    "id {id} at position {i} appears earlier too; ids must be unique within a bag"
+                ),
+            )
+            .into());
+        }
         let maps = Tensor::f_from_slice(features)?.f_view([num_cells as i64, c, h, w])?;
         let prediction = s.classify_feature_maps(&maps, &ids)?;
         *out = Box::into_raw(Box::new(amlmil_result::new(prediction)));
@@ -509,6 +532,54 @@ pub unsafe extern "C" fn amlmil_session_embed(
         let features = session
             .cancellable(|| s.embed(bag.cells(), &mut progress_adapter(progress, user_data)))?;
         out_slice(out, out_len, needed, "out")?.copy_from_slice(&features);
+        Ok(())
+    })
+}
+
+/// Writes each cell's encoder feature map (bag order; per cell channels ×
+/// height × width floats, row-major, exactly what
+/// `amlmil_session_classify_features` takes), so a caller can cache features
+/// and classify later without re-encoding.
+///
+/// @param out buffer of `out_len` floats, at least N × `amlmil_session_feature_map_len()`.
+///   Untouched on failure.
+/// @return _EMPTY_BAG; _BUFFER_TOO_SMALL; _INVALID_ARGUMENT for a streaming bag
+///   (it keeps no images) or when preprocessing drops cells; _CANCELLED.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_feature_maps(
+    session: *const amlmil_session,
+    bag: *const amlmil_bag,
+    progress: amlmil_progress_callback,
+    user_data: *mut c_void,
+    out: *mut f32,
+    out_len: usize,
+) -> amlmil_status {
+    guard(|| {
+        let session = arg_ref(session, "session")?;
+        let s = &session.inner;
+        let cells = arg_ref(bag, "bag")?.inner.read();
+        let bag = cells.plain("amlmil_session_feature_maps")?;
+        if bag.is_empty() {
+            return Err(Error::EmptyBag("bag".into()).into());
+        }
+        let per_cell = s.encoder_manifest().feature_map.iter().product::<i64>() as usize;
+        let needed = bag.len() * per_cell;
+        out_slice(out, out_len, needed, "out")?;
+        let maps = session.cancellable(|| {
+            s.feature_maps(bag.cells(), &mut progress_adapter(progress, user_data))
+        })?;
+        let host = Vec::<f32>::try_from(
+            maps.to_device(tch::Device::Cpu)
+                .to_kind(tch::Kind::Float)
+                .contiguous()
+                .flatten(0, -1),
+        )?;
+        if host.iter().any(|v| !v.is_finite()) {
+            return Err(
+                Error::NonFinite("encoder features (check the encoder checkpoint)".into()).into(),
+            );
+        }
+        out_slice(out, out_len, needed, "out")?.copy_from_slice(&host);
         Ok(())
     })
 }

@@ -202,6 +202,26 @@ int main(int argc, char** argv) {
                  AMLMIL_STATUS_DATASET, "no-such-dataset", "missing data set named");
 
     // --- results equal the C API's on the same bag
+    {
+      const amlmil::ModelInfo m = session.model_info();
+      expect(m.classes.size() == 5 && m.classes[0] == "PML_RARA" && m.input_size == 144 &&
+                 m.feature_map[0] == 512 && m.feature_map[1] == 5 && m.encoder_sha256.size() == 64 &&
+                 m.device == "cpu" && std::isnan(m.pixel_size_um),
+             "model_info: " + std::to_string(m.classes.size()) + " classes, " + m.encoder_architecture);
+      const std::vector<float> maps = session.feature_maps(bag);
+      expect(maps.size() == bag.size() * session.feature_map_len(), "feature_maps size");
+      std::vector<std::uint64_t> ids(bag.size());
+      for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = i;
+      const amlmil::Result cached = session.classify_features(maps, bag.size(), ids);
+      const amlmil::Result direct = session.classify(bag);
+      bool same = true;
+      for (std::size_t k = 0; k < 5; ++k)
+        same = same && std::fabs(cached.probabilities()[k] - direct.probabilities()[k]) < 1e-6f;
+      expect(same, "cached feature maps classify as the bag does");
+      ids.back() = 0;
+      expect_error([&] { (void)session.classify_features(maps, bag.size(), ids); }, AMLMIL_STATUS_INVALID_ARGUMENT,
+                   "appears earlier", "duplicate ids in classify_features");
+    }
     session.cancel();  // cancels only calls running now: none
     const amlmil::Result result = session.classify(bag);
     const CView c = c_classify(session.get(), bag.get());
