@@ -14,6 +14,18 @@ use crate::streaming::StreamingBag;
 
 /// Opaque bag of cells. Create with `amlmil_bag_new`, free with `amlmil_bag_free`.
 ///
+/// What a cell should be (the preprocessing contract): one segmented white
+/// cell, centred, at the magnification the encoder was trained on (the
+/// session's `amlmil_model_info.pixel_size_um` when recorded; the public AML
+/// data set is 144 × 144 px crops covering 24.9 µm, 0.17 µm a pixel). Any size
+/// from 1 to 4096 px a side is accepted and stretched (bilinear, aspect ratio
+/// not kept) to the encoder's square `input_size`: pad or crop non-square cells
+/// to a square first when their aspect ratio matters, and expect tiny crops
+/// (a few pixels) to be upscaled into blur rather than refused. Pixels are
+/// 8-bit; an alpha channel is dropped (not composited), greyscale is copied to
+/// three channels and 16-bit images keep their high byte. Preprocessing
+/// plugins and callbacks see the cells as added, before the resize.
+///
 /// Thread safety: a bag may be classified from several threads at once; adding
 /// cells while another thread classifies the same bag is safe but the
 /// classification then sees the bag either before or after the addition.
