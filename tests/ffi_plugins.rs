@@ -295,3 +295,56 @@ fn failing_panicking_misconfigured_missing_and_foreign_plugins_give_plugin_statu
     assert!(last_error().contains("libamlmil.so"), "{}", last_error());
     unsafe { amlmil_bag_free(bag) };
 }
+
+#[test]
+fn cli_predict_runs_a_plugin_and_names_only_kept_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let bag = dir.path().join("patient");
+    std::fs::create_dir(&bag).unwrap();
+    for (i, cell) in common::cells(3, 144, 8).iter().enumerate() {
+        image::RgbImage::from_raw(cell.width(), cell.height(), cell.rgb().to_vec())
+            .unwrap()
+            .save(bag.join(format!("image_{i}.png")))
+            .unwrap();
+    }
+    image::RgbImage::from_pixel(144, 144, image::Rgb([210, 200, 220]))
+        .save(bag.join("image_3.png"))
+        .unwrap();
+    let f = common::fixture();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(common::lib_dir().join("amlmil"))
+            .args(["predict", "--device", "cpu", "--top-k", "4", "--encoder"])
+            .arg(&f.encoder)
+            .arg("--mil")
+            .arg(&f.mil)
+            .args(extra)
+            .arg(&bag)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let plugin = grey_world_plugin();
+    let (ok, stdout, stderr) = run(&[
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--plugin-config",
+        r#"{"min_contrast": 2.0}"#,
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report[0]["num_cells"], 3, "{stdout}");
+    let files: Vec<&str> = report[0]["top_cells"]["PML_RARA"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 3);
+    assert!(!files.contains(&"image_3.png"), "{files:?}");
+    let (ok, _, stderr) = run(&["--plugin", "/nonexistent/plugin.so"]);
+    assert!(!ok && stderr.contains("/nonexistent/plugin.so"), "{stderr}");
+}

@@ -200,6 +200,13 @@ struct PredictArgs {
     /// Write the JSON here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Preprocessing plugin (a shared library built against `amlmil-plugin`,
+    /// e.g. target/debug/libamlmil_grey_world.so) run on the cells before encoding.
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Configuration string for --plugin (JSON by convention).
+    #[arg(long, default_value = "", requires = "plugin")]
+    plugin_config: String,
     /// Bag folders.
     #[arg(required = true)]
     bags: Vec<PathBuf>,
@@ -539,7 +546,14 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
         batch_size: args.batch_size,
         ..Default::default()
     };
-    let session = Session::new(&args.encoder, &args.mil, &options)?;
+    let plugin = match &args.plugin {
+        Some(path) => Some(amlmil::plugin::RustPlugin::load(path, &args.plugin_config)?),
+        None => None,
+    };
+    let mut session = Session::new(&args.encoder, &args.mil, &options)?;
+    if let Some(p) = plugin {
+        session = session.with_preprocessor(std::sync::Arc::new(p));
+    }
     let mut reports = Vec::new();
     for dir in &args.bags {
         let files = cell_files(dir)?;
@@ -554,8 +568,9 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
             true
         })?;
         bar.finish_and_clear();
-        let name = |i: usize| {
-            files[i]
+        // Cell ids are file positions; a plugin may have dropped some cells.
+        let name = |id: u64| {
+            files[id as usize]
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
         };
@@ -567,7 +582,7 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
                 let top = pred.top_cells(c, args.top_k).unwrap_or_default();
                 let cells = top
                     .iter()
-                    .map(|t| serde_json::json!({"file": name(t.index), "cell_id": t.cell_id, "attention": t.attention}))
+                    .map(|t| serde_json::json!({"file": name(t.cell_id), "cell_id": t.cell_id, "attention": t.attention}))
                     .collect();
                 (class.clone(), serde_json::Value::Array(cells))
             })
@@ -588,7 +603,7 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
         });
         if args.full_attention {
             report["files"] =
-                serde_json::json!((0..pred.num_cells()).map(name).collect::<Vec<_>>());
+                serde_json::json!(pred.cell_ids.iter().map(|&id| name(id)).collect::<Vec<_>>());
             report["attention"] = serde_json::json!(pred.attention);
             report["attention_raw"] = serde_json::json!(pred.attention_raw);
         }
