@@ -84,6 +84,22 @@ impl BagPrediction {
     }
 }
 
+/// Encoder outputs copied to the host as f32, refused when not finite.
+fn finite_host(t: &Tensor) -> Result<Vec<f32>> {
+    let out = Vec::<f32>::try_from(
+        t.to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .flatten(0, -1),
+    )?;
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite(
+            "encoder features (check the encoder checkpoint)".into(),
+        ));
+    }
+    Ok(out)
+}
+
 /// A loaded encoder + MIL head on one device.
 pub struct Session {
     encoder: FrozenEncoder,
@@ -235,14 +251,21 @@ impl Session {
         if cells.is_empty() {
             return Err(Error::EmptyBag("cells".into()));
         }
-        let pooled = pool_features(&self.feature_maps(cells, progress)?).to_device(Device::Cpu);
-        let out = Vec::<f32>::try_from(pooled.flatten(0, -1))?;
-        if out.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite(
-                "encoder features (check the encoder checkpoint)".into(),
-            ));
+        finite_host(&pool_features(&self.feature_maps(cells, progress)?))
+    }
+
+    /// [`Session::feature_maps`] on the host, row-major `[N × C·h·w]` (what
+    /// [`Session::classify_feature_maps`] takes back).
+    pub fn feature_maps_flat(&self, cells: &[CellImage], progress: Progress) -> Result<Vec<f32>> {
+        if cells.is_empty() {
+            return Err(Error::EmptyBag("cells".into()));
         }
-        Ok(out)
+        finite_host(&self.feature_maps(cells, progress)?)
+    }
+
+    /// Floats in one cell's feature map (channels × height × width).
+    pub fn feature_map_len(&self) -> usize {
+        self.encoder.manifest().feature_map.iter().product::<i64>() as usize
     }
 
     /// Classifies one bag. Each encoder batch goes through the head's `g` at

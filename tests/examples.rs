@@ -5,79 +5,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Two small synthetic patients (bag folders), made once.
-fn bags() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
-    static B: OnceLock<(tempfile::TempDir, Vec<PathBuf>)> = OnceLock::new();
-    B.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = amlmil::synth::CohortConfig {
-            patients_per_class: 1,
-            cells_min: 6,
-            cells_max: 8,
-            image_size: 144,
-            seed: 3,
-            ..Default::default()
-        };
-        let out = dir.path().join("cohort");
-        let summary = amlmil::synth::generate_cohort(&cfg, &out, &mut |_, _| {}).unwrap();
-        let bags = summary
-            .patients
-            .iter()
-            .take(2)
-            .map(|p| out.join("data").join(p.bag_label).join(&p.patient_id))
-            .collect();
-        (dir, bags)
-    })
-}
-
-fn build(compiler: &str, std: &str, source: &Path, out: &Path, extra: &[&str]) {
-    let lib = common::lib_dir();
-    let status = Command::new(compiler)
-        .args([std, "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(root().join("include"))
-        .arg(source)
-        .arg("-o")
-        .arg(out)
-        .arg(format!("-L{}", lib.display()))
-        .arg("-lamlmil")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .args(extra)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
-    assert!(
-        status.status.success(),
-        "{compiler} failed on {}:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&status.stderr)
-    );
-}
+use common::programs::{self, assert_reports_a_class, bags, root};
 
 fn run(program: &Path, args: &[&Path]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{} failed:\n{stdout}\n{}",
-        program.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn assert_reports_a_class(output: &str) {
-    assert!(
-        amlmil::classes::BAG_LABELS
-            .iter()
-            .any(|l| output.contains(&format!("predicted: {l}"))
-                || output.contains(&format!("predicted {l}"))),
-        "no prediction in:\n{output}"
-    );
+    programs::checked(Command::new(program).args(args))
 }
 
 #[test]
@@ -85,12 +17,12 @@ fn c_example_classifies_a_bag() {
     let f = common::fixture();
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("classify_bag");
-    build(
+    programs::compile(
         "cc",
         "-std=c11",
         &root().join("examples/c/classify_bag.c"),
         &exe,
-        &["-pedantic"],
+        &programs::dev_flags(),
     );
     let bag = &bags().1[0];
     let out = run(
@@ -104,15 +36,10 @@ fn c_example_classifies_a_bag() {
         "ranked cells are named by file:\n{out}"
     );
     // Errors reach the user as a status name and a message naming the file.
-    let bad = Command::new(&exe)
-        .args([Path::new("/nonexistent.safetensors"), &f.mil, bag])
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        err.contains("AMLMIL_STATUS_IO") && err.contains("/nonexistent.safetensors"),
-        "{err}"
+    programs::assert_fails_naming(
+        Command::new(&exe).args([Path::new("/nonexistent.safetensors"), &f.mil, bag]),
+        "AMLMIL_STATUS_IO",
+        "/nonexistent.safetensors",
     );
 }
 
@@ -122,13 +49,14 @@ fn cpp_example_classifies_bags_in_parallel() {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("classify_bags");
     // The example uses the header-only wrapper (bindings/cpp/amlmil.hpp).
-    let wrapper = format!("-I{}", root().join("bindings/cpp").display());
-    build(
+    let mut flags = programs::dev_flags();
+    flags.push("-pthread".into());
+    programs::compile(
         "c++",
         "-std=c++17",
         &root().join("examples/cpp/classify_bags.cpp"),
         &exe,
-        &["-pedantic", "-pthread", &wrapper],
+        &flags,
     );
     let b = &bags().1;
     let out = run(&exe, &[&f.encoder, &f.mil, &b[0], &b[1]]);

@@ -106,18 +106,13 @@ fn install_layout_cmake_and_pkg_config() {
             .args(&images),
     );
     programs::assert_reports_a_class(&out);
-    let bad = Command::new(&minimal)
-        .arg("/nonexistent/enc.safetensors")
-        .arg(&f.mil)
-        .arg(&images[0])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        !bad.status.success()
-            && err.contains("AMLMIL_STATUS_IO")
-            && err.contains("/nonexistent/enc.safetensors"),
-        "{err}"
+    programs::assert_fails_naming(
+        Command::new(&minimal)
+            .arg("/nonexistent/enc.safetensors")
+            .arg(&f.mil)
+            .arg(&images[0]),
+        "AMLMIL_STATUS_IO",
+        "/nonexistent/enc.safetensors",
     );
     let classify_bag = dir.path().join("classify_bag");
     programs::compile(

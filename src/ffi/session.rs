@@ -374,13 +374,7 @@ pub unsafe extern "C" fn amlmil_session_feature_dim(session: *const amlmil_sessi
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_feature_map_len(session: *const amlmil_session) -> usize {
     guard_value(0, || {
-        session.as_ref().map_or(0, |s| {
-            s.inner
-                .encoder_manifest()
-                .feature_map
-                .iter()
-                .product::<i64>() as usize
-        })
+        session.as_ref().map_or(0, |s| s.inner.feature_map_len())
     })
 }
 
@@ -518,22 +512,13 @@ pub unsafe extern "C" fn amlmil_session_embed(
     out: *mut f32,
     out_len: usize,
 ) -> amlmil_status {
-    guard(|| {
-        let session = arg_ref(session, "session")?;
-        let s = &session.inner;
-        let cells = arg_ref(bag, "bag")?.inner.read();
-        let bag = cells.plain("amlmil_session_embed")?;
-        let needed = bag.len() * s.feature_dim();
-        if bag.is_empty() {
-            return Err(Error::EmptyBag("bag".into()).into());
-        }
-        // Check the buffer before the (slow) encoder runs.
-        out_slice(out, out_len, needed, "out")?;
-        let features = session
-            .cancellable(|| s.embed(bag.cells(), &mut progress_adapter(progress, user_data)))?;
-        out_slice(out, out_len, needed, "out")?.copy_from_slice(&features);
-        Ok(())
-    })
+    encode_into(
+        (session, bag, "amlmil_session_embed"),
+        (progress, user_data),
+        (out, out_len),
+        Session::feature_dim,
+        Session::embed,
+    )
 }
 
 /// Writes each cell's encoder feature map (bag order; per cell channels ×
@@ -554,32 +539,40 @@ pub unsafe extern "C" fn amlmil_session_feature_maps(
     out: *mut f32,
     out_len: usize,
 ) -> amlmil_status {
+    encode_into(
+        (session, bag, "amlmil_session_feature_maps"),
+        (progress, user_data),
+        (out, out_len),
+        Session::feature_map_len,
+        Session::feature_maps_flat,
+    )
+}
+
+type EncodeFn = fn(&Session, &[crate::CellImage], crate::Progress) -> crate::Result<Vec<f32>>;
+
+/// The body of `amlmil_session_embed` and `_feature_maps`: `per_cell` floats
+/// for each cell of a plain, non-empty bag, the buffer checked before the
+/// (slow) encoder runs and written only on success.
+unsafe fn encode_into(
+    (session, bag, call): (*const amlmil_session, *const amlmil_bag, &'static str),
+    (progress, user_data): (amlmil_progress_callback, *mut c_void),
+    (out, out_len): (*mut f32, usize),
+    per_cell: fn(&Session) -> usize,
+    encode: EncodeFn,
+) -> amlmil_status {
     guard(|| {
         let session = arg_ref(session, "session")?;
         let s = &session.inner;
         let cells = arg_ref(bag, "bag")?.inner.read();
-        let bag = cells.plain("amlmil_session_feature_maps")?;
+        let bag = cells.plain(call)?;
         if bag.is_empty() {
             return Err(Error::EmptyBag("bag".into()).into());
         }
-        let per_cell = s.encoder_manifest().feature_map.iter().product::<i64>() as usize;
-        let needed = bag.len() * per_cell;
+        let needed = bag.len() * per_cell(s);
         out_slice(out, out_len, needed, "out")?;
-        let maps = session.cancellable(|| {
-            s.feature_maps(bag.cells(), &mut progress_adapter(progress, user_data))
-        })?;
-        let host = Vec::<f32>::try_from(
-            maps.to_device(tch::Device::Cpu)
-                .to_kind(tch::Kind::Float)
-                .contiguous()
-                .flatten(0, -1),
-        )?;
-        if host.iter().any(|v| !v.is_finite()) {
-            return Err(
-                Error::NonFinite("encoder features (check the encoder checkpoint)".into()).into(),
-            );
-        }
-        out_slice(out, out_len, needed, "out")?.copy_from_slice(&host);
+        let values = session
+            .cancellable(|| encode(s, bag.cells(), &mut progress_adapter(progress, user_data)))?;
+        out_slice(out, out_len, needed, "out")?.copy_from_slice(&values);
         Ok(())
     })
 }

@@ -93,3 +93,16 @@ pub fn assert_reports_a_class(output: &str) {
         "no prediction in:\n{output}"
     );
 }
+
+/// Runs a program that must fail with `status` (its name, e.g.
+/// `AMLMIL_STATUS_IO`) and a message naming `needle` on stderr.
+pub fn assert_fails_naming(cmd: &mut Command, status: &str, needle: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(status) && err.contains(needle),
+        "{cmd:?} should fail with {status} naming {needle}:\n{err}"
+    );
+}
