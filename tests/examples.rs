@@ -44,6 +44,41 @@ fn c_example_classifies_a_bag() {
 }
 
 #[test]
+fn c_preprocessing_callback_example_normalises_and_drops_blank_cells() {
+    let f = common::fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("preprocess_callback");
+    let mut flags = programs::dev_flags();
+    flags.push("-lm".into());
+    programs::compile(
+        "cc",
+        "-std=c11",
+        &root().join("examples/c/preprocess_callback.c"),
+        &exe,
+        &flags,
+    );
+    let mut images = programs::images(&bags().1[0]);
+    let blank = dir.path().join("blank.png");
+    image::RgbImage::from_pixel(144, 144, image::Rgb([230, 225, 235]))
+        .save(&blank)
+        .unwrap();
+    images.push(blank);
+    let out = programs::checked(Command::new(&exe).arg(&f.encoder).arg(&f.mil).args(&images));
+    assert_reports_a_class(&out);
+    let n = images.len();
+    assert!(
+        out.contains(&format!("callback: {n} cells in 1 batches, 1 dropped")),
+        "{out}"
+    );
+    let classified = out
+        .lines()
+        .find(|l| l.starts_with("cells classified:"))
+        .unwrap();
+    assert_eq!(classified.split_whitespace().count(), 2 + n - 1, "{out}");
+    assert!(!classified.contains("blank.png"), "{out}");
+}
+
+#[test]
 fn cpp_example_classifies_bags_in_parallel() {
     let f = common::fixture();
     let dir = tempfile::tempdir().unwrap();
