@@ -27,6 +27,7 @@ import json
 import math
 import operator
 import os
+import sys
 import threading
 import _thread
 import atexit
@@ -143,6 +144,35 @@ class Progress:
 ProgressCallback = Callable[[Progress], Optional[bool]]
 
 
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _install_unraisable_hook() -> None:
+    """A KeyboardInterrupt pending when the library calls the trampoline is raised
+    by Python at the function's entry, before its ``try`` can catch it; ctypes then
+    reports it to ``sys.unraisablehook`` instead of the caller. This hook (which
+    passes everything else on to the hook it replaced) hands such an exception to
+    its trampoline, so the call is cancelled at the next report and the exception
+    re-raised when the call returns."""
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        previous = sys.unraisablehook
+
+        def hook(unraisable):
+            owner = getattr(unraisable.object, "__self__", None)
+            if isinstance(owner, _Trampoline) and unraisable.exc_value is not None:
+                if owner.error is None:
+                    owner.error = unraisable.exc_value
+                return
+            previous(unraisable)
+
+        sys.unraisablehook = hook
+        _hook_installed = True
+
+
 class _Trampoline:
     """The C progress callback of one call. Catches everything the Python side
     raises (it must not unwind through C), turns it into a cancellation, and
@@ -155,6 +185,7 @@ class _Trampoline:
         self.error: Optional[BaseException] = None
         self.cancelled = False
         self.calls = 0
+        _install_unraisable_hook()
         self.c = PROGRESS_CALLBACK(self._call)
 
     def _call(self, _user_data, p):  # runs on the calling thread, GIL held
