@@ -41,7 +41,7 @@ def test_bindings_match_the_header():
         n = 0 if params.strip() == "void" else params.count(",") + 1
         assert n == len(_native.PROTOTYPES[name][1]), name
     for struct, cls in [("amlmil_session_options", _native.SessionOptionsC), ("amlmil_progress", _native.ProgressC), ("amlmil_ranked_cell", _native.RankedCellC)]:
-        block = re.search(r"typedef struct \{(.*?)\} " + struct + ";", HEADER, re.S).group(1)
+        block = re.search(r"typedef struct \{([^{}]*)\} " + struct + ";", HEADER).group(1)
         block = re.sub(r"/\*.*?\*/", "", block, flags=re.S)
         names = []
         for decl in block.split(";"):
