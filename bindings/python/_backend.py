@@ -9,7 +9,6 @@ import base64
 import hashlib
 import os
 import tarfile
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,10 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _project():
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # pragma: no cover - older Pythons
+        import tomli as tomllib  # type: ignore[no-redef]
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
