@@ -9,9 +9,23 @@
 * :mod:`amlmil.tool` is the command line the Rust CLI calls
   (``python -m amlmil.tool --help``).
 
-Only ``numpy`` and ``safetensors`` are required to import the package; the
-modules above need ``torch`` (and ``torchvision`` for the encoder, ``onnx`` +
-``onnxruntime`` for ONNX export).
+* :mod:`amlmil.core` (re-exported here) wraps the C ABI of ``libamlmil.so``
+  with ctypes: :class:`Session`, :class:`Bag`, :class:`Result`, the training
+  and data entry points. The library is loaded on first use, from
+  ``$AMLMIL_LIBRARY``, else a ``libamlmil.so*`` next to this package, else the
+  system loader.
+
+Only ``numpy`` (and ``safetensors`` for :mod:`amlmil.models`) is needed to
+import the package; :mod:`amlmil.torchfile`, :mod:`amlmil.models` and
+:mod:`amlmil.tool` need ``torch`` (and ``torchvision`` for the encoder,
+``onnx`` + ``onnxruntime`` for ONNX export). ``import amlmil`` imports no torch.
 """
+
+from .errors import AbiMismatchError, AmlmilError, Cancelled, LibraryNotFoundError, Status
+from .core import *  # noqa: F401,F403
+from .core import __all__ as _core_all
+from ._native import ABI_VERSION, library_path
+
+__all__ = ["AmlmilError", "Cancelled", "LibraryNotFoundError", "AbiMismatchError", "Status", "ABI_VERSION", "library_path", *_core_all]
 
 __version__ = "0.1.0"

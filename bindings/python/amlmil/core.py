@@ -1,0 +1,875 @@
+"""High-level Python API over the C ABI of ``libamlmil.so`` (see ``include/amlmil.h``).
+
+Every operation is a call into the library through :mod:`amlmil._native`;
+results are copied into numpy arrays and plain Python objects at once.
+
+Threads: ctypes releases the GIL during every foreign call, so one
+:class:`Session` classifies from several Python threads at once (the C ABI
+allows concurrent calls on a ``const`` session).
+
+Progress and cancellation: every long call gets an internal progress
+trampoline. A user ``progress`` callable receives a :class:`Progress` and
+returns ``None``/``False`` to go on or ``True`` to cancel (then
+:class:`~amlmil.errors.Cancelled` is raised). An exception raised inside the
+callable -- ``KeyboardInterrupt`` from Ctrl-C included -- cancels the C call
+and is re-raised once it has returned; it never unwinds through C. Without a
+callable, a Ctrl-C that arrives during the call is noticed at the library's
+next progress report, which cancels the call, and ``KeyboardInterrupt`` is
+raised when it returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import enum
+import json
+import math
+import operator
+import os
+import sys
+import threading
+import _thread
+import atexit
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _native
+from ._native import PROGRESS_CALLBACK, LOG_CALLBACK, check, lib
+from .errors import AmlmilError, Cancelled, Status
+
+PathLike = Union[str, "os.PathLike[str]"]
+ClassKey = Union[int, str]
+
+__all__ = [
+    "Progress",
+    "ProgressCallback",
+    "SessionOptions",
+    "Session",
+    "Bag",
+    "Result",
+    "RankedCell",
+    "LogLevel",
+    "version",
+    "abi_version",
+    "runtime_info",
+    "cuda_device_count",
+    "set_log_callback",
+    "cross_validate",
+    "train_mil",
+    "pretrain",
+    "experiment",
+    "extract_features",
+    "synth_cohort",
+    "dataset_check",
+    "import_model",
+]
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _cstr(value: Any, name: str) -> bytes:
+    """A UTF-8 C string; refuses what C would misread (NUL bytes, non-UTF-8)."""
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if isinstance(text, bytes):
+            raw = text
+        else:
+            try:
+                raw = text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"{name}: {text!r} is not valid UTF-8 (the C ABI takes UTF-8): {e}") from None
+    else:
+        raise TypeError(f"{name}: expected str or os.PathLike, got {type(value).__name__}")
+    if b"\0" in raw:
+        raise ValueError(f"{name}: contains a NUL byte")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not valid UTF-8 (the C ABI takes UTF-8): {e}") from None
+    return raw
+
+
+def _u64(value: Any, name: str) -> int:
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    if not 0 <= v < 2**64:
+        raise ValueError(f"{name}: {v} is outside 0..2**64-1")
+    return v
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _config_json(config: Optional[Mapping[str, Any]], name: str = "config") -> Optional[bytes]:
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        raise TypeError(f"{name}: expected a dict, got {type(config).__name__}")
+    try:
+        return json.dumps(dict(config), default=_json_default).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: cannot be written as JSON: {e}") from None
+
+
+# ----------------------------------------------------------------- progress
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """One progress report of a long call (``amlmil_progress``)."""
+
+    stage: str
+    done: int
+    total: int
+    epoch: Optional[int]  #: ``None`` where the library reports -1 (not applicable)
+    fold: Optional[int]  #: ``None`` where the library reports -1
+    loss: Optional[float]  #: ``None`` where the library reports NaN
+
+
+ProgressCallback = Callable[[Progress], Optional[bool]]
+
+
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _install_unraisable_hook() -> None:
+    """A KeyboardInterrupt pending when the library calls the trampoline is raised
+    by Python at the function's entry, before its ``try`` can catch it; ctypes then
+    reports it to ``sys.unraisablehook`` instead of the caller. This hook (which
+    passes everything else on to the hook it replaced) hands such an exception to
+    its trampoline, so the call is cancelled at the next report and the exception
+    re-raised when the call returns."""
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        previous = sys.unraisablehook
+
+        def hook(unraisable):
+            owner = getattr(unraisable.object, "__self__", None)
+            if isinstance(owner, _Trampoline) and unraisable.exc_value is not None:
+                if owner.error is None:
+                    owner.error = unraisable.exc_value
+                return
+            previous(unraisable)
+
+        sys.unraisablehook = hook
+        _hook_installed = True
+
+
+class _Trampoline:
+    """The C progress callback of one call. Catches everything the Python side
+    raises (it must not unwind through C), turns it into a cancellation, and
+    keeps it for :meth:`finish` to re-raise."""
+
+    def __init__(self, callback: Optional[ProgressCallback]):
+        if callback is not None and not callable(callback):
+            raise TypeError(f"progress: expected a callable or None, got {type(callback).__name__}")
+        self.callback = callback
+        self.error: Optional[BaseException] = None
+        self.cancelled = False
+        self.calls = 0
+        _install_unraisable_hook()
+        self.c = PROGRESS_CALLBACK(self._call)
+
+    def _call(self, _user_data, p):  # runs on the calling thread, GIL held
+        try:
+            if self.error is not None or self.cancelled:
+                return 1
+            self.calls += 1
+            if self.callback is None:
+                return 0
+            q = p.contents
+            loss = float(q.loss)
+            report = Progress(
+                stage=(q.stage or b"").decode("utf-8", "replace"),
+                done=int(q.done),
+                total=int(q.total),
+                epoch=None if q.epoch < 0 else int(q.epoch),
+                fold=None if q.fold < 0 else int(q.fold),
+                loss=None if math.isnan(loss) else loss,
+            )
+            if self.callback(report):
+                self.cancelled = True
+                return 1
+            return 0
+        except BaseException as e:  # KeyboardInterrupt included
+            self.error = e
+            return 1
+
+    def finish(self, status: int, function: str) -> None:
+        """Raises what the call ended with: the callback's exception first."""
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+        check(status, function)
+
+
+def _run(function: str, args_before: Sequence[Any], progress: Optional[ProgressCallback], args_after: Sequence[Any] = ()) -> str:
+    """Calls one of the JSON-in/JSON-out training entry points with a trampoline."""
+    tramp = _Trampoline(progress)
+    out = ctypes.c_void_p()
+    status = getattr(lib(), function)(*args_before, tramp.c, None, *args_after, ctypes.byref(out))
+    text = _native.take_string(out) if status == Status.OK else ""
+    tramp.finish(status, function)
+    return text
+
+
+# ------------------------------------------------------------------ handles
+
+
+class _Handle:
+    """An owned C pointer with a count of calls using it, so that it is never
+    freed under a running call."""
+
+    def __init__(self, ptr: int, free_name: str, what: str):
+        self._ptr: Optional[int] = ptr
+        self._free_name = free_name
+        self._what = what
+        self._lock = threading.Lock()
+        self._users = 0
+
+    def acquire(self) -> int:
+        with self._lock:
+            if self._ptr is None:
+                raise ValueError(f"the {self._what} is closed")
+            self._users += 1
+            return self._ptr
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._users:
+                raise RuntimeError(f"cannot close the {self._what}: {self._users} call(s) on it are still running")
+            ptr, self._ptr = self._ptr, None
+        if ptr:
+            getattr(lib(), self._free_name)(ptr)
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+
+class _Using:
+    def __init__(self, *handles: _Handle):
+        self.handles = handles
+
+    def __enter__(self):
+        got = []
+        try:
+            for h in self.handles:
+                got.append(h.acquire())
+        except BaseException:
+            for h in self.handles[: len(got)]:
+                h.release()
+            raise
+        return got
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.release()
+
+
+# -------------------------------------------------------------------- bag
+
+
+_FORMATS = {("rgb", 3): 0, ("rgb", 4): 1, ("bgr", 3): 2, ("bgr", 4): 3}
+
+
+def _pixels(pixels: Any, name: str, order: str = "rgb"):
+    """Validates an image array; returns (array kept alive, ptr, len, w, h, stride, format)."""
+    if not isinstance(pixels, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy uint8 array of shape (H, W, 3) or (H, W, 4), got {type(pixels).__name__}")
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"{name}: expected dtype uint8 (8-bit RGB or RGBA), got {pixels.dtype}")
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise ValueError(f"{name}: expected shape (H, W, 3) for RGB8 or (H, W, 4) for RGBA8, got {pixels.shape}")
+    h, w, ch = pixels.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"{name}: the image is empty (shape {pixels.shape})")
+    if order not in ("rgb", "bgr"):
+        raise ValueError(f"order: expected 'rgb' or 'bgr', got {order!r}")
+    s0, s1, s2 = pixels.strides
+    if not (s2 == 1 and s1 == ch and s0 >= w * ch):
+        pixels = np.ascontiguousarray(pixels)  # each row must be packed pixels
+        s0 = pixels.strides[0]
+    length = s0 * (h - 1) + w * ch
+    return pixels, pixels.ctypes.data, length, w, h, s0, _FORMATS[(order, ch)]
+
+
+class Bag:
+    """A bag of cells (``amlmil_bag``) for one patient. A context manager;
+    ``close()`` frees it (also done when it is garbage-collected)."""
+
+    def __init__(self) -> None:
+        out = ctypes.c_void_p()
+        check(lib().amlmil_bag_new(ctypes.byref(out)), "amlmil_bag_new")
+        self._h = _Handle(out.value, "amlmil_bag_free", "bag")
+        # Serialises changes with `embed`, which needs the count to stay put.
+        self._mutate = threading.RLock()
+        self._session: Optional[Session] = None
+
+    def add(self, cell_id: int, pixels: npt.NDArray[np.uint8], *, order: str = "rgb") -> None:
+        """Adds a cell from an ``HxWx3`` (RGB8) or ``HxWx4`` (RGBA8) uint8 array
+        of any strides (``order="bgr"`` for BGR8/BGRA8). The pixels are copied."""
+        cid = _u64(cell_id, "cell_id")
+        arr, ptr, length, w, h, stride, fmt = _pixels(pixels, "pixels", order)
+        with self._mutate, _Using(self._h) as (bag,):
+            check(lib().amlmil_bag_add_pixels(bag, cid, ptr, length, w, h, stride, fmt), "amlmil_bag_add_pixels")
+        del arr
+
+    def add_encoded(self, cell_id: int, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Adds a cell from encoded TIFF, PNG or JPEG bytes."""
+        cid = _u64(cell_id, "cell_id")
+        try:
+            buf = np.frombuffer(data, dtype=np.uint8)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"data: expected contiguous bytes of an encoded image, got {type(data).__name__} ({e})") from None
+        with self._mutate, _Using(self._h) as (bag,):
+            check(lib().amlmil_bag_add_encoded(bag, cid, buf.ctypes.data, buf.size), "amlmil_bag_add_encoded")
+
+    def add_file(self, cell_id: int, path: PathLike) -> None:
+        """Adds a cell from a TIFF, PNG or JPEG file."""
+        cid = _u64(cell_id, "cell_id")
+        p = _cstr(path, "path")
+        with self._mutate, _Using(self._h) as (bag,):
+            check(lib().amlmil_bag_add_file(bag, cid, p), "amlmil_bag_add_file")
+
+    def __len__(self) -> int:
+        n = ctypes.c_size_t()
+        with _Using(self._h) as (bag,):
+            check(lib().amlmil_bag_len(bag, ctypes.byref(n)), "amlmil_bag_len")
+        return n.value
+
+    def clear(self) -> None:
+        """Removes every cell (a streaming bag keeps streaming)."""
+        with self._mutate, _Using(self._h) as (bag,):
+            check(lib().amlmil_bag_clear(bag), "amlmil_bag_clear")
+
+    def stream(self, session: "Session") -> None:
+        """Makes this empty bag stream its cells to ``session``'s encoder as they
+        are added (``amlmil_bag_stream``)."""
+        if not isinstance(session, Session):
+            raise TypeError(f"session: expected a Session, got {type(session).__name__}")
+        with self._mutate, _Using(self._h, session._h) as (bag, s):
+            check(lib().amlmil_bag_stream(bag, s), "amlmil_bag_stream")
+        self._session = session
+
+    def close(self) -> None:
+        self._h.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._h.closed
+
+    def __enter__(self) -> "Bag":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._h.close()
+        except Exception:
+            pass
+
+    @classmethod
+    def from_arrays(cls, images: Iterable[npt.NDArray[np.uint8]], name: str = "images") -> "Bag":
+        """A bag of ``images`` with cell ids 0, 1, …; every array is checked
+        before the bag is made."""
+        checked = []
+        for i, im in enumerate(images):
+            checked.append(_pixels(im, f"{name}[{i}]"))
+        bag = cls()
+        try:
+            with _Using(bag._h) as (b,):
+                for i, (_arr, ptr, length, w, h, stride, fmt) in enumerate(checked):
+                    check(lib().amlmil_bag_add_pixels(b, i, ptr, length, w, h, stride, fmt), "amlmil_bag_add_pixels")
+        except BaseException:
+            bag.close()
+            raise
+        return bag
+
+
+# ------------------------------------------------------------------ result
+
+
+class RankedCell(NamedTuple):
+    """One cell of an attention ranking (``amlmil_ranked_cell``)."""
+
+    cell_id: int
+    index: int  #: position in the bag (order of addition)
+    attention: float  #: softmax attention for the ranked class
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+class Result:
+    """A classification, copied out of ``amlmil_result`` (which is freed at once)."""
+
+    classes: List[str]
+    probabilities: npt.NDArray[np.float32]
+    logits: npt.NDArray[np.float32]
+    predicted: int
+    cell_ids: npt.NDArray[np.uint64]
+
+    def __init__(self, ptr: int):
+        L = lib()
+        c = L.amlmil_result_num_classes(ptr)
+        n = L.amlmil_result_num_cells(ptr)
+        self.classes = [L.amlmil_result_class_name(ptr, i).decode("utf-8", "replace") for i in range(c)]
+        self.probabilities = np.empty(c, np.float32)
+        check(L.amlmil_result_probabilities(ptr, self.probabilities.ctypes.data, c), "amlmil_result_probabilities")
+        self.logits = np.empty(c, np.float32)
+        check(L.amlmil_result_logits(ptr, self.logits.ctypes.data, c), "amlmil_result_logits")
+        pred = ctypes.c_size_t()
+        check(L.amlmil_result_predicted_class(ptr, ctypes.byref(pred)), "amlmil_result_predicted_class")
+        self.predicted = int(pred.value)
+        self.cell_ids = np.empty(n, np.uint64)
+        check(L.amlmil_result_cell_ids(ptr, self.cell_ids.ctypes.data, n), "amlmil_result_cell_ids")
+        self._attention = np.empty((2, c, n), np.float32)
+        ranked = (_native.RankedCellC * max(n, 1))()
+        self._rank_index = np.empty((c, n), np.int64)
+        self._rank_attention = np.empty((c, n), np.float32)
+        for k in range(c):
+            for kind in (0, 1):
+                check(L.amlmil_result_attention(ptr, k, kind, self._attention[kind, k].ctypes.data, n), "amlmil_result_attention")
+            written = ctypes.c_size_t()
+            check(L.amlmil_result_top_cells(ptr, k, n, ranked, n, ctypes.byref(written)), "amlmil_result_top_cells")
+            for j in range(written.value):
+                self._rank_index[k, j] = ranked[j].index
+                self._rank_attention[k, j] = ranked[j].attention
+        out = ctypes.c_void_p()
+        check(L.amlmil_result_to_json(ptr, ctypes.byref(out)), "amlmil_result_to_json")
+        self._json = _native.take_string(out)
+        for a in (self.probabilities, self.logits, self.cell_ids, self._attention):
+            _readonly(a)
+
+    @property
+    def predicted_class(self) -> str:
+        return self.classes[self.predicted]
+
+    @property
+    def num_cells(self) -> int:
+        return int(self.cell_ids.size)
+
+    def __len__(self) -> int:
+        return self.num_cells
+
+    def class_index(self, cls: ClassKey) -> int:
+        """The index of a class given by index or name."""
+        if isinstance(cls, str):
+            try:
+                return self.classes.index(cls)
+            except ValueError:
+                raise ValueError(f"class: {cls!r} is not one of {self.classes}") from None
+        try:
+            i = operator.index(cls)
+        except TypeError:
+            raise TypeError(f"class: expected a class index or name, got {type(cls).__name__}") from None
+        if not 0 <= i < len(self.classes):
+            raise IndexError(f"class: index {i} is outside 0..{len(self.classes) - 1}")
+        return i
+
+    def attention(self, cls: ClassKey, raw: bool = False) -> npt.NDArray[np.float32]:
+        """Attention of every cell (bag order) for ``cls``: softmax over the bag,
+        or the scores before it with ``raw=True``. Read-only."""
+        return self._attention[1 if raw else 0, self.class_index(cls)]
+
+    def top_cells(self, cls: ClassKey, k: int = 5) -> List[RankedCell]:
+        """The ``k`` cells with the highest attention for ``cls``, highest first
+        (ties in bag order), as the library ranked them."""
+        c = self.class_index(cls)
+        k = operator.index(k)
+        if k < 0:
+            raise ValueError(f"k: must not be negative, got {k}")
+        k = min(k, self.num_cells)
+        return [
+            RankedCell(int(self.cell_ids[i]), int(i), float(a))
+            for i, a in zip(self._rank_index[c, :k], self._rank_attention[c, :k])
+        ]
+
+    def to_json(self) -> str:
+        """``amlmil_result_to_json``'s JSON."""
+        return self._json
+
+    def as_dict(self) -> Dict[str, Any]:
+        return json.loads(self._json)
+
+    def __repr__(self) -> str:
+        return f"<amlmil.Result {self.predicted_class} p={float(self.probabilities[self.predicted]):.3f} cells={self.num_cells}>"
+
+
+def _take_result(out: ctypes.c_void_p) -> Result:
+    try:
+        return Result(out.value)
+    finally:
+        lib().amlmil_result_free(out.value)
+
+
+# ----------------------------------------------------------------- session
+
+
+_PRECISIONS = {"fp32": 0, "fp16": 1, "bf16": 2}
+
+
+def _default(name: str) -> Callable[[], Any]:
+    def get():
+        d = _native.options_defaults()
+        v = getattr(d, name)
+        if name == "device":
+            return v.decode("utf-8") if v else "auto"
+        if name == "precision":
+            return {b: a for a, b in _PRECISIONS.items()}.get(v, v)
+        if name in ("channels_last", "fused", "warm_up"):
+            return bool(v)
+        return int(v)
+
+    return get
+
+
+@dataclasses.dataclass
+class SessionOptions:
+    """``amlmil_session_options``; defaults come from ``amlmil_session_options_init``."""
+
+    device: str = dataclasses.field(default_factory=_default("device"))  #: "auto", "cpu", "cuda", "cuda:N"
+    precision: Union[str, int] = dataclasses.field(default_factory=_default("precision"))  #: "fp32", "fp16", "bf16"
+    batch_size: int = dataclasses.field(default_factory=_default("batch_size"))
+    num_threads: int = dataclasses.field(default_factory=_default("num_threads"))  #: 0 = libtorch's default
+    channels_last: bool = dataclasses.field(default_factory=_default("channels_last"))
+    fused: bool = dataclasses.field(default_factory=_default("fused"))
+    warm_up: bool = dataclasses.field(default_factory=_default("warm_up"))
+
+    def _to_c(self):
+        c = _native.options_defaults()
+        device = _cstr(self.device, "options.device")
+        c.device = device
+        if isinstance(self.precision, str):
+            if self.precision not in _PRECISIONS:
+                raise ValueError(f"options.precision: expected one of {list(_PRECISIONS)}, got {self.precision!r}")
+            c.precision = _PRECISIONS[self.precision]
+        else:
+            c.precision = _u64(self.precision, "options.precision")
+        for name in ("batch_size", "num_threads"):
+            v = _u64(getattr(self, name), f"options.{name}")
+            if v >= 2**32:
+                raise ValueError(f"options.{name}: {v} does not fit in 32 bits")
+            setattr(c, name, v)
+        for name in ("channels_last", "fused", "warm_up"):
+            setattr(c, name, 1 if getattr(self, name) else 0)
+        return c, device  # keep `device` bytes alive while `c` is used
+
+
+class Session:
+    """An encoder and an attention-MIL head loaded on one device (``amlmil_session``).
+
+    A context manager; ``close()`` frees it (refused while calls on it run in other
+    threads); garbage collection frees it too. Safe to use from several threads.
+    """
+
+    def __init__(self, encoder_path: PathLike, mil_path: PathLike, *, device: Optional[str] = None, options: Optional[SessionOptions] = None):
+        if options is None:
+            options = SessionOptions()
+        elif not isinstance(options, SessionOptions):
+            raise TypeError(f"options: expected SessionOptions, got {type(options).__name__}")
+        if device is not None:
+            options = dataclasses.replace(options, device=device)
+        enc = _cstr(encoder_path, "encoder_path")
+        mil = _cstr(mil_path, "mil_path")
+        c, _keep = options._to_c()
+        out = ctypes.c_void_p()
+        check(lib().amlmil_session_new(enc, mil, ctypes.byref(c), ctypes.byref(out)), "amlmil_session_new")
+        self._h = _Handle(out.value, "amlmil_session_free", "session")
+        self.options = options
+        with _Using(self._h) as (s,):
+            self._feature_dim = int(lib().amlmil_session_feature_dim(s))
+            self._feature_map_len = int(lib().amlmil_session_feature_map_len(s))
+            j = ctypes.c_void_p()
+            check(lib().amlmil_session_info(s, ctypes.byref(j)), "amlmil_session_info")
+            self._info = json.loads(_native.take_string(j))
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of a cell's pooled feature vector (:meth:`embed`)."""
+        return self._feature_dim
+
+    @property
+    def feature_map_len(self) -> int:
+        """Floats per cell that :meth:`classify_features` expects."""
+        return self._feature_map_len
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        """``amlmil_session_info``: device, classes, both manifests."""
+        return json.loads(json.dumps(self._info))
+
+    def _bag(self, bag: Union[Bag, Sequence[npt.NDArray[np.uint8]]]):
+        if isinstance(bag, Bag):
+            return bag, False
+        if isinstance(bag, np.ndarray) or not isinstance(bag, Sequence):
+            raise TypeError(f"bag: expected a Bag or a list of uint8 image arrays, got {type(bag).__name__}")
+        return Bag.from_arrays(bag, "bag"), True
+
+    def classify(self, bag: Union[Bag, Sequence[npt.NDArray[np.uint8]]], progress: Optional[ProgressCallback] = None) -> Result:
+        """Classifies a :class:`Bag` (or a list of images, cell ids 0, 1, …)."""
+        tramp = _Trampoline(progress)
+        b, temporary = self._bag(bag)
+        try:
+            out = ctypes.c_void_p()
+            with _Using(self._h, b._h) as (s, bp):
+                status = lib().amlmil_session_classify(s, bp, tramp.c, None, ctypes.byref(out))
+                err = _native.error(status, "amlmil_session_classify") if status != Status.OK else None
+            result = _take_result(out) if err is None else None
+            if tramp.error is not None:
+                tramp.finish(status, "amlmil_session_classify")
+            if err is not None:
+                raise err
+            assert result is not None
+            return result
+        finally:
+            if temporary:
+                b.close()
+
+    def embed(self, bag: Union[Bag, Sequence[npt.NDArray[np.uint8]]], progress: Optional[ProgressCallback] = None) -> npt.NDArray[np.float32]:
+        """Pooled encoder features of every cell: an ``(N, feature_dim)`` float32 array."""
+        tramp = _Trampoline(progress)
+        b, temporary = self._bag(bag)
+        try:
+            with b._mutate:
+                n = len(b)
+                out = np.empty((n, self._feature_dim), np.float32)
+                with _Using(self._h, b._h) as (s, bp):
+                    status = lib().amlmil_session_embed(s, bp, tramp.c, None, out.ctypes.data, out.size)
+                    err = _native.error(status, "amlmil_session_embed") if status != Status.OK else None
+            if tramp.error is not None:
+                tramp.finish(status, "amlmil_session_embed")
+            if err is not None:
+                raise err
+            return out
+        finally:
+            if temporary:
+                b.close()
+
+    def classify_features(self, features: npt.NDArray[np.float32], cell_ids: Optional[Sequence[int]] = None) -> Result:
+        """Classifies precomputed encoder feature maps, ``(N, feature_map_len)`` float32."""
+        if not isinstance(features, np.ndarray):
+            raise TypeError(f"features: expected a numpy float32 array, got {type(features).__name__}")
+        if features.dtype != np.float32:
+            raise TypeError(f"features: expected dtype float32, got {features.dtype}")
+        if features.ndim != 2 or features.shape[1] != self._feature_map_len:
+            raise ValueError(f"features: expected shape (N, {self._feature_map_len}) (N cells x feature_map_len), got {features.shape}")
+        feats = np.ascontiguousarray(features)
+        n = feats.shape[0]
+        ids_ptr = None
+        ids = None
+        if cell_ids is not None:
+            ids_list = [_u64(v, f"cell_ids[{i}]") for i, v in enumerate(cell_ids)]
+            if len(ids_list) != n:
+                raise ValueError(f"cell_ids: {len(ids_list)} ids for {n} rows of features")
+            ids = np.array(ids_list, dtype=np.uint64)
+            ids_ptr = ids.ctypes.data
+        out = ctypes.c_void_p()
+        with _Using(self._h) as (s,):
+            check(
+                lib().amlmil_session_classify_features(s, feats.ctypes.data, feats.size, n, ids_ptr, ctypes.byref(out)),
+                "amlmil_session_classify_features",
+            )
+        return _take_result(out)
+
+    def close(self) -> None:
+        self._h.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._h.closed
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._h.close()
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------- module functions
+
+
+def version() -> str:
+    """``amlmil_version()``, e.g. ``"0.1.0"``."""
+    return lib().amlmil_version().decode("utf-8")
+
+
+def abi_version() -> int:
+    """``amlmil_abi_version()`` of the loaded library."""
+    return int(lib().amlmil_abi_version())
+
+
+def cuda_device_count() -> int:
+    return int(lib().amlmil_cuda_device_count())
+
+
+def runtime_info() -> Dict[str, Any]:
+    """``amlmil_runtime_info``: versions, CUDA devices, libtorch threads."""
+    out = ctypes.c_void_p()
+    check(lib().amlmil_runtime_info(ctypes.byref(out)), "amlmil_runtime_info")
+    return json.loads(_native.take_string(out))
+
+
+def cross_validate(config: Mapping[str, Any], progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+    """``amlmil_cross_validate``: JSON configuration in, report out."""
+    return json.loads(_run("amlmil_cross_validate", [_config_json(config)], progress))
+
+
+def train_mil(config: Mapping[str, Any], fold: int, progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+    """``amlmil_train_mil``: one MIL head on fold ``fold`` of the first seed."""
+    f = _u64(fold, "fold")
+    if f >= 2**32:
+        raise ValueError(f"fold: {f} does not fit in 32 bits")
+    return json.loads(_run("amlmil_train_mil", [_config_json(config), f], progress))
+
+
+def pretrain(config: Mapping[str, Any], progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+    """``amlmil_pretrain``: SimCLR, SwAV, DINO or supervised encoder pre-training."""
+    return json.loads(_run("amlmil_pretrain", [_config_json(config)], progress))
+
+
+def experiment(config: Mapping[str, Any], progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+    """``amlmil_experiment``: the paper's experiment (resumable)."""
+    return json.loads(_run("amlmil_experiment", [_config_json(config)], progress))
+
+
+def extract_features(
+    dataset_dir: PathLike,
+    encoder_path: PathLike,
+    out_dir: PathLike,
+    *,
+    flips: bool = True,
+    device: str = "auto",
+    progress: Optional[ProgressCallback] = None,
+) -> Dict[str, Any]:
+    """``amlmil_extract_features``; returns the cache manifest."""
+    args = [
+        _cstr(dataset_dir, "dataset_dir"),
+        _cstr(encoder_path, "encoder_path"),
+        _cstr(out_dir, "out_dir"),
+        1 if flips else 0,
+        _cstr(device, "device"),
+    ]
+    return json.loads(_run("amlmil_extract_features", args, progress))
+
+
+def synth_cohort(out_dir: PathLike, config: Optional[Mapping[str, Any]] = None, progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+    """``amlmil_synth_cohort``. This call cannot be cancelled: an exception raised by
+    ``progress`` is re-raised only after the whole cohort is written."""
+    return json.loads(_run("amlmil_synth_cohort", [_config_json(config), _cstr(out_dir, "out_dir")], progress))
+
+
+def dataset_check(dataset_dir: PathLike, *, skip: bool = False, check_images: bool = False) -> Dict[str, Any]:
+    """``amlmil_dataset_check``: ``{"summary": …, "issues": […]}``."""
+    out = ctypes.c_void_p()
+    check(
+        lib().amlmil_dataset_check(_cstr(dataset_dir, "dataset_dir"), 1 if skip else 0, 1 if check_images else 0, ctypes.byref(out)),
+        "amlmil_dataset_check",
+    )
+    return json.loads(_native.take_string(out))
+
+
+def import_model(source_path: PathLike, out_path: PathLike, options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """``amlmil_import``: a PyTorch-trained model to a libamlmil checkpoint."""
+    out = ctypes.c_void_p()
+    check(
+        lib().amlmil_import(_cstr(source_path, "source_path"), _cstr(out_path, "out_path"), _config_json(options, "options"), ctypes.byref(out)),
+        "amlmil_import",
+    )
+    return json.loads(_native.take_string(out))
+
+
+# --------------------------------------------------------------------- log
+
+
+class LogLevel(enum.IntEnum):
+    """``amlmil_log_level``."""
+
+    OFF = 0
+    ERROR = 1
+    WARN = 2
+    INFO = 3
+    DEBUG = 4
+    TRACE = 5
+
+
+LogCallback = Callable[[LogLevel, str, str], None]
+
+_log_lock = threading.Lock()
+# Every callback object ever installed stays referenced: a library thread may
+# still be inside an old one while a new one is installed.
+_log_installed: List[Any] = []
+
+
+def _log_trampoline(callback: LogCallback):
+    def call(_user_data, level, target, message):
+        try:
+            callback(LogLevel(level), (target or b"").decode("utf-8", "replace"), (message or b"").decode("utf-8", "replace"))
+        except KeyboardInterrupt:
+            _thread.interrupt_main()  # delivered again, to the main thread's next check
+        # Other exceptions leave through ctypes, which reports them with
+        # sys.unraisablehook; a log record cannot cancel anything.
+
+    return LOG_CALLBACK(call)
+
+
+def set_log_callback(callback: Optional[LogCallback], level: Union[LogLevel, int, str] = LogLevel.INFO) -> None:
+    """Routes the library's log records at or above ``level`` to
+    ``callback(level, target, message)``; ``None`` stops logging. The callback
+    may be called from any thread, concurrently."""
+    if isinstance(level, str):
+        try:
+            level = LogLevel[level.upper()]
+        except KeyError:
+            raise ValueError(f"level: expected one of {[l.name.lower() for l in LogLevel]}, got {level!r}") from None
+    lvl = LogLevel(operator.index(level))
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+    with _log_lock:
+        c = _log_trampoline(callback) if callback is not None else LOG_CALLBACK()
+        if callback is not None:
+            _log_installed.append(c)
+        check(lib().amlmil_set_log_callback(c, None, int(lvl) if callback is not None else 0), "amlmil_set_log_callback")
+
+
+@atexit.register
+def _stop_logging() -> None:
+    # Library threads must not call into a finalising interpreter.
+    if _log_installed and _native._lib is not None:
+        try:
+            _native._lib.amlmil_set_log_callback(LOG_CALLBACK(), None, 0)
+        except Exception:
+            pass
