@@ -434,8 +434,10 @@ typedef int32_t (*amlmil_preprocess_callback)(void *user_data, amlmil_cell *cell
 
 /**
  * Options for `amlmil_session_new`. Always initialise with
- * `amlmil_session_options_init`, then change fields: new fields are only ever
- * appended, and `struct_size` tells the library which ones the caller knows.
+ * `amlmil_session_options_init` (a macro for
+ * `amlmil_session_options_init_sized(o, sizeof *o)`), then change fields:
+ * new fields are only ever appended, and `struct_size` tells the library
+ * which ones the caller knows.
  */
 typedef struct {
   /**
@@ -830,7 +832,23 @@ amlmil_status amlmil_result_top_cells(const amlmil_result *result,
 amlmil_status amlmil_result_to_json(const amlmil_result *result, char **out_json);
 
 /**
- * Fills `options` with the defaults of this library version (and sets `struct_size`).
+ * Fills the first `size` bytes of `options` (the caller's
+ * `sizeof(amlmil_session_options)`) with this library's defaults and sets
+ * `struct_size` to the part written: a library newer than the caller's header
+ * never writes past the caller's struct, an older one leaves the fields it
+ * does not know as they were (zero them first) and ignores them.
+ *
+ * @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when `size` does not reach the
+ *   `device` field.
+ */
+amlmil_status amlmil_session_options_init_sized(amlmil_session_options *options, size_t size);
+
+/**
+ * Fills `options` with the defaults; writes only the fields of the first
+ * ABI-1 release (through `warm_up`), which every caller's struct has. The
+ * header defines a macro of the same name after this declaration that calls
+ * `amlmil_session_options_init_sized(options, sizeof *options)` instead, so
+ * code compiled against this header initialises every field it knows.
  */
 amlmil_status amlmil_session_options_init(amlmil_session_options *options);
 
@@ -1056,3 +1074,8 @@ amlmil_status amlmil_experiment(const char *config_json,
 #endif  // __cplusplus
 
 #endif  /* AMLMIL_H */
+
+#if !defined(AMLMIL_NO_INIT_MACRO) && !defined(amlmil_session_options_init)
+#define amlmil_session_options_init(options) \
+  amlmil_session_options_init_sized((options), sizeof *(options))
+#endif

@@ -206,6 +206,53 @@ fn an_older_options_struct_gets_defaults_for_fields_it_lacks() {
 }
 
 #[test]
+fn options_init_never_writes_past_the_callers_struct() {
+    let full = std::mem::size_of::<amlmil_session_options>();
+    let v1 = std::mem::offset_of!(amlmil_session_options, preprocess);
+    let mut buf = vec![0xAAu8; full + 16];
+    unsafe {
+        // The plain symbol (what binaries built against the first header call):
+        // the first release's fields only.
+        let o = buf.as_mut_ptr() as *mut amlmil_session_options;
+        assert_eq!(amlmil_session_options_init(o), amlmil_status::Ok);
+        assert_eq!((*o).struct_size, v1);
+        assert_eq!((*o).batch_size, 32);
+        assert!(
+            buf[v1..].iter().all(|&b| b == 0xAA),
+            "wrote past the first release's struct"
+        );
+        // Sized: a caller with a shorter struct (an older header) gets only its bytes…
+        buf.fill(0xAA);
+        let short = std::mem::offset_of!(amlmil_session_options, num_threads);
+        assert_eq!(
+            amlmil_session_options_init_sized(o, short),
+            amlmil_status::Ok
+        );
+        assert_eq!((*o).struct_size, short);
+        assert!(buf[short..].iter().all(|&b| b == 0xAA));
+        // …a caller with a longer one (a newer header) gets ours and the rest untouched.
+        buf.fill(0xAA);
+        assert_eq!(
+            amlmil_session_options_init_sized(o, full + 16),
+            amlmil_status::Ok
+        );
+        assert_eq!((*o).struct_size, full);
+        assert!((*o).plugin_path.is_null() && (*o).preprocess.is_none());
+        assert!(buf[full..].iter().all(|&b| b == 0xAA));
+        common::ffi::expect(
+            amlmil_session_options_init_sized(o, 4),
+            amlmil_status::InvalidArgument,
+            "size",
+        );
+        common::ffi::expect(
+            amlmil_session_options_init_sized(ptr::null_mut(), full),
+            amlmil_status::NullArgument,
+            "options",
+        );
+    }
+}
+
+#[test]
 fn bags_reject_bad_cells_and_stay_unchanged() {
     let mut bag = ptr::null_mut();
     let px = vec![128u8; 8 * 8 * 4];

@@ -303,7 +303,8 @@ inline std::string runtime_info() {
 class SessionOptions {
  public:
   /** @brief The defaults of the loaded library. */
-  SessionOptions() : raw_() { detail::check(amlmil_session_options_init(&raw_)); }
+  // What the header's amlmil_session_options_init(&raw_) macro expands to.
+  SessionOptions() : raw_() { detail::check(amlmil_session_options_init_sized(&raw_, sizeof raw_)); }
 
   /** @brief `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"`; empty means `"auto"`. */
   SessionOptions& device(std::string device) {

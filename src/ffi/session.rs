@@ -14,7 +14,7 @@ use super::cancel::with_cancel_check;
 use super::model_info::InfoStrings;
 use super::plugin::{amlmil_preprocess_callback, CallbackPreprocessor};
 use super::result::amlmil_result;
-use super::status::amlmil_status;
+use super::status::{amlmil_status, FfiError};
 use crate::device::Precision;
 use crate::error::Error;
 use crate::inference::{Session, SessionOptions};
@@ -70,8 +70,10 @@ pub enum amlmil_precision {
 }
 
 /// Options for `amlmil_session_new`. Always initialise with
-/// `amlmil_session_options_init`, then change fields: new fields are only ever
-/// appended, and `struct_size` tells the library which ones the caller knows.
+/// `amlmil_session_options_init` (a macro for
+/// `amlmil_session_options_init_sized(o, sizeof *o)`), then change fields:
+/// new fields are only ever appended, and `struct_size` tells the library
+/// which ones the caller knows.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -201,15 +203,57 @@ impl Default for amlmil_session_options {
     }
 }
 
-/// Fills `options` with the defaults of this library version (and sets `struct_size`).
+/// Size of `amlmil_session_options` in the first release of ABI 1 (through
+/// `warm_up`): what the unsized `amlmil_session_options_init` writes.
+const OPTIONS_SIZE_V1: usize = std::mem::offset_of!(amlmil_session_options, preprocess);
+
+/// Fills the first `size` bytes of `options` (the caller's
+/// `sizeof(amlmil_session_options)`) with this library's defaults and sets
+/// `struct_size` to the part written: a library newer than the caller's header
+/// never writes past the caller's struct, an older one leaves the fields it
+/// does not know as they were (zero them first) and ignores them.
+///
+/// @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when `size` does not reach the
+///   `device` field.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_session_options_init_sized(
+    options: *mut amlmil_session_options,
+    size: usize,
+) -> amlmil_status {
+    guard(|| {
+        if options.is_null() {
+            return Err(FfiError::Null("options"));
+        }
+        let min = std::mem::offset_of!(amlmil_session_options, precision);
+        if size < min {
+            return Err(Error::invalid(
+                "size",
+                format!("{size} bytes does not reach `device` ({min}); pass sizeof(amlmil_session_options)"),
+            )
+            .into());
+        }
+        let n = size.min(std::mem::size_of::<amlmil_session_options>());
+        let mut defaults = amlmil_session_options::default();
+        defaults.struct_size = n;
+        std::ptr::copy_nonoverlapping(
+            &defaults as *const amlmil_session_options as *const u8,
+            options as *mut u8,
+            n,
+        );
+        Ok(())
+    })
+}
+
+/// Fills `options` with the defaults; writes only the fields of the first
+/// ABI-1 release (through `warm_up`), which every caller's struct has. The
+/// header defines a macro of the same name after this declaration that calls
+/// `amlmil_session_options_init_sized(options, sizeof *options)` instead, so
+/// code compiled against this header initialises every field it knows.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_options_init(
     options: *mut amlmil_session_options,
 ) -> amlmil_status {
-    guard(|| {
-        *out_ptr(options, "options")? = amlmil_session_options::default();
-        Ok(())
-    })
+    amlmil_session_options_init_sized(options, OPTIONS_SIZE_V1)
 }
 
 /// What the options ask to run on cells before encoding.

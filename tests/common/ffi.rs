@@ -30,7 +30,12 @@ pub fn c(s: &str) -> CString {
 pub fn cpu_options() -> (amlmil_session_options, CString) {
     let device = c("cpu");
     let mut o = amlmil_session_options::default();
-    unsafe { assert_eq!(amlmil_session_options_init(&mut o), amlmil_status::Ok) };
+    unsafe {
+        assert_eq!(
+            amlmil_session_options_init_sized(&mut o, std::mem::size_of_val(&o)),
+            amlmil_status::Ok
+        )
+    };
     o.device = device.as_ptr();
     (o, device)
 }

@@ -52,8 +52,46 @@ class RankedCellC(ctypes.Structure):
     ]
 
 
+class CellC(ctypes.Structure):
+    """``amlmil_cell`` (one cell handed to a preprocessing callback)."""
+
+    _fields_ = [
+        ("cell_id", ctypes.c_uint64),
+        ("pixels", ctypes.POINTER(ctypes.c_uint8)),
+        ("width", ctypes.c_uint32),
+        ("height", ctypes.c_uint32),
+        ("keep", ctypes.c_uint32),
+    ]
+
+
+#: ``amlmil_preprocess_callback``
+PREPROCESS_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(CellC), ctypes.c_size_t)
+
+
+class ModelInfoC(ctypes.Structure):
+    """``amlmil_model_info``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("num_classes", ctypes.c_size_t),
+        ("input_size", ctypes.c_uint32),
+        ("feature_dim", ctypes.c_uint32),
+        ("feature_map_channels", ctypes.c_uint32),
+        ("feature_map_height", ctypes.c_uint32),
+        ("feature_map_width", ctypes.c_uint32),
+        ("pixel_size_um", ctypes.c_double),
+        ("encoder_architecture", ctypes.c_char_p),
+        ("encoder_method", ctypes.c_char_p),
+        ("encoder_sha256", ctypes.c_char_p),
+        ("mil_method", ctypes.c_char_p),
+        ("mil_sha256", ctypes.c_char_p),
+        ("mil_tool", ctypes.c_char_p),
+        ("device", ctypes.c_char_p),
+    ]
+
+
 class SessionOptionsC(ctypes.Structure):
-    """``amlmil_session_options`` (the fields of ABI version 1)."""
+    """``amlmil_session_options``."""
 
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
@@ -64,6 +102,10 @@ class SessionOptionsC(ctypes.Structure):
         ("channels_last", ctypes.c_uint32),
         ("fused", ctypes.c_uint32),
         ("warm_up", ctypes.c_uint32),
+        ("preprocess", PREPROCESS_CALLBACK),
+        ("preprocess_user_data", ctypes.c_void_p),
+        ("plugin_path", ctypes.c_char_p),
+        ("plugin_config", ctypes.c_char_p),
     ]
 
 
@@ -110,9 +152,10 @@ PROTOTYPES = {
     "amlmil_result_attention": (c_status, [_vp, _sz, _u32, _vp, _sz]),
     "amlmil_result_top_cells": (c_status, [_vp, _sz, _sz, _p(RankedCellC), _sz, _p(_sz)]),
     "amlmil_result_to_json": (c_status, [_vp, _out]),
-    # Declared with a plain pointer: see `options_defaults` for why.
-    "amlmil_session_options_init": (c_status, [_vp]),
+    "amlmil_session_options_init": (c_status, [_p(SessionOptionsC)]),
+    "amlmil_session_options_init_sized": (c_status, [_p(SessionOptionsC), _sz]),
     "amlmil_session_new": (c_status, [_cp, _cp, _p(SessionOptionsC), _out]),
+    "amlmil_session_cancel": (None, [_vp]),
     "amlmil_session_free": (None, [_vp]),
     "amlmil_session_feature_dim": (_sz, [_vp]),
     "amlmil_session_feature_map_len": (_sz, [_vp]),
@@ -120,6 +163,10 @@ PROTOTYPES = {
     "amlmil_session_classify": (c_status, [_vp, _vp, PROGRESS_CALLBACK, _vp, _out]),
     "amlmil_session_classify_features": (c_status, [_vp, _vp, _sz, _sz, _vp, _out]),
     "amlmil_session_embed": (c_status, [_vp, _vp, PROGRESS_CALLBACK, _vp, _vp, _sz]),
+    "amlmil_session_feature_maps": (c_status, [_vp, _vp, PROGRESS_CALLBACK, _vp, _vp, _sz]),
+    "amlmil_session_model_info": (c_status, [_vp, _p(ModelInfoC)]),
+    "amlmil_session_class_name": (_cp, [_vp, _sz]),
+    "amlmil_training_cancel": (_u32, []),
     "amlmil_last_error": (_cp, []),
     "amlmil_status_name": (_cp, [_u32]),
     "amlmil_cross_validate": (c_status, [_cp, PROGRESS_CALLBACK, _vp, _out]),
@@ -259,19 +306,9 @@ def take_string(ptr: ctypes.c_void_p) -> str:
 
 
 def options_defaults() -> SessionOptionsC:
-    """``amlmil_session_options_init``'s defaults.
-
-    The function has no size argument and writes the library's whole struct, so a
-    library with fields appended after these bindings were written would write past
-    a buffer of our size. It is therefore given a generous zeroed buffer, and only
-    the fields these bindings know are kept; ``struct_size`` is set to our size, so
-    the library keeps its defaults for any field we do not know.
-    """
-    buf = ctypes.create_string_buffer(1024)
-    check(lib().amlmil_session_options_init(ctypes.cast(buf, ctypes.c_void_p)), "amlmil_session_options_init")
-    lib_size = ctypes.c_size_t.from_buffer(buf).value
-    if lib_size > len(buf):  # cannot happen with ABI 1; refuse rather than trust memory
-        raise AbiMismatchError(f"amlmil_session_options is {lib_size} bytes in the library, more than expected")
-    ours = SessionOptionsC.from_buffer_copy(buf.raw[: ctypes.sizeof(SessionOptionsC)])
-    ours.struct_size = ctypes.sizeof(SessionOptionsC)
+    """``amlmil_session_options_init_sized``'s defaults for a struct of our size
+    (the library writes no more than that and sets ``struct_size`` to what it
+    wrote, so an older library leaves our newer fields zero and ignores them)."""
+    ours = SessionOptionsC()
+    check(lib().amlmil_session_options_init_sized(ctypes.byref(ours), ctypes.sizeof(ours)), "amlmil_session_options_init_sized")
     return ours

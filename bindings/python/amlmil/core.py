@@ -31,7 +31,7 @@ import sys
 import threading
 import _thread
 import atexit
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,8 @@ __all__ = [
     "ProgressCallback",
     "SessionOptions",
     "Session",
+    "ModelInfo",
+    "training_cancel",
     "Bag",
     "Result",
     "RankedCell",
@@ -562,6 +564,10 @@ class SessionOptions:
     channels_last: bool = dataclasses.field(default_factory=_default("channels_last"))
     fused: bool = dataclasses.field(default_factory=_default("fused"))
     warm_up: bool = dataclasses.field(default_factory=_default("warm_up"))
+    #: A Rust preprocessing plugin (``plugins/interface``) loaded by the session, or None.
+    plugin_path: Optional[PathLike] = None
+    #: Its configuration string (JSON by convention).
+    plugin_config: str = ""
 
     def _to_c(self):
         c = _native.options_defaults()
@@ -580,7 +586,31 @@ class SessionOptions:
             setattr(c, name, v)
         for name in ("channels_last", "fused", "warm_up"):
             setattr(c, name, 1 if getattr(self, name) else 0)
-        return c, device  # keep `device` bytes alive while `c` is used
+        keep = [device]
+        if self.plugin_path is not None:
+            path = _cstr(self.plugin_path, "options.plugin_path")
+            config = _cstr(self.plugin_config, "options.plugin_config")
+            c.plugin_path, c.plugin_config = path, config
+            keep += [path, config]
+        return c, keep  # keep the strings alive while `c` is used
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """Typed metadata of a session's models (``amlmil_model_info``)."""
+
+    classes: List[str]
+    input_size: int  #: side of the square encoder input, px
+    feature_dim: int
+    feature_map: Tuple[int, int, int]  #: channels, height, width
+    pixel_size_um: float  #: NaN when the checkpoint does not record it
+    encoder_architecture: str
+    encoder_method: str
+    encoder_sha256: str  #: "" for checkpoints written before checksums
+    mil_method: str
+    mil_sha256: str
+    mil_tool: str
+    device: str
 
 
 class Session:
@@ -699,6 +729,55 @@ class Session:
             )
         return _take_result(out)
 
+    def feature_maps(self, bag: Union[Bag, Sequence[npt.NDArray[np.uint8]]], progress: Optional[ProgressCallback] = None) -> npt.NDArray[np.float32]:
+        """Each cell's encoder feature map, ``(N, feature_map_len)`` float32: what
+        :meth:`classify_features` takes, so features can be cached and classified later."""
+        tramp = _Trampoline(progress)
+        b, temporary = self._bag(bag)
+        try:
+            with b._mutate:
+                out = np.empty((len(b), self._feature_map_len), np.float32)
+                with _Using(self._h, b._h) as (s, bp):
+                    status = lib().amlmil_session_feature_maps(s, bp, tramp.c, None, out.ctypes.data, out.size)
+                    err = _native.error(status, "amlmil_session_feature_maps") if status != Status.OK else None
+            if tramp.error is not None:
+                tramp.finish(status, "amlmil_session_feature_maps")
+            if err is not None:
+                raise err
+            return out
+        finally:
+            if temporary:
+                b.close()
+
+    def model_info(self) -> "ModelInfo":
+        """Typed model metadata (``amlmil_session_model_info``)."""
+        raw = _native.ModelInfoC()
+        raw.struct_size = ctypes.sizeof(raw)
+        with _Using(self._h) as (s,):
+            check(lib().amlmil_session_model_info(s, ctypes.byref(raw)), "amlmil_session_model_info")
+            classes = [lib().amlmil_session_class_name(s, i).decode("utf-8") for i in range(raw.num_classes)]
+        text = lambda b: b.decode("utf-8") if b else ""  # noqa: E731
+        return ModelInfo(
+            classes=classes,
+            input_size=raw.input_size,
+            feature_dim=raw.feature_dim,
+            feature_map=(raw.feature_map_channels, raw.feature_map_height, raw.feature_map_width),
+            pixel_size_um=raw.pixel_size_um,
+            encoder_architecture=text(raw.encoder_architecture),
+            encoder_method=text(raw.encoder_method),
+            encoder_sha256=text(raw.encoder_sha256),
+            mil_method=text(raw.mil_method),
+            mil_sha256=text(raw.mil_sha256),
+            mil_tool=text(raw.mil_tool),
+            device=text(raw.device),
+        )
+
+    def cancel(self) -> None:
+        """Cancels the classify/embed calls running on this session now, from any
+        thread (they raise :class:`Cancelled`); later calls run normally."""
+        with _Using(self._h) as (s,):
+            lib().amlmil_session_cancel(s)
+
     def close(self) -> None:
         self._h.close()
 
@@ -720,6 +799,12 @@ class Session:
 
 
 # ------------------------------------------------------- module functions
+
+
+def training_cancel() -> bool:
+    """Cancels the training call running in this process, from any thread
+    (``amlmil_training_cancel``); True if one was running."""
+    return bool(lib().amlmil_training_cancel())
 
 
 def version() -> str:

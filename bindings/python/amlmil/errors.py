@@ -32,6 +32,8 @@ class Status(enum.IntEnum):
     TORCH = 13
     PANIC = 14
     UNSUPPORTED = 15
+    PLUGIN = 16
+    BUSY = 17
 
 
 class AmlmilError(Exception):

@@ -40,7 +40,7 @@ def test_bindings_match_the_header():
     for name, params in protos.items():
         n = 0 if params.strip() == "void" else params.count(",") + 1
         assert n == len(_native.PROTOTYPES[name][1]), name
-    for struct, cls in [("amlmil_session_options", _native.SessionOptionsC), ("amlmil_progress", _native.ProgressC), ("amlmil_ranked_cell", _native.RankedCellC)]:
+    for struct, cls in [("amlmil_session_options", _native.SessionOptionsC), ("amlmil_progress", _native.ProgressC), ("amlmil_ranked_cell", _native.RankedCellC), ("amlmil_model_info", _native.ModelInfoC), ("amlmil_cell", _native.CellC)]:
         block = re.search(r"typedef struct \{([^{}]*)\} " + struct + ";", HEADER).group(1)
         block = re.sub(r"/\*.*?\*/", "", block, flags=re.S)
         names = []
@@ -388,3 +388,38 @@ def test_readme_shows_the_example_verbatim():
     assert marker in readme
     block = readme.split(marker, 1)[1].split("\n```", 1)[0] + "\n"
     assert block == (REPO / "examples/python/classify.py").read_text()
+
+
+def test_model_info_and_feature_maps_round_trip(session, models):
+    info = session.model_info()
+    assert len(info.classes) == 5 and info.classes[0] == "PML_RARA"
+    assert info.input_size == 64 and info.feature_dim == 512 and info.feature_map == (512, 2, 2)
+    assert info.device == "cpu" and len(info.encoder_sha256) == 64 and len(info.mil_sha256) == 64
+    assert info.encoder_architecture == "resnet18" and np.isnan(info.pixel_size_um)
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    maps = session.feature_maps(imgs)
+    assert maps.shape == (3, session.feature_map_len) and maps.dtype == np.float32
+    cached = session.classify_features(maps, cell_ids=[0, 1, 2])
+    direct = session.classify(imgs)
+    np.testing.assert_allclose(cached.probabilities, direct.probabilities, atol=1e-6)
+    with pytest.raises(amlmil.AmlmilError, match="appears earlier"):
+        session.classify_features(maps, cell_ids=[0, 1, 0])
+    session.cancel()  # nothing running: later calls are unaffected
+    np.testing.assert_array_equal(session.classify(imgs).probabilities, direct.probabilities)
+    assert amlmil.training_cancel() is False
+
+
+def test_rust_plugin_through_options(models):
+    plugin = Path(_native.library_path()).parent / "libamlmil_grey_world.so"
+    assert plugin.exists(), plugin
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    imgs.append(np.full((64, 64, 3), 200, np.uint8))  # a blank crop
+    opts = amlmil.SessionOptions(device="cpu", plugin_path=plugin, plugin_config='{"min_contrast": 2.0}')
+    with amlmil.Session(*models, options=opts) as s:
+        r = s.classify(imgs)
+    assert list(r.cell_ids) == [0, 1], "the blank crop is dropped"
+    with pytest.raises(amlmil.AmlmilError) as e:
+        amlmil.Session(*models, options=amlmil.SessionOptions(plugin_path="/nonexistent/plugin.so"))
+    assert e.value.status == amlmil.Status.PLUGIN and "/nonexistent/plugin.so" in e.value.message
