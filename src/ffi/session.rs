@@ -233,8 +233,10 @@ pub unsafe extern "C" fn amlmil_session_options_init_sized(
             .into());
         }
         let n = size.min(std::mem::size_of::<amlmil_session_options>());
-        let mut defaults = amlmil_session_options::default();
-        defaults.struct_size = n;
+        let defaults = amlmil_session_options {
+            struct_size: n,
+            ..Default::default()
+        };
         std::ptr::copy_nonoverlapping(
             &defaults as *const amlmil_session_options as *const u8,
             options as *mut u8,
