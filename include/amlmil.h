@@ -317,14 +317,14 @@ typedef void (*amlmil_log_callback)(void *user_data,
                                     const char *message);
 
 /**
- * Typed facts about a session's models. Set `struct_size` to
- * `sizeof(amlmil_model_info)` before calling `amlmil_session_model_info`:
- * fields are only ever appended, and the library fills those that fit.
+ * Typed facts about a session's models, written by
+ * `amlmil_session_model_info(session, &info, sizeof info)`: fields are only
+ * ever appended, and the library writes those that fit the size given.
  * Strings are owned by the session and valid until it is freed.
  */
 typedef struct {
   /**
-   * `sizeof(amlmil_model_info)` as compiled by the caller.
+   * Bytes the library wrote (the smaller of the caller's and its own size).
    */
   size_t struct_size;
   /**
@@ -703,13 +703,16 @@ amlmil_status amlmil_set_log_callback(amlmil_log_callback callback,
                                       uint32_t max_level);
 
 /**
- * Fills `info` (whose `struct_size` the caller set) with the session's
- * model metadata.
+ * Writes the session's model metadata into the first `info_size` bytes of
+ * `out_info` (pass `sizeof(amlmil_model_info)`; a caller built against an
+ * older header gets the fields it knows, never more bytes than it gave).
  *
  * @return AMLMIL_STATUS_OK; _NULL_ARGUMENT; _INVALID_ARGUMENT when
- *   `struct_size` is smaller than the first two fields.
+ *   `info_size` does not reach `input_size`. Untouched on failure.
  */
-amlmil_status amlmil_session_model_info(const amlmil_session *session, amlmil_model_info *info);
+amlmil_status amlmil_session_model_info(const amlmil_session *session,
+                                        amlmil_model_info *out_info,
+                                        size_t info_size);
 
 /**
  * Name of class `class_index` (bag label, e.g. `"PML_RARA"`), or NULL if

@@ -521,8 +521,12 @@ fn model_info_class_names_and_feature_maps_round_trip_through_classify_features(
     let s = session();
     unsafe {
         let mut info: amlmil_model_info = std::mem::zeroed();
-        info.struct_size = std::mem::size_of::<amlmil_model_info>();
-        assert_eq!(amlmil_session_model_info(s, &mut info), amlmil_status::Ok);
+        let size = std::mem::size_of::<amlmil_model_info>();
+        assert_eq!(
+            amlmil_session_model_info(s, &mut info, size),
+            amlmil_status::Ok
+        );
+        assert_eq!(info.struct_size, size);
         assert_eq!(info.num_classes, 5);
         assert_eq!((info.input_size, info.feature_dim), (144, 512));
         assert_eq!(
@@ -556,23 +560,26 @@ fn model_info_class_names_and_feature_maps_round_trip_through_classify_features(
         assert!(amlmil_session_class_name(ptr::null(), 0).is_null());
         // An older, shorter struct: only its fields are written.
         let mut old: amlmil_model_info = std::mem::zeroed();
-        old.struct_size = std::mem::offset_of!(amlmil_model_info, feature_dim);
+        let old_size = std::mem::offset_of!(amlmil_model_info, feature_dim);
         old.feature_dim = 77;
-        assert_eq!(amlmil_session_model_info(s, &mut old), amlmil_status::Ok);
+        assert_eq!(
+            amlmil_session_model_info(s, &mut old, old_size),
+            amlmil_status::Ok
+        );
         assert_eq!(
             (old.num_classes, old.input_size, old.feature_dim),
             (5, 144, 77)
         );
-        old.struct_size = 4;
+        assert_eq!(old.struct_size, old_size);
         expect(
-            amlmil_session_model_info(s, &mut old),
+            amlmil_session_model_info(s, &mut old, 4),
             amlmil_status::InvalidArgument,
-            "struct_size",
+            "info_size",
         );
         expect(
-            amlmil_session_model_info(s, ptr::null_mut()),
+            amlmil_session_model_info(s, ptr::null_mut(), size),
             amlmil_status::NullArgument,
-            "info",
+            "out_info",
         );
 
         // Feature maps out, classified later: the same result as classify.

@@ -591,8 +591,7 @@ class Session {
   /** @brief Typed model metadata (amlmil_session_model_info). */
   ModelInfo model_info() const {
     amlmil_model_info raw{};
-    raw.struct_size = sizeof raw;
-    detail::check(amlmil_session_model_info(ptr_, &raw));
+    detail::check(amlmil_session_model_info(ptr_, &raw, sizeof raw));
     ModelInfo m;
     for (std::size_t i = 0; i < raw.num_classes; ++i) m.classes.emplace_back(amlmil_session_class_name(ptr_, i));
     m.input_size = raw.input_size;

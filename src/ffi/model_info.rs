@@ -10,15 +10,15 @@ use super::status::amlmil_status;
 use crate::error::Error;
 use crate::inference::Session;
 
-/// Typed facts about a session's models. Set `struct_size` to
-/// `sizeof(amlmil_model_info)` before calling `amlmil_session_model_info`:
-/// fields are only ever appended, and the library fills those that fit.
+/// Typed facts about a session's models, written by
+/// `amlmil_session_model_info(session, &info, sizeof info)`: fields are only
+/// ever appended, and the library writes those that fit the size given.
 /// Strings are owned by the session and valid until it is freed.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct amlmil_model_info {
-    /// `sizeof(amlmil_model_info)` as compiled by the caller.
+    /// Bytes the library wrote (the smaller of the caller's and its own size).
     pub struct_size: usize,
     /// Number of classes C (`amlmil_session_class_name` gives their names).
     pub num_classes: usize,
@@ -94,22 +94,24 @@ impl InfoStrings {
     }
 }
 
-/// Fills `info` (whose `struct_size` the caller set) with the session's
-/// model metadata.
+/// Writes the session's model metadata into the first `info_size` bytes of
+/// `out_info` (pass `sizeof(amlmil_model_info)`; a caller built against an
+/// older header gets the fields it knows, never more bytes than it gave).
 ///
 /// @return AMLMIL_STATUS_OK; _NULL_ARGUMENT; _INVALID_ARGUMENT when
-///   `struct_size` is smaller than the first two fields.
+///   `info_size` does not reach `input_size`. Untouched on failure.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_model_info(
     session: *const amlmil_session,
-    info: *mut amlmil_model_info,
+    out_info: *mut amlmil_model_info,
+    info_size: usize,
 ) -> amlmil_status {
     guard(|| {
         let session = arg_ref(session, "session")?;
-        if info.is_null() {
-            return Err(super::status::FfiError::Null("info"));
+        if out_info.is_null() {
+            return Err(super::status::FfiError::Null("out_info"));
         }
-        let size = (*info).struct_size;
+        let size = info_size;
         let s = session.core();
         let strings = session.info_strings().get(s);
         let m = s.encoder_manifest();
@@ -119,8 +121,9 @@ pub unsafe extern "C" fn amlmil_session_model_info(
             .get("pixel_size_um")
             .and_then(|v| v.as_f64())
             .unwrap_or(f64::NAN);
+        let n = size.min(std::mem::size_of::<amlmil_model_info>());
         let full = amlmil_model_info {
-            struct_size: size,
+            struct_size: n,
             num_classes: s.classes().len(),
             input_size: m.input_size as u32,
             feature_dim: s.feature_dim() as u32,
@@ -139,16 +142,15 @@ pub unsafe extern "C" fn amlmil_session_model_info(
         let min = std::mem::offset_of!(amlmil_model_info, input_size);
         if size < min {
             return Err(Error::invalid(
-                "info.struct_size",
-                format!("{size} is too small; set it to sizeof(amlmil_model_info)"),
+                "info_size",
+                format!("{size} is too small; pass sizeof(amlmil_model_info)"),
             )
             .into());
         }
         // Copy only what the caller's (possibly older) struct has room for.
-        let n = size.min(std::mem::size_of::<amlmil_model_info>());
         std::ptr::copy_nonoverlapping(
             &full as *const amlmil_model_info as *const u8,
-            info as *mut u8,
+            out_info as *mut u8,
             n,
         );
         Ok(())

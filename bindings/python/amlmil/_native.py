@@ -164,7 +164,7 @@ PROTOTYPES = {
     "amlmil_session_classify_features": (c_status, [_vp, _vp, _sz, _sz, _vp, _out]),
     "amlmil_session_embed": (c_status, [_vp, _vp, PROGRESS_CALLBACK, _vp, _vp, _sz]),
     "amlmil_session_feature_maps": (c_status, [_vp, _vp, PROGRESS_CALLBACK, _vp, _vp, _sz]),
-    "amlmil_session_model_info": (c_status, [_vp, _p(ModelInfoC)]),
+    "amlmil_session_model_info": (c_status, [_vp, _p(ModelInfoC), _sz]),
     "amlmil_session_class_name": (_cp, [_vp, _sz]),
     "amlmil_training_cancel": (_u32, []),
     "amlmil_last_error": (_cp, []),

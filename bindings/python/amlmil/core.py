@@ -752,9 +752,8 @@ class Session:
     def model_info(self) -> "ModelInfo":
         """Typed model metadata (``amlmil_session_model_info``)."""
         raw = _native.ModelInfoC()
-        raw.struct_size = ctypes.sizeof(raw)
         with _Using(self._h) as (s,):
-            check(lib().amlmil_session_model_info(s, ctypes.byref(raw)), "amlmil_session_model_info")
+            check(lib().amlmil_session_model_info(s, ctypes.byref(raw), ctypes.sizeof(raw)), "amlmil_session_model_info")
             classes = [lib().amlmil_session_class_name(s, i).decode("utf-8") for i in range(raw.num_classes)]
         text = lambda b: b.decode("utf-8") if b else ""  # noqa: E731
         return ModelInfo(
