@@ -57,27 +57,9 @@ fn new_session() -> Handle {
 fn classify(s: &Handle, bag: usize) -> Vec<u32> {
     let cells = common::cells(2 + bag % 3, 64, 1000 + bag as u64);
     let b = bag_with(&cells, bag as u64 * 10);
-    let mut r = ptr::null_mut();
-    unsafe {
-        let st = amlmil_session_classify(s.0, b, None, ptr::null_mut(), &mut r);
-        assert_eq!(st, amlmil_status::Ok, "{}", last_error());
-        let n = amlmil_result_num_cells(r);
-        let mut out = vec![0f32; 5 + 5 * n];
-        assert_eq!(
-            amlmil_result_probabilities(r, out.as_mut_ptr(), 5),
-            amlmil_status::Ok
-        );
-        for class in 0..5 {
-            let dst = out[5 + class * n..].as_mut_ptr();
-            assert_eq!(
-                amlmil_result_attention(r, class, 0, dst, n),
-                amlmil_status::Ok
-            );
-        }
-        amlmil_result_free(r);
-        amlmil_bag_free(b);
-        out.iter().map(|v| v.to_bits()).collect()
-    }
+    let out = common::ffi::classify_outputs(s.0, b);
+    unsafe { amlmil_bag_free(b) };
+    out.iter().map(|v| v.to_bits()).collect()
 }
 
 /// Thread `t` classifies bags t, t+8, t+16, … with the session `pick(t)` gives.

@@ -394,31 +394,8 @@ fn concurrent_classification_from_four_threads_equals_serial() {
         .collect();
     let classify = |s: &Shared, cells: &[amlmil::CellImage]| -> Vec<f32> {
         let bag = bag_with(cells, 0);
-        let mut r = ptr::null_mut();
-        let out = unsafe {
-            assert_eq!(
-                amlmil_session_classify(s.0, bag, None, ptr::null_mut(), &mut r),
-                amlmil_status::Ok,
-                "{}",
-                last_error()
-            );
-            let n = amlmil_result_num_cells(r);
-            let mut out = vec![0f32; 5 + 5 * n];
-            assert_eq!(
-                amlmil_result_probabilities(r, out.as_mut_ptr(), 5),
-                amlmil_status::Ok
-            );
-            for class in 0..5 {
-                let dst = out[5 + class * n..].as_mut_ptr();
-                assert_eq!(
-                    amlmil_result_attention(r, class, 0, dst, n),
-                    amlmil_status::Ok
-                );
-            }
-            amlmil_result_free(r);
-            amlmil_bag_free(bag);
-            out
-        };
+        let out = common::ffi::classify_outputs(s.0, bag);
+        unsafe { amlmil_bag_free(bag) };
         out
     };
     let serial: Vec<Vec<f32>> = bags.iter().map(|b| classify(&s, b)).collect();

@@ -77,3 +77,28 @@ pub fn bag_with(cells: &[amlmil::CellImage], first_id: u64) -> *mut amlmil_bag {
     }
     bag
 }
+
+/// One classification's probabilities, then every class's softmax attention
+/// (class-major), read through the C accessors.
+pub fn classify_outputs(s: *const amlmil_session, bag: *const amlmil_bag) -> Vec<f32> {
+    let mut r = ptr::null_mut();
+    unsafe {
+        let st = amlmil_session_classify(s, bag, None, ptr::null_mut(), &mut r);
+        assert_eq!(st, amlmil_status::Ok, "{}", last_error());
+        let (c, n) = (amlmil_result_num_classes(r), amlmil_result_num_cells(r));
+        let mut out = vec![0f32; c + c * n];
+        assert_eq!(
+            amlmil_result_probabilities(r, out.as_mut_ptr(), c),
+            amlmil_status::Ok
+        );
+        for class in 0..c {
+            let dst = out[c + class * n..].as_mut_ptr();
+            assert_eq!(
+                amlmil_result_attention(r, class, 0, dst, n),
+                amlmil_status::Ok
+            );
+        }
+        amlmil_result_free(r);
+        out
+    }
+}

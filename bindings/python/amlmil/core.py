@@ -31,7 +31,7 @@ import sys
 import threading
 import _thread
 import atexit
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -318,7 +318,37 @@ def _pixels(pixels: Any, name: str, order: str = "rgb"):
     return pixels, pixels.ctypes.data, length, w, h, s0, _FORMATS[(order, ch)]
 
 
-class Bag:
+class _Owner:
+    """A Python object owning one library handle (``self._h``): a context
+    manager; ``close()`` frees the handle (refused while calls on it run in
+    other threads), and so does garbage collection."""
+
+    _h: "_Handle"
+
+    def close(self) -> None:
+        self._h.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._h.closed
+
+    def __enter__(self: "_O") -> "_O":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._h.close()
+        except Exception:
+            pass
+
+
+_O = TypeVar("_O", bound=_Owner)
+
+
+class Bag(_Owner):
     """A bag of cells (``amlmil_bag``) for one patient. A context manager;
     ``close()`` frees it (also done when it is garbage-collected)."""
 
@@ -375,25 +405,6 @@ class Bag:
         with self._mutate, _Using(self._h, session._h) as (bag, s):
             check(lib().amlmil_bag_stream(bag, s), "amlmil_bag_stream")
         self._session = session
-
-    def close(self) -> None:
-        self._h.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._h.closed
-
-    def __enter__(self) -> "Bag":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self._h.close()
-        except Exception:
-            pass
 
     @classmethod
     def from_arrays(cls, images: Iterable[npt.NDArray[np.uint8]], name: str = "images") -> "Bag":
@@ -613,7 +624,7 @@ class ModelInfo:
     device: str
 
 
-class Session:
+class Session(_Owner):
     """An encoder and an attention-MIL head loaded on one device (``amlmil_session``).
 
     A context manager; ``close()`` frees it (refused while calls on it run in other
@@ -776,25 +787,6 @@ class Session:
         thread (they raise :class:`Cancelled`); later calls run normally."""
         with _Using(self._h) as (s,):
             lib().amlmil_session_cancel(s)
-
-    def close(self) -> None:
-        self._h.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._h.closed
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self._h.close()
-        except Exception:
-            pass
 
 
 # ------------------------------------------------------- module functions
