@@ -13,3 +13,5 @@ bash scripts/setup-tools.sh
 # also builds the examples as programs, which tests/examples.rs runs.
 cargo build
 cargo test "$@"
+# Bounded fuzzing of the hostile-input parsers (~3 min; scripts/fuzz.sh for longer runs).
+bash scripts/fuzz.sh --smoke

@@ -78,7 +78,16 @@ impl CellImage {
                 format!("{stride} bytes is smaller than one row ({width} px x {ch} channels = {row} bytes)"),
             ));
         }
-        let need = stride * (height as usize - 1) + row;
+        // `stride` comes from the caller: a huge one must not wrap the size around.
+        let need = stride
+            .checked_mul(height as usize - 1)
+            .and_then(|n| n.checked_add(row))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "stride",
+                    format!("{stride} bytes x {height} rows overflows the address space"),
+                )
+            })?;
         if pixels.len() < need {
             return Err(Error::invalid(
                 "pixels",
@@ -111,11 +120,15 @@ impl CellImage {
             source_name: source_name.to_owned(),
             reason: format!("unrecognised format ({e}); TIFF, PNG and JPEG are supported"),
         })?;
-        let img =
-            image::load_from_memory_with_format(bytes, format).map_err(|e| Error::Decode {
-                source_name: source_name.to_owned(),
-                reason: e.to_string(),
-            })?;
+        // The limits are checked against the header before any pixel buffer is
+        // allocated, so a tiny file declaring a huge image (a decompression bomb)
+        // is refused instead of allocating gigabytes.
+        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+        reader.limits(decode_limits());
+        let img = reader.decode().map_err(|e| Error::Decode {
+            source_name: source_name.to_owned(),
+            reason: e.to_string(),
+        })?;
         let rgb = img.to_rgb8();
         let (width, height) = rgb.dimensions();
         check_dims(width, height).map_err(|e| Error::Decode {
@@ -167,6 +180,16 @@ impl CellImage {
             rgb: out.into_raw(),
         }
     }
+}
+
+/// Decoder limits: at most [`MAX_SIDE`] px a side, and as much decoder memory as a
+/// 16-bit RGBA image of that size needs (plus room for the codec's own buffers).
+fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(2 * u64::from(MAX_SIDE) * u64::from(MAX_SIDE) * 8);
+    limits
 }
 
 fn check_dims(width: u32, height: u32) -> Result<()> {

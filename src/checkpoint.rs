@@ -371,7 +371,13 @@ impl Checkpoint {
     pub fn read(path: &Path) -> Result<Checkpoint> {
         let bytes =
             std::fs::read(path).map_err(|e| Error::io("cannot read checkpoint", path, e))?;
-        let (meta, raw) = decode_tensors(&bytes, path)?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a checkpoint file (header, checksum, manifest, tensors);
+    /// `path` names the file in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
+        let (meta, raw) = decode_tensors(bytes, path)?;
         // Only our two entries: a flipped byte in the checksum's own key would
         // otherwise pass the file off as one written before checksums.
         if let Some(k) = meta

@@ -275,6 +275,18 @@ pub fn to_channels_last(t: &Tensor) -> Tensor {
 /// Builds an encoder from a checkpoint file, checking manifest and tensors.
 pub fn load_encoder(path: &Path, device: Device) -> Result<(Encoder, EncoderManifest, VarStore)> {
     let (manifest, tensors) = Checkpoint::read_encoder(path)?;
+    // The 32 px floor of `init-checkpoint`; above a cell image's largest side the
+    // input batch alone would be gigabytes (and the side arithmetic overflows).
+    if !(32..=i64::from(crate::cell_image::MAX_SIDE)).contains(&manifest.input_size) {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "manifest input_size {} is outside 32..={} px",
+                manifest.input_size,
+                crate::cell_image::MAX_SIDE
+            ),
+        ));
+    }
     let side = manifest.architecture.feature_side(manifest.input_size);
     let expect = [manifest.architecture.feature_dim(), side, side];
     if manifest.feature_map != expect {
@@ -324,6 +336,30 @@ pub fn load_mil(path: &Path, device: Device) -> Result<(AttentionMil, MilManifes
                 manifest.config.num_classes
             ),
         ));
+    }
+    // Checked before the head is built: the manifest alone could declare a head of
+    // any size, and building it allocates every variable.
+    for (name, shape) in manifest.config.parameter_shapes() {
+        match tensors.get(&name) {
+            None => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor `{name}` is missing (the manifest's config needs shape {shape:?})"
+                    ),
+                ))
+            }
+            Some(t) if t.size() != shape => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor `{name}` has shape {:?}, the manifest's config needs {shape:?}",
+                        t.size()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
     }
     let mut vs = VarStore::new(Device::Cpu);
     let mil = AttentionMil::new(&vs.root(), manifest.config.clone());

@@ -148,6 +148,52 @@ impl MilConfig {
         }
         Ok(())
     }
+
+    /// Name and shape of every variable [`AttentionMil::new`] creates, computed
+    /// without allocating them: a checkpoint's tensors are checked against these
+    /// before the head is built, so a manifest declaring a huge head is refused
+    /// instead of allocated.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        let mut shapes = Vec::new();
+        let mut linear = |name: String, cin: i64, cout: i64| {
+            shapes.push((format!("{name}.weight"), vec![cout, cin]));
+            shapes.push((format!("{name}.bias"), vec![cout]));
+        };
+        let mut convs = Vec::new();
+        let k = self.head.instance_dim;
+        match &self.head.cell_net {
+            CellNet::FourConv { channels } => {
+                let [c1, c2, c3] = *channels;
+                for (i, (cin, cout)) in [(self.in_channels, c1), (c1, c2), (c2, c3), (c3, k)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    convs.push((format!("g.{}", 2 * i), cin, cout));
+                }
+            }
+            CellNet::Scemila => {
+                convs.push(("g.0".into(), self.in_channels, 768));
+                convs.push(("g.2".into(), 768, 1024));
+                linear("g.6".into(), 1024, k);
+            }
+            CellNet::Pooled => linear("g.0".into(), self.in_channels, k),
+        }
+        linear("attention.0".into(), k, self.head.attention_dim);
+        linear(
+            "attention.2".into(),
+            self.head.attention_dim,
+            self.num_classes,
+        );
+        for c in 0..self.num_classes {
+            linear(format!("classifiers.{c}.0"), k, self.head.classifier_dim);
+            linear(format!("classifiers.{c}.2"), self.head.classifier_dim, 1);
+        }
+        for (name, cin, cout) in convs {
+            shapes.push((format!("{name}.weight"), vec![cout, cin, 2, 2]));
+            shapes.push((format!("{name}.bias"), vec![cout]));
+        }
+        shapes
+    }
 }
 
 /// Everything the head computes for one bag.
@@ -311,6 +357,46 @@ impl AttentionMil {
             probabilities,
             attention_raw,
             attention,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `parameter_shapes` is what `AttentionMil::new` builds, for every `g`.
+    #[test]
+    fn parameter_shapes_match_the_built_head() {
+        for cell_net in [
+            CellNet::FourConv {
+                channels: [3, 5, 7],
+            },
+            CellNet::Scemila,
+            CellNet::Pooled,
+        ] {
+            let config = MilConfig {
+                head: MilHeadConfig {
+                    cell_net,
+                    instance_dim: 6,
+                    attention_dim: 4,
+                    classifier_dim: 3,
+                },
+                in_channels: 8,
+                in_side: 5,
+                num_classes: 3,
+            };
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let _ = AttentionMil::new(&vs.root(), config.clone());
+            let mut built: Vec<(String, Vec<i64>)> = vs
+                .variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.size()))
+                .collect();
+            let mut shapes = config.parameter_shapes();
+            built.sort();
+            shapes.sort();
+            assert_eq!(shapes, built, "{:?}", config.head.cell_net);
         }
     }
 }
