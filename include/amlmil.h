@@ -118,6 +118,12 @@ enum amlmil_status
    * running; try again when it has returned.
    */
   AMLMIL_STATUS_BUSY = 17,
+  /**
+   * The request exceeds a resource limit of the session options
+   * (`max_cells_per_bag`, `max_batch_bytes`; the message names it). Nothing
+   * was allocated for it.
+   */
+  AMLMIL_STATUS_LIMIT = 18,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -256,6 +262,10 @@ typedef struct ImportSource ImportSource;
  * 8-bit; an alpha channel is dropped (not composited), greyscale is copied to
  * three channels and 16-bit images keep their high byte. Preprocessing
  * plugins and callbacks see the cells as added, before the resize.
+ *
+ * Memory: a plain bag keeps a packed RGB copy of every cell (the caller
+ * bounds it; sessions refuse to classify more than `max_cells_per_bag`
+ * cells); a streaming bag (`amlmil_bag_stream`) keeps only features.
  *
  * Thread safety: a bag may be classified from several threads at once; adding
  * cells while another thread classifies the same bag is safe but the
@@ -500,6 +510,20 @@ typedef struct {
    * convention); NULL means "". Only read during `amlmil_session_new`.
    */
   const char *plugin_config;
+  /**
+   * Most cells one call classifies, embeds or streams into a bag (default
+   * 50,000; must be at least 1). Larger bags are refused with
+   * AMLMIL_STATUS_LIMIT before any work or allocation.
+   */
+  uint64_t max_cells_per_bag;
+  /**
+   * Most bytes of working memory one encoder batch may take, estimated as
+   * `batch_size` × 160 bytes × `input_size`² (`amlmil_model_info`); 0
+   * (default): half the machine's physical memory. `amlmil_session_new`
+   * fails with AMLMIL_STATUS_LIMIT for a larger batch instead of risking an
+   * out-of-memory kill later.
+   */
+  uint64_t max_batch_bytes;
 } amlmil_session_options;
 
 #ifdef __cplusplus
@@ -612,7 +636,8 @@ amlmil_status amlmil_bag_add_file(amlmil_bag *bag, uint64_t cell_id, const char 
  * `add` calls block while the worker is a batch behind. The bag keeps the
  * session alive until the bag is freed. `amlmil_session_embed` needs the
  * images and refuses a streaming bag; `amlmil_bag_clear` empties it and it
- * keeps streaming.
+ * keeps streaming. Adding more cells than the session's `max_cells_per_bag`
+ * returns AMLMIL_STATUS_LIMIT (the cell is not added).
  *
  * @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when the bag already holds
  *   cells or streams already; _UNSUPPORTED when the session preprocesses
@@ -864,7 +889,8 @@ amlmil_status amlmil_session_options_init(amlmil_session_options *options);
  *   Untouched on failure.
  * @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO, _CHECKPOINT (missing manifest, wrong
  *   kind, truncated, tensors not matching the manifest), _MISMATCH (head does not
- *   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT.
+ *   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT,
+ *   _LIMIT (`batch_size` over `max_batch_bytes`), _PLUGIN.
  */
 amlmil_status amlmil_session_new(const char *encoder_path,
                                  const char *mil_path,
@@ -916,7 +942,8 @@ amlmil_status amlmil_session_info(const amlmil_session *session, char **out_json
  * @param[out] out_result receives the result; free with `amlmil_result_free`.
  *   Untouched on failure.
  * @return AMLMIL_STATUS_OK; _EMPTY_BAG (also when preprocessing dropped every
- *   cell), _NON_FINITE, _CANCELLED, _PLUGIN, _TORCH.
+ *   cell), _LIMIT (more than `max_cells_per_bag` cells), _NON_FINITE,
+ *   _CANCELLED, _PLUGIN, _TORCH.
  * Thread safety: concurrent calls on one session (and one bag) are allowed.
  */
 amlmil_status amlmil_session_classify(const amlmil_session *session,
@@ -932,7 +959,8 @@ amlmil_status amlmil_session_classify(const amlmil_session *session,
  * @param features_len number of floats in `features` (must equal the product above).
  * @param cell_ids `num_cells` ids, or NULL for 0, 1, …, num_cells-1.
  * @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong
- *   length or a cell id given twice.
+ *   length or a cell id given twice, _LIMIT for more than
+ *   `max_cells_per_bag` cells.
  */
 amlmil_status amlmil_session_classify_features(const amlmil_session *session,
                                                const float *features,

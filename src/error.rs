@@ -65,6 +65,10 @@ pub enum Error {
     /// A call that runs one at a time per process is already running.
     #[error("busy: {0}")]
     Busy(String),
+
+    /// A request exceeds a configured resource limit (names the option that sets it).
+    #[error("limit `{option}` exceeded: {reason}")]
+    Limit { option: String, reason: String },
 }
 
 impl Error {
@@ -72,6 +76,14 @@ impl Error {
     pub fn invalid(arg: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             arg: arg.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Limit`].
+    pub fn limit(option: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Limit {
+            option: option.into(),
             reason: reason.into(),
         }
     }

@@ -44,6 +44,50 @@ pub struct EncoderOptions {
     /// Run one batch through the encoder when the session is created, so the
     /// first bag does not pay for oneDNN/cuDNN primitive creation.
     pub warm_up: bool,
+    /// Most cells one call classifies, embeds or streams into a bag; more are
+    /// refused with [`Error::Limit`] before any work.
+    pub max_cells: usize,
+    /// Most bytes of working memory one encoder batch may take, estimated as
+    /// `batch_size ×` [`batch_bytes_per_cell`]; `None`: half the machine's
+    /// physical memory ([`default_max_batch_bytes`]). A larger batch is refused
+    /// at load with [`Error::Limit`] instead of risking an out-of-memory kill.
+    pub max_batch_bytes: Option<u64>,
+}
+
+/// Default of [`EncoderOptions::max_cells`]: a smear gives hundreds to a few
+/// thousand white cells; 50,000 leaves room for pooled slides.
+pub const DEFAULT_MAX_CELLS: usize = 50_000;
+
+/// Estimated peak working memory of the encoder for one cell of `input_size`²
+/// pixels: the f32 input (12 bytes a pixel) and up to two live 64-channel
+/// half-resolution stem maps (2 × 64 × 4 / 4 = 128 bytes a pixel), plus the
+/// quarter-resolution pooled map (16): 160 bytes an input pixel, an upper
+/// bound for ResNet18/34 forward passes without gradients.
+pub fn batch_bytes_per_cell(input_size: i64) -> u64 {
+    160 * (input_size.max(1) as u64).pow(2)
+}
+
+/// Half of `MemTotal` in `/proc/meminfo`, or 8 GiB where it cannot be read.
+pub fn default_max_batch_bytes() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kib.map_or(8 << 30, |k| k * 1024 / 2)
+}
+
+/// Refuses `n` cells above `max` (`max_cells`), naming `what` they are.
+pub fn check_cell_count(n: usize, max: usize, what: &str) -> Result<()> {
+    if n > max {
+        return Err(Error::limit(
+            "max_cells_per_bag",
+            format!(
+                "{what} has {n} cells, the session allows {max}; raise the option or split the bag"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Default for EncoderOptions {
@@ -56,6 +100,8 @@ impl Default for EncoderOptions {
             channels_last: true,
             fused: true,
             warm_up: true,
+            max_cells: DEFAULT_MAX_CELLS,
+            max_batch_bytes: None,
         }
     }
 }
@@ -132,6 +178,24 @@ impl FrozenEncoder {
             tch::set_num_threads(n as i32);
         }
         let (encoder, manifest, mut vs) = load_encoder(path, device)?;
+        let max_bytes = options
+            .max_batch_bytes
+            .unwrap_or_else(default_max_batch_bytes);
+        let per_cell = batch_bytes_per_cell(manifest.input_size);
+        let need = per_cell.saturating_mul(options.batch_size as u64);
+        if need > max_bytes {
+            return Err(Error::limit(
+                "max_batch_bytes",
+                format!(
+                    "batch_size {} of {} px cells needs about {} MiB ({} KiB a cell), the limit is {} MiB; lower batch_size or raise max_batch_bytes",
+                    options.batch_size,
+                    manifest.input_size,
+                    need >> 20,
+                    per_cell >> 10,
+                    max_bytes >> 20
+                ),
+            ));
+        }
         let kind = options.precision.kind();
         vs.set_kind(kind);
         vs.freeze();
@@ -251,7 +315,11 @@ impl FrozenEncoder {
             out.push(each(self.encode(&flip.apply(&x))?)?);
             done += chunk.len();
         }
-        progress("encode", done, cells.len());
+        if !progress("encode", done, cells.len()) {
+            return Err(Error::Cancelled(format!(
+                "encoding, after all {done} cells"
+            )));
+        }
         Ok(out)
     }
 

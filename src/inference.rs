@@ -113,6 +113,8 @@ pub struct Session {
     /// Content SHA-256 of the encoder and MIL checkpoints (`None`: written
     /// before checksums).
     checksums: [Option<String>; 2],
+    /// Most cells one call takes ([`SessionOptions::max_cells`]).
+    max_cells: usize,
 }
 
 impl std::fmt::Debug for Session {
@@ -180,6 +182,7 @@ impl Session {
                 crate::checkpoint::stored_checksum(encoder_path)?,
                 crate::checkpoint::stored_checksum(mil_path)?,
             ],
+            max_cells: options.max_cells,
         })
     }
 
@@ -195,6 +198,16 @@ impl Session {
     /// load (`None` for a file written before checksums).
     pub fn checksums(&self) -> [Option<&str>; 2] {
         [self.checksums[0].as_deref(), self.checksums[1].as_deref()]
+    }
+
+    /// Most cells one call classifies, embeds or streams.
+    pub fn max_cells(&self) -> usize {
+        self.max_cells
+    }
+
+    /// Refuses `n` cells above [`Session::max_cells`] with [`Error::Limit`].
+    pub fn check_cells(&self, n: usize, what: &str) -> Result<()> {
+        crate::frozen::check_cell_count(n, self.max_cells, what)
     }
 
     /// Whether cells go through preprocessors before encoding.
@@ -227,6 +240,7 @@ impl Session {
     /// batch by batch, of every cell after the session's preprocessors (which
     /// must keep every cell here: one map per cell given).
     pub fn feature_maps(&self, cells: &[CellImage], progress: Progress) -> Result<Tensor> {
+        self.check_cells(cells.len(), "cells")?;
         if self.preprocessors.is_empty() {
             return self.encoder.feature_maps(cells, Flip::None, progress);
         }
@@ -275,6 +289,7 @@ impl Session {
         if bag.is_empty() {
             return Err(Error::EmptyBag("bag".into()));
         }
+        self.check_cells(bag.len(), "bag")?;
         if self.preprocessors.is_empty() {
             let z = self.instances(bag.cells(), progress)?;
             return self.classify_instances(&z, bag.ids());
@@ -319,6 +334,7 @@ impl Session {
         if n == 0 {
             return Err(Error::EmptyBag("features".into()));
         }
+        self.check_cells(cell_ids.len(), "features")?;
         if maps.size() != [n, c, h, w] {
             return Err(Error::invalid(
                 "features",

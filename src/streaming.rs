@@ -87,6 +87,8 @@ impl StreamingBag {
                 format!("{id} is already in this bag"),
             ));
         }
+        self.session
+            .check_cells(self.ids.len() + 1, "streaming bag")?;
         self.send(Message::Cell(cell))?;
         self.seen.insert(id);
         self.ids.push(id);

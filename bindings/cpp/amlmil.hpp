@@ -341,6 +341,16 @@ class SessionOptions {
     raw_.warm_up = on ? 1 : 0;
     return *this;
   }
+  /** @brief Most cells one call takes (AMLMIL_STATUS_LIMIT above it). */
+  SessionOptions& max_cells_per_bag(std::uint64_t cells) noexcept {
+    raw_.max_cells_per_bag = cells;
+    return *this;
+  }
+  /** @brief Most bytes of encoder working memory per batch; 0: half the physical memory. */
+  SessionOptions& max_batch_bytes(std::uint64_t bytes) noexcept {
+    raw_.max_batch_bytes = bytes;
+    return *this;
+  }
 
   /**
    * @brief A Rust preprocessing plugin (shared library built against the

@@ -26,6 +26,10 @@ use crate::streaming::StreamingBag;
 /// three channels and 16-bit images keep their high byte. Preprocessing
 /// plugins and callbacks see the cells as added, before the resize.
 ///
+/// Memory: a plain bag keeps a packed RGB copy of every cell (the caller
+/// bounds it; sessions refuse to classify more than `max_cells_per_bag`
+/// cells); a streaming bag (`amlmil_bag_stream`) keeps only features.
+///
 /// Thread safety: a bag may be classified from several threads at once; adding
 /// cells while another thread classifies the same bag is safe but the
 /// classification then sees the bag either before or after the addition.
@@ -231,7 +235,8 @@ pub unsafe extern "C" fn amlmil_bag_add_file(
 /// `add` calls block while the worker is a batch behind. The bag keeps the
 /// session alive until the bag is freed. `amlmil_session_embed` needs the
 /// images and refuses a streaming bag; `amlmil_bag_clear` empties it and it
-/// keeps streaming.
+/// keeps streaming. Adding more cells than the session's `max_cells_per_bag`
+/// returns AMLMIL_STATUS_LIMIT (the cell is not added).
 ///
 /// @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT when the bag already holds
 ///   cells or streams already; _UNSUPPORTED when the session preprocesses

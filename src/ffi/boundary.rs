@@ -80,6 +80,7 @@ pub(crate) unsafe fn arg_slice<'a, T>(
     if len == 0 {
         return Err(Error::invalid(arg, "has length 0").into());
     }
+    check_span(ptr, len, arg)?;
     Ok(std::slice::from_raw_parts(ptr, len))
 }
 
@@ -103,10 +104,31 @@ pub(crate) unsafe fn out_slice<'a, T>(
             got: len,
         });
     }
+    check_span(ptr, needed, arg)?;
     Ok(std::slice::from_raw_parts_mut(ptr, needed))
 }
 
 /// Checks that an output pointer is not NULL (before any work is done).
+/// Refuses a buffer no real allocation can be (more than `isize::MAX` bytes,
+/// or ending past the address space) or a pointer misaligned for `T`: either
+/// would make a slice over it undefined behaviour.
+fn check_span<T>(ptr: *const T, len: usize, arg: &'static str) -> FfiResult {
+    let size = std::mem::size_of::<T>().max(1);
+    let bytes = len.checked_mul(size).filter(|b| *b <= isize::MAX as usize);
+    if bytes.and_then(|b| (ptr as usize).checked_add(b)).is_none() {
+        return Err(Error::invalid(
+            arg,
+            format!("length {len} ({size}-byte elements) exceeds the address space"),
+        )
+        .into());
+    }
+    let align = std::mem::align_of::<T>();
+    if (ptr as usize) % align != 0 {
+        return Err(Error::invalid(arg, format!("is not aligned to {align} bytes")).into());
+    }
+    Ok(())
+}
+
 pub(crate) fn out_ptr<T>(ptr: *mut T, arg: &'static str) -> FfiResult<*mut T> {
     if ptr.is_null() {
         Err(FfiError::Null(arg))

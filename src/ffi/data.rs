@@ -29,15 +29,20 @@ pub unsafe extern "C" fn amlmil_synth_cohort(
     out_summary_json: *mut *mut c_char,
 ) -> amlmil_status {
     guard(|| {
+        let out_dir = arg_str(out_dir, "out_dir")?;
+        let out = out_ptr(out_summary_json, "out_summary_json")?;
         let config: CohortConfig = if config_json.is_null() {
             CohortConfig::default()
         } else {
-            serde_json::from_str(arg_str(config_json, "config_json")?)
-                .map_err(|e| Error::invalid("config_json", e.to_string()))?
+            let bad = |e: serde_json::Error| Error::invalid("config_json", e.to_string());
+            let value: serde_json::Value =
+                serde_json::from_str(arg_str(config_json, "config_json")?).map_err(bad)?;
+            if !value.is_object() {
+                return Err(Error::invalid("config_json", "must be a JSON object").into());
+            }
+            serde_json::from_value(value).map_err(bad)?
         };
         config.validate()?;
-        let out_dir = arg_str(out_dir, "out_dir")?;
-        let out = out_ptr(out_summary_json, "out_summary_json")?;
         let summary = generate_cohort(&config, out_dir.as_ref(), &mut |done, total| {
             report_progress(
                 progress,

@@ -114,6 +114,16 @@ pub struct amlmil_session_options {
     /// Configuration string handed to the plugin's constructor (JSON by
     /// convention); NULL means "". Only read during `amlmil_session_new`.
     pub plugin_config: *const c_char,
+    /// Most cells one call classifies, embeds or streams into a bag (default
+    /// 50,000; must be at least 1). Larger bags are refused with
+    /// AMLMIL_STATUS_LIMIT before any work or allocation.
+    pub max_cells_per_bag: u64,
+    /// Most bytes of working memory one encoder batch may take, estimated as
+    /// `batch_size` × 160 bytes × `input_size`² (`amlmil_model_info`); 0
+    /// (default): half the machine's physical memory. `amlmil_session_new`
+    /// fails with AMLMIL_STATUS_LIMIT for a larger batch instead of risking an
+    /// out-of-memory kill later.
+    pub max_batch_bytes: u64,
 }
 
 /// Progress of a long call, passed to an `amlmil_progress_callback`.
@@ -199,6 +209,8 @@ impl Default for amlmil_session_options {
             preprocess_user_data: std::ptr::null_mut(),
             plugin_path: std::ptr::null(),
             plugin_config: std::ptr::null(),
+            max_cells_per_bag: d.max_cells as u64,
+            max_batch_bytes: 0,
         }
     }
 }
@@ -339,6 +351,15 @@ unsafe fn read_options(
             config: config.to_owned(),
         });
     }
+    if present!(max_cells_per_bag) {
+        if o.max_cells_per_bag == 0 {
+            return Err(Error::invalid("options.max_cells_per_bag", "must be at least 1").into());
+        }
+        out.max_cells = usize::try_from(o.max_cells_per_bag).unwrap_or(usize::MAX);
+    }
+    if present!(max_batch_bytes) && o.max_batch_bytes > 0 {
+        out.max_batch_bytes = Some(o.max_batch_bytes);
+    }
     Ok((out, pre))
 }
 
@@ -350,7 +371,8 @@ unsafe fn read_options(
 ///   Untouched on failure.
 /// @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO, _CHECKPOINT (missing manifest, wrong
 ///   kind, truncated, tensors not matching the manifest), _MISMATCH (head does not
-///   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT.
+///   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT,
+///   _LIMIT (`batch_size` over `max_batch_bytes`), _PLUGIN.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_new(
     encoder_path: *const c_char,
@@ -457,7 +479,8 @@ pub unsafe extern "C" fn amlmil_session_info(
 /// @param[out] out_result receives the result; free with `amlmil_result_free`.
 ///   Untouched on failure.
 /// @return AMLMIL_STATUS_OK; _EMPTY_BAG (also when preprocessing dropped every
-///   cell), _NON_FINITE, _CANCELLED, _PLUGIN, _TORCH.
+///   cell), _LIMIT (more than `max_cells_per_bag` cells), _NON_FINITE,
+///   _CANCELLED, _PLUGIN, _TORCH.
 /// Thread safety: concurrent calls on one session (and one bag) are allowed.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_classify(
@@ -491,7 +514,8 @@ pub unsafe extern "C" fn amlmil_session_classify(
 /// @param features_len number of floats in `features` (must equal the product above).
 /// @param cell_ids `num_cells` ids, or NULL for 0, 1, …, num_cells-1.
 /// @return _NON_FINITE for NaN/inf features, _INVALID_ARGUMENT for a wrong
-///   length or a cell id given twice.
+///   length or a cell id given twice, _LIMIT for more than
+///   `max_cells_per_bag` cells.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_classify_features(
     session: *const amlmil_session,
@@ -507,6 +531,7 @@ pub unsafe extern "C" fn amlmil_session_classify_features(
         if num_cells == 0 {
             return Err(Error::EmptyBag("features (num_cells = 0)".into()).into());
         }
+        s.check_cells(num_cells, "features")?;
         let [c, h, w] = s.encoder_manifest().feature_map;
         let per_cell = (c * h * w) as usize;
         let needed = num_cells.checked_mul(per_cell).ok_or_else(|| {
@@ -614,6 +639,7 @@ unsafe fn encode_into(
         if bag.is_empty() {
             return Err(Error::EmptyBag("bag".into()).into());
         }
+        s.check_cells(bag.len(), "bag")?;
         let needed = bag.len() * per_cell(s);
         out_slice(out, out_len, needed, "out")?;
         let values = session

@@ -48,6 +48,10 @@ pub enum amlmil_status {
     /// Another call that allows only one at a time per process (training) is
     /// running; try again when it has returned.
     Busy = 17,
+    /// The request exceeds a resource limit of the session options
+    /// (`max_cells_per_bag`, `max_batch_bytes`; the message names it). Nothing
+    /// was allocated for it.
+    Limit = 18,
 }
 
 /// Errors of the C skin: the core's errors plus what only pointers can get wrong.
@@ -98,6 +102,7 @@ impl FfiError {
                 Error::Torch(_) => S::Torch,
                 Error::Plugin { .. } => S::Plugin,
                 Error::Busy(_) => S::Busy,
+                Error::Limit { .. } => S::Limit,
             },
         }
     }
@@ -156,6 +161,7 @@ pub extern "C" fn amlmil_status_name(status: u32) -> *const c_char {
         15 => b"AMLMIL_STATUS_UNSUPPORTED\0",
         16 => b"AMLMIL_STATUS_PLUGIN\0",
         17 => b"AMLMIL_STATUS_BUSY\0",
+        18 => b"AMLMIL_STATUS_LIMIT\0",
         _ => b"AMLMIL_STATUS_UNKNOWN\0",
     };
     name.as_ptr() as *const c_char

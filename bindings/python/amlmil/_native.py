@@ -106,6 +106,8 @@ class SessionOptionsC(ctypes.Structure):
         ("preprocess_user_data", ctypes.c_void_p),
         ("plugin_path", ctypes.c_char_p),
         ("plugin_config", ctypes.c_char_p),
+        ("max_cells_per_bag", ctypes.c_uint64),
+        ("max_batch_bytes", ctypes.c_uint64),
     ]
 
 

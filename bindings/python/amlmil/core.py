@@ -575,6 +575,10 @@ class SessionOptions:
     channels_last: bool = dataclasses.field(default_factory=_default("channels_last"))
     fused: bool = dataclasses.field(default_factory=_default("fused"))
     warm_up: bool = dataclasses.field(default_factory=_default("warm_up"))
+    #: Most cells one call takes; more raise AmlmilError with Status.LIMIT.
+    max_cells_per_bag: int = dataclasses.field(default_factory=_default("max_cells_per_bag"))
+    #: Most bytes of encoder working memory per batch; 0 = half the physical memory.
+    max_batch_bytes: int = dataclasses.field(default_factory=_default("max_batch_bytes"))
     #: A Rust preprocessing plugin (``plugins/interface``) loaded by the session, or None.
     plugin_path: Optional[PathLike] = None
     #: Its configuration string (JSON by convention).
@@ -595,6 +599,8 @@ class SessionOptions:
             if v >= 2**32:
                 raise ValueError(f"options.{name}: {v} does not fit in 32 bits")
             setattr(c, name, v)
+        for name in ("max_cells_per_bag", "max_batch_bytes"):
+            setattr(c, name, _u64(getattr(self, name), f"options.{name}"))
         for name in ("channels_last", "fused", "warm_up"):
             setattr(c, name, 1 if getattr(self, name) else 0)
         keep = [device]

@@ -34,6 +34,7 @@ class Status(enum.IntEnum):
     UNSUPPORTED = 15
     PLUGIN = 16
     BUSY = 17
+    LIMIT = 18
 
 
 class AmlmilError(Exception):
