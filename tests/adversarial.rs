@@ -86,6 +86,12 @@ fn every_bad_call_returns_its_status_under_address_sanitizer() {
 
 #[test]
 fn quick_bad_calls_are_clean_under_valgrind() {
+    // Opt-in until its run time under memcheck is measured (several minutes
+    // with libtorch): `AMLMIL_VALGRIND=1 cargo test --test adversarial`.
+    if std::env::var_os("AMLMIL_VALGRIND").is_none() {
+        eprintln!("skipped: set AMLMIL_VALGRIND=1 to run the suite under valgrind");
+        return;
+    }
     if Command::new("valgrind").arg("--version").output().is_err() {
         panic!("valgrind is not installed (scripts/setup-tools.sh installs it)");
     }
