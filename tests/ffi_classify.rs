@@ -292,8 +292,8 @@ fn empty_bags_nan_features_and_null_handles_are_errors() {
                 ptr::null(),
                 &mut r,
             ),
-            amlmil_status::InvalidArgument,
-            "overflow",
+            amlmil_status::Limit,
+            "max_cells_per_bag",
         );
         assert_eq!(r, sentinel, "output written on failure");
         amlmil_bag_free(empty);
