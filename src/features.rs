@@ -14,8 +14,9 @@
 //! preprocessing (input size, normalisation, flip variants, format version). A
 //! cache is only ever read or extended by a run whose encoder and preprocessing
 //! give the same key, so a changed encoder never reuses stale features.
-//! Extraction is resumable: patient files are written atomically and a patient
-//! whose file exists is skipped.
+//! Extraction is resumable, also after a kill: `cache.json` is written before
+//! any patient, patient files are written atomically, a patient whose file
+//! exists is skipped, and temporary files of killed runs are swept.
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -239,6 +240,9 @@ pub fn extract_features(
         dataset: dataset.root().to_path_buf(),
     };
     let manifest_path = out.join(MANIFEST_FILE);
+    // A run killed mid-write leaves a temporary file, which must not make the
+    // directory look like something other than a cache.
+    crate::io::remove_stale_temps(out)?;
     if manifest_path.exists() {
         let existing = FeatureCache::open(out, None)?;
         if existing.manifest.key != manifest.key {
@@ -261,12 +265,15 @@ pub fn extract_features(
             ),
         ));
     }
+    std::fs::create_dir_all(out).map_err(|e| Error::io("cannot create", out, e))?;
+    let json = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| Error::invalid("manifest", e.to_string()))?;
+    // The manifest first: from then on a killed run leaves a cache to resume,
+    // never a non-empty directory that is not one.
+    write_atomic(&manifest_path, json.as_bytes())?;
     let patients_dir = out.join(PATIENTS_DIR);
     std::fs::create_dir_all(&patients_dir)
         .map_err(|e| Error::io("cannot create", &patients_dir, e))?;
-    let json = serde_json::to_string_pretty(&manifest)
-        .map_err(|e| Error::invalid("manifest", e.to_string()))?;
-    write_atomic(&manifest_path, json.as_bytes())?;
     let cache = FeatureCache {
         dir: out.to_path_buf(),
         manifest,

@@ -3,7 +3,11 @@
 //! attention-MIL as well as a supervised one, and how far above a random
 //! encoder do they all stand?
 //!
-//! Stages, each resumed when it is already complete under `output`:
+//! Stages, each resumed when it is already complete under `output` (decided
+//! from a marker written atomically after the stage's files: `cohort.json`,
+//! `done.json`, each run's `run.json`; so a run killed at any moment, SIGKILL
+//! included, resumes from its last complete state and ends with the same
+//! results):
 //! 1. **cohorts** — the synthetic MIL cohort (`cohort/`) unless a data set is
 //!    given, and a disjoint pre-training cohort of another seed
 //!    (`pretrain-cohort/`);
@@ -150,6 +154,9 @@ pub fn run_experiment(
     config.validate()?;
     let out = &config.output;
     create_dir(out)?;
+    crate::io::remove_stale_temps(out)?;
+    // `report.json` is written last; an earlier one must not stand for this run.
+    crate::io::remove_if_exists(&out.join("report.json"))?;
     write_json(&out.join("config.json"), config)?;
     let mut run = Runner {
         config,
@@ -373,6 +380,8 @@ impl Runner<'_, '_> {
         }
         let started = Instant::now();
         create_dir(&dir)?;
+        // A marker of another configuration must not outlive the files it described.
+        crate::io::remove_if_exists(&dir.join(DONE_FILE))?;
         let summary = match method {
             None => {
                 self.event(

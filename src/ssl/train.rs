@@ -126,6 +126,8 @@ pub fn pretrain(
     let device = config.device.resolve()?;
     std::fs::create_dir_all(&config.output)
         .map_err(|e| Error::io("cannot create", &config.output, e))?;
+    // Half-written checkpoints of a killed run (the complete ones are intact).
+    crate::io::remove_stale_temps(&config.output)?;
     let state_path = config.output.join(STATE_FILE);
     let saved = if config.resume && state_path.exists() {
         Some(read_state(&state_path, config)?)

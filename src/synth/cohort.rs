@@ -21,7 +21,7 @@ use super::stain::Stain;
 use super::{mix_seed, CohortConfig};
 use crate::classes::BAG_LABELS;
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::{write_atomic, write_replacing};
 
 /// One generated patient, as listed in `metadata.csv`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -204,7 +204,7 @@ fn render_patient(plan: &Plan, dir: &Path, size: u32, threads: usize) -> Result<
             let img = plan.render(k, size)?;
             let path = dir.join(format!("image_{k}.tif"));
             let bytes = encode_tiff(&img, &path)?;
-            std::fs::write(&path, bytes).map_err(|e| Error::io("cannot write", &path, e))?;
+            write_replacing(&path, &bytes)?;
         }
         Ok(())
     };
@@ -230,8 +230,9 @@ fn render_patient(plan: &Plan, dir: &Path, size: u32, threads: usize) -> Result<
 /// and is not empty). `progress(done, total)` is called on the calling thread
 /// after each patient, counted in patients.
 ///
-/// On an error part of the cohort may have been written; the CSVs are written
-/// last, so a partial cohort has no `metadata.csv`.
+/// Every file is written atomically, and `metadata.csv` last (after
+/// `cells.csv`): a cohort cut short by an error or a kill has no
+/// `metadata.csv`, so no reader takes it for a data set.
 pub fn generate_cohort(
     cfg: &CohortConfig,
     out: &Path,

@@ -114,7 +114,7 @@ pub fn write_montage(path: &Path, cell_size: u32, seed: u64) -> Result<()> {
             ExtendedColorType::Rgb8,
         )
         .map_err(|e| Error::io("cannot encode PNG for", path, std::io::Error::other(e)))?;
-    std::fs::write(path, bytes).map_err(|e| Error::io("cannot write", path, e))
+    crate::io::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

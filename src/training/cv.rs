@@ -19,6 +19,13 @@
 //! OUT/gallery/<patient>.png          top cells for the predicted class (first seed)
 //! OUT/report.json                    everything above in one JSON; `complete` flag
 //! ```
+//!
+//! Crash-safe: every file is written atomically; a run is finished when its
+//! `run.json` says `complete` (written last, and marked incomplete before a
+//! retraining replaces its files), the whole when `report.json` says
+//! `complete` (rewritten incomplete when a cross-validation starts). A rerun
+//! after a kill reuses the feature cache and the finished runs, retrains the
+//! rest with the same seeds and so ends with the same files.
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -209,6 +216,7 @@ fn prepare(config: &CvConfig, progress: &mut dyn FnMut(CvEvent) -> bool) -> Resu
     let probe = config.output.join(".amlmil-write-test");
     write_atomic(&probe, b"ok")?;
     let _ = std::fs::remove_file(&probe);
+    crate::io::remove_stale_temps(&config.output)?;
 
     let features_dir = config
         .features
@@ -433,6 +441,12 @@ fn train_run(
     progress: &mut dyn FnMut(CvEvent) -> bool,
 ) -> Result<(AttentionMil, TrainedSummary)> {
     let (classes, head, device) = (&p.classes, &p.head, p.device);
+    // Before the checkpoint is replaced: a `run.json` of an earlier
+    // configuration must never say complete beside this run's files.
+    write_json(
+        &dir.join("run.json"),
+        &serde_json::json!({"status": "incomplete", "seed": seed, "fold": split.fold}),
+    )?;
     let result = train_mil(
         &config.training,
         head,
@@ -561,6 +575,8 @@ pub fn cross_validate(
         test_predictions: Vec::new(),
         runs_reloaded: 0,
     };
+    // An earlier complete report must not stand while the runs change under it.
+    write_json(&config.output.join("report.json"), &report)?;
     let mut reports = Vec::new();
     let mut tests: Vec<(usize, TestOutput)> = Vec::new(); // (seed index, output)
     for (si, &seed) in config.seeds.iter().enumerate() {
