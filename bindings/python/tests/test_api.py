@@ -283,15 +283,19 @@ CTRL_C = r"""
 import os, signal, sys, threading, time
 import numpy as np, amlmil
 s = amlmil.Session(sys.argv[1], sys.argv[2], options=amlmil.SessionOptions(batch_size=1, warm_up=False))
-imgs = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(400)]
-t0 = time.time(); s.classify(imgs[:20]); per_cell = (time.time() - t0) / 20
-threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+imgs = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(20)]
+t0 = time.time(); s.classify(imgs); per_cell = (time.time() - t0) / 20
+# Enough cells for the call to last ~4 s whatever the machine's speed or load,
+# interrupted a tenth of the way in.
+n = max(400, int(4.0 / per_cell))
+imgs = imgs * (n // 20 + 1)
+threading.Timer(0.1 * per_cell * len(imgs), os.kill, (os.getpid(), signal.SIGINT)).start()
 t0 = time.time()
 try:
     s.classify(imgs)
-    print("finished", flush=True)
+    print("finished", time.time() - t0, per_cell * len(imgs), flush=True)
 except KeyboardInterrupt:
-    print("interrupted", time.time() - t0, per_cell * 400, flush=True)
+    print("interrupted", time.time() - t0, per_cell * len(imgs), flush=True)
 """
 
 
