@@ -5,44 +5,23 @@
 mod common;
 
 use std::ffi::c_void;
-use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use amlmil::ffi::*;
-use amlmil::model::{CellNet, EncoderArch, MilConfig};
 use common::ffi::{bag_with, c, cpu_options, last_error};
 
 const THREADS: usize = 8;
 const BAGS: usize = 100;
-
-/// A 64 px encoder and head (fast enough for 1,600 classifications).
-fn models() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
-    static M: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
-    M.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let (enc, mil) = (
-            dir.path().join("enc.safetensors"),
-            dir.path().join("mil.safetensors"),
-        );
-        common::write_encoder(&enc, EncoderArch::ResNet18, 64, 3);
-        let config = MilConfig {
-            in_side: 2,
-            head: CellNet::Pooled.into(),
-            ..Default::default()
-        };
-        common::write_mil(&mil, &config, 64, 4);
-        (dir, enc, mil)
-    })
-}
 
 struct Handle(*mut amlmil_session);
 unsafe impl Send for Handle {}
 unsafe impl Sync for Handle {}
 
 fn new_session() -> Handle {
-    let (_, enc, mil) = models();
+    let f = common::small_fixture();
+    let (enc, mil) = (&f.encoder, &f.mil);
     let (enc, mil) = (c(enc.to_str().unwrap()), c(mil.to_str().unwrap()));
     let (mut o, _d) = cpu_options();
     o.warm_up = 0;

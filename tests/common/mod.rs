@@ -119,6 +119,30 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
+/// A 64 px encoder and pooled-cell head: fast enough for the thousands of
+/// classifications of the concurrency and resident-memory tests.
+pub fn small_fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let encoder = dir.path().join("enc.safetensors");
+        let mil = dir.path().join("mil.safetensors");
+        write_encoder(&encoder, EncoderArch::ResNet18, 64, 3);
+        let config = MilConfig {
+            in_side: 2,
+            head: amlmil::model::CellNet::Pooled.into(),
+            ..Default::default()
+        };
+        write_mil(&mil, &config, 64, 4);
+        Fixture {
+            dir: dir.path().to_path_buf(),
+            _dir: dir,
+            encoder,
+            mil,
+        }
+    })
+}
+
 /// Random-textured cells of `size` px with a dark blob whose place and size vary,
 /// so that different cells give clearly different features.
 pub fn cells(n: usize, size: u32, seed: u64) -> Vec<CellImage> {
