@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (Debian/Ubuntu, as root) the system tools the build, the packaging and
 # the documentation need, only those missing: binutils (readelf), gcc, g++,
-# pkg-config, cmake, doxygen, patchelf. `apt-get update` runs only when
+# pkg-config, cmake, doxygen, patchelf, valgrind (with glibc's debugging
+# symbols, which memcheck wants for the loader). `apt-get update` runs only when
 # something has to be installed. Safe to run on every build.
 set -euo pipefail
 
@@ -14,6 +15,10 @@ need pkg-config pkg-config
 need cmake cmake
 need doxygen doxygen
 need patchelf patchelf
+need valgrind valgrind
+if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libc6-dbg >/dev/null 2>&1; then
+  missing+=(libc6-dbg)
+fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
