@@ -1,39 +1,11 @@
 //! Inputs found by fuzzing (`scripts/fuzz.sh`, fuzz/) and by writing its targets,
 //! kept as plain tests: each one once crashed or over-allocated, and must now be
 //! refused with an error naming what was wrong.
-use std::io::Cursor;
+#[path = "common/png_header.rs"]
+mod png_header;
 
 use amlmil::{CellImage, Error, PixelFormat};
-
-/// CRC-32 (IEEE) of a PNG chunk's type and data.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// A 1 × 1 PNG (~70 bytes) whose header claims `width` × `height` pixels.
-fn png_declaring(width: u32, height: u32) -> Vec<u8> {
-    let mut out = Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(image::RgbImage::new(1, 1))
-        .write_to(&mut out, image::ImageFormat::Png)
-        .unwrap();
-    let mut png = out.into_inner();
-    png[16..20].copy_from_slice(&width.to_be_bytes());
-    png[20..24].copy_from_slice(&height.to_be_bytes());
-    let crc = crc32(&png[12..29]);
-    png[29..33].copy_from_slice(&crc.to_be_bytes());
-    png
-}
+use png_header::png_declaring;
 
 /// A decompression bomb below the decoder's default 512 MiB budget (10 000² RGB =
 /// 300 MB) used to be allocated in full before the 4096 px check ran; the side

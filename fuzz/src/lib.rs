@@ -4,6 +4,9 @@
 //! the dataset trees generated from fuzz input.
 use std::path::{Path, PathBuf};
 
+/// PNG files whose header declares a size (shared with tests/fuzz_regressions.rs).
+#[path = "../../tests/common/png_header.rs"]
+pub mod png_header;
 pub mod seeds;
 pub mod tree;
 

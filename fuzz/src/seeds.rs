@@ -49,7 +49,10 @@ pub fn cell_images() -> Res<Vec<Seed>> {
         }
         seeds.push((format!("cell{i}.jpg"), encode(&rgb, ImageFormat::Jpeg)?));
     }
-    seeds.push(("bomb.png".into(), png_bomb(100_000, 100_000)?));
+    seeds.push((
+        "bomb.png".into(),
+        crate::png_header::png_declaring(100_000, 100_000),
+    ));
     for (w, h, stride, format) in [(2u16, 2u16, 8u64, 1u8), (3, 1, 9, 0), (1, 3, 4, 3)] {
         let mut b = Vec::new();
         b.extend_from_slice(&w.to_le_bytes());
@@ -60,35 +63,6 @@ pub fn cell_images() -> Res<Vec<Seed>> {
         seeds.push((format!("raw_{w}x{h}.bin"), b));
     }
     Ok(seeds)
-}
-
-/// A 1 × 1 PNG whose header is rewritten to claim `width` × `height` pixels
-/// (CRC fixed), so only the header tells the decoder how much to allocate.
-pub fn png_bomb(width: u32, height: u32) -> Res<Vec<u8>> {
-    let img = DynamicImage::ImageRgb8(image::RgbImage::new(1, 1));
-    let mut png = encode(&img, ImageFormat::Png)?;
-    // 8-byte signature, then the IHDR chunk: length (4), type (4), width, height.
-    png[16..20].copy_from_slice(&width.to_be_bytes());
-    png[20..24].copy_from_slice(&height.to_be_bytes());
-    let crc = crc32(&png[12..29]);
-    png[29..33].copy_from_slice(&crc.to_be_bytes());
-    Ok(png)
-}
-
-/// CRC-32 (IEEE) as PNG chunks use it.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// Small MIL heads of each cell network, a manifest-only encoder checkpoint, and

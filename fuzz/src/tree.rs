@@ -214,8 +214,7 @@ fn write_entry(dir: &Path, e: &Entry) -> std::io::Result<()> {
             b
         }
         Content::Bomb { w, h } => {
-            crate::seeds::png_bomb(u32::from(*w) * 1000 + 1, u32::from(*h) * 1000 + 1)
-                .expect("png bomb")
+            crate::png_header::png_declaring(u32::from(*w) * 1000 + 1, u32::from(*h) * 1000 + 1)
         }
         Content::Raw(b) => b.clone(),
         Content::Folder => return std::fs::create_dir_all(&path),
