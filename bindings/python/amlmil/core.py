@@ -702,17 +702,20 @@ class Session(_Owner):
 
     def embed(self, bag: Union[Bag, Sequence[npt.NDArray[np.uint8]]], progress: Optional[ProgressCallback] = None) -> npt.NDArray[np.float32]:
         """Pooled encoder features of every cell: an ``(N, feature_dim)`` float32 array."""
+        return self._encode_into(bag, progress, self._feature_dim, "amlmil_session_embed")
+
+    def _encode_into(self, bag: Union[Bag, Sequence[npt.NDArray[np.uint8]]], progress: Optional[ProgressCallback], width: int, fn: str) -> npt.NDArray[np.float32]:
+        """Runs the C encoder entry point ``fn`` over ``bag`` into a fresh ``(N, width)`` array."""
         tramp = _Trampoline(progress)
         b, temporary = self._bag(bag)
         try:
             with b._mutate:
-                n = len(b)
-                out = np.empty((n, self._feature_dim), np.float32)
+                out = np.empty((len(b), width), np.float32)
                 with _Using(self._h, b._h) as (s, bp):
-                    status = lib().amlmil_session_embed(s, bp, tramp.c, None, out.ctypes.data, out.size)
-                    err = _native.error(status, "amlmil_session_embed") if status != Status.OK else None
+                    status = getattr(lib(), fn)(s, bp, tramp.c, None, out.ctypes.data, out.size)
+                    err = _native.error(status, fn) if status != Status.OK else None
             if tramp.error is not None:
-                tramp.finish(status, "amlmil_session_embed")
+                tramp.finish(status, fn)
             if err is not None:
                 raise err
             return out
@@ -749,22 +752,7 @@ class Session(_Owner):
     def feature_maps(self, bag: Union[Bag, Sequence[npt.NDArray[np.uint8]]], progress: Optional[ProgressCallback] = None) -> npt.NDArray[np.float32]:
         """Each cell's encoder feature map, ``(N, feature_map_len)`` float32: what
         :meth:`classify_features` takes, so features can be cached and classified later."""
-        tramp = _Trampoline(progress)
-        b, temporary = self._bag(bag)
-        try:
-            with b._mutate:
-                out = np.empty((len(b), self._feature_map_len), np.float32)
-                with _Using(self._h, b._h) as (s, bp):
-                    status = lib().amlmil_session_feature_maps(s, bp, tramp.c, None, out.ctypes.data, out.size)
-                    err = _native.error(status, "amlmil_session_feature_maps") if status != Status.OK else None
-            if tramp.error is not None:
-                tramp.finish(status, "amlmil_session_feature_maps")
-            if err is not None:
-                raise err
-            return out
-        finally:
-            if temporary:
-                b.close()
+        return self._encode_into(bag, progress, self._feature_map_len, "amlmil_session_feature_maps")
 
     def model_info(self) -> "ModelInfo":
         """Typed model metadata (``amlmil_session_model_info``)."""
