@@ -4,13 +4,30 @@
 //! in tests/reference/parity.py and run in the set-up environment's Python.
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use amlmil::checkpoint::Normalization;
 use amlmil::model::{CellNet, EncoderArch, MilConfig};
 use amlmil::preprocess::to_input_batch;
-use amlmil::{Bag, DeviceSpec, Session, SessionOptions};
+use amlmil::{Bag, CellImage, DeviceSpec, Session, SessionOptions};
 use tch::{Device, Kind, Tensor};
+
+/// The 144 px cells as the reference scripts take them: our preprocessing's
+/// normalised NCHW batch, written to `dir/x.safetensors` (returned).
+fn write_input_batch(dir: &Path, cells: &[CellImage]) -> PathBuf {
+    let refs: Vec<_> = cells.iter().collect();
+    let x = to_input_batch(
+        &refs,
+        144,
+        &Normalization::default(),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let inputs = dir.join("x.safetensors");
+    Tensor::write_safetensors(&[("x", &x)], &inputs).unwrap();
+    inputs
+}
 
 /// `channels_last` runs both sides with NHWC strides (PyTorch's `channels_last`),
 /// `contiguous` both in NCHW; `fused` runs ours with batch norm folded on
@@ -23,17 +40,7 @@ fn encoder_parity(arch: EncoderArch, layout: &str) {
     common::write_encoder(&enc, arch, 144, 21);
     common::write_mil(&mil, &MilConfig::default(), 144, 22);
     let cells = common::cells(4, 144, 5);
-    let refs: Vec<_> = cells.iter().collect();
-    let x = to_input_batch(
-        &refs,
-        144,
-        &Normalization::default(),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    let inputs = dir.path().join("x.safetensors");
-    Tensor::write_safetensors(&[("x", &x)], &inputs).unwrap();
+    let inputs = write_input_batch(dir.path(), &cells);
 
     // Ours: through the inference session (the layout's CPU path, batching).
     let options = SessionOptions {
@@ -142,17 +149,7 @@ fn session_classification_matches_pytorch_end_to_end() {
     let f = common::fixture();
     let dir = tempfile::tempdir().unwrap();
     let cells = common::cells(3, 144, 9);
-    let refs: Vec<_> = cells.iter().collect();
-    let x = to_input_batch(
-        &refs,
-        144,
-        &Normalization::default(),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    let inputs = dir.path().join("x.safetensors");
-    Tensor::write_safetensors(&[("x", &x)], &inputs).unwrap();
+    let inputs = write_input_batch(dir.path(), &cells);
     let feats = dir.path().join("feats.safetensors");
     common::run_reference(
         "parity.py",
