@@ -88,6 +88,15 @@ impl DeviceSpec {
     }
 }
 
+/// A libtorch device spelled as configurations spell it: `cpu`, `cuda:N`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => DeviceSpec::Cuda(i).to_string(),
+        Device::Cpu => DeviceSpec::Cpu.to_string(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// Number of CUDA devices libtorch can use (0 on a machine without a GPU).
 pub fn cuda_device_count() -> usize {
     tch::Cuda::device_count().max(0) as usize

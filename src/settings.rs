@@ -1,6 +1,6 @@
 //! Settings files: every configuration (pre-training, cross-validation, the
 //! experiment) is read from JSON or TOML into one JSON value, then merged over
-//! a preset and checked by its own type.
+//! a preset with [`merge`] and checked by its own type.
 use std::path::Path;
 
 use serde_json::Value;
@@ -30,5 +30,81 @@ pub fn in_file(path: &Path, e: Error) -> Error {
             Error::invalid(format!("{} ({arg})", path.display()), reason)
         }
         other => other,
+    }
+}
+
+/// Merges `over` into `base` key by key: objects recursively, anything else
+/// (numbers, lists, `null`) replaced; an object whose `type` tag differs from
+/// the base's replaces it whole (another variant of a tagged setting). A key
+/// `base` lacks is an error naming its path (`swav.num_prototypes`) and
+/// `what` (`swav pre-training`); with `what = None` it is added instead.
+pub fn merge(base: &mut Value, over: Value, what: Option<&str>) -> Result<()> {
+    merge_at(base, over, "", what)
+}
+
+fn merge_at(base: &mut Value, over: Value, path: &str, what: Option<&str>) -> Result<()> {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) if same_variant(b, &o) => {
+            for (k, v) in o {
+                let key = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (b.get_mut(&k), what) {
+                    (Some(slot), _) => merge_at(slot, v, &key, what)?,
+                    (None, None) => {
+                        b.insert(k, v);
+                    }
+                    (None, Some(what)) => {
+                        return Err(Error::invalid(
+                            key,
+                            format!("unknown key (not a setting of {what})"),
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
+        (slot, v) => {
+            *slot = v;
+            Ok(())
+        }
+    }
+}
+
+/// Whether an override object keeps the base's `type` tag (or has none).
+fn same_variant(
+    base: &serde_json::Map<String, Value>,
+    over: &serde_json::Map<String, Value>,
+) -> bool {
+    match (base.get("type"), over.get("type")) {
+        (Some(b), Some(o)) => b == o,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merges_key_by_key_and_names_unknown_keys() {
+        let mut base = json!({"a": 1, "b": {"c": 2, "d": [1, 2]}, "g": {"type": "x", "k": 1}});
+        merge(
+            &mut base,
+            json!({"b": {"d": [3]}, "g": {"type": "y"}}),
+            Some("t"),
+        )
+        .unwrap();
+        assert_eq!(
+            base,
+            json!({"a": 1, "b": {"c": 2, "d": [3]}, "g": {"type": "y"}})
+        );
+        let e = merge(&mut base, json!({"b": {"e": 1}}), Some("tests")).unwrap_err();
+        assert!(e.to_string().contains("b.e"), "{e}");
+        merge(&mut base, json!({"b": {"e": 1}}), None).unwrap();
+        assert_eq!(base["b"]["e"], 1);
     }
 }

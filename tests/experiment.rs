@@ -144,6 +144,14 @@ fn tiny_experiment_runs_resumes_after_cancellation_and_writes_every_artefact() {
     }
     assert!(md.contains("average_precision_score"), "PR AUC is defined");
     assert!(md.contains("Per class") && md.contains("k-NN"));
+    assert!(md.contains("While pre-training") && md.contains("patient-probe macro F1"));
+    assert!(md.contains("protocol `disjoint`"));
+    // The SSL encoder's monitors reach the report's JSON.
+    let simclr = &json["encoders"][1];
+    let monitors = simclr["pretraining"]["monitors"].as_array().unwrap();
+    assert!(!monitors.is_empty());
+    assert!(monitors[0]["effective_rank"].as_f64().unwrap() >= 1.0);
+    assert!(simclr["probe"]["patient"]["macro_f1"].as_f64().is_some());
 
     // Every image the HTML references exists and decodes; the figures are all there.
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -249,4 +257,62 @@ fn c_abi_runs_cancels_and_refuses_bad_configurations() {
             amlmil_status::NullArgument
         );
     }
+}
+
+/// The paper's protocol: each SSL encoder is pre-trained inside every run on the
+/// cells of that run's training patients, and no cell of the run's validation
+/// or test patients reaches its pre-training; the run's MIL head uses it.
+#[test]
+fn per_fold_pretraining_sees_only_the_runs_training_patients() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exp");
+    let mut v = serde_json::to_value(tiny(&out)).unwrap();
+    v["encoders"] = serde_json::json!(["simclr"]);
+    v["pretrain_protocol"] = serde_json::json!("per-fold");
+    let config = ExperimentConfig::from_value(v).unwrap();
+    let report = run_experiment(&config, &mut |_| true).unwrap();
+    let (cohort, _) =
+        amlmil::dataset::Dataset::open(&report.dataset, &amlmil::dataset::OpenOptions::fail())
+            .unwrap();
+    let ids = |idx: &[usize]| -> BTreeSet<String> {
+        idx.iter()
+            .map(|&i| cohort.patients()[i].id.clone())
+            .collect()
+    };
+    let simclr = &report.encoders[0];
+    assert_eq!(simclr.fold_checkpoints.len(), 3);
+    let mut hashes = BTreeSet::new();
+    for split in cohort.folds(3, 0).unwrap() {
+        let run = format!("seed0_fold{}", split.fold);
+        let done: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("encoders/simclr").join(&run).join("done.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let seen: BTreeSet<String> = done["summary"]["patients_seen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(seen, ids(&split.train), "{run}");
+        assert!(seen.is_disjoint(&ids(&split.validation)), "{run}");
+        assert!(seen.is_disjoint(&ids(&split.test)), "{run}");
+        // The run's features come from its own encoder.
+        let run_json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("cv/simclr/runs").join(&run).join("run.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        hashes.insert(run_json["encoder_sha256"].as_str().unwrap().to_owned());
+        assert_eq!(
+            simclr.fold_checkpoints[&run],
+            out.join("encoders/simclr")
+                .join(&run)
+                .join("encoder.safetensors")
+        );
+    }
+    assert_eq!(hashes.len(), 3, "each run used its own encoder");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("protocol `per-fold`"));
 }

@@ -117,7 +117,11 @@ const ENDS: usize = 30;
 /// encoder of the same seed.
 fn learns(method: &str, extra: Value) {
     let dir = tempfile::tempdir().unwrap();
-    let mut extra_all = json!({"epochs": LEARN_EPOCHS});
+    // Monitors every 25 steps and the probes once, after the last epoch.
+    let mut extra_all = json!({"epochs": LEARN_EPOCHS, "monitor": {
+        "every_steps": 25, "probe_every_epochs": LEARN_EPOCHS,
+        "probe_dataset": cohort().root, "probe_cells": 120,
+    }});
     merge(&mut extra_all, extra);
     let cfg = config(method, dir.path(), extra_all).unwrap();
     let start = std::time::Instant::now();
@@ -169,6 +173,37 @@ fn learns(method: &str, extra: Value) {
         json!(LEARN_EPOCHS)
     );
     assert!(dir.path().join("state.safetensors").exists());
+    // The monitors: every 25th step and the last, each method's own among them.
+    let steps: Vec<u64> = report.monitors.iter().map(|m| m.step).collect();
+    let last_step = report.steps_completed - 1;
+    let expected: Vec<u64> = (0..=last_step)
+        .filter(|s| s % 25 == 0 || *s == last_step)
+        .collect();
+    assert_eq!(steps, expected);
+    let own: &[&str] = match method {
+        "swav" => &["prototypes_used"],
+        "dino" => &["kl", "teacher_entropy"],
+        _ => &[],
+    };
+    for m in &report.monitors {
+        assert!(m.effective_rank >= 1.0 && m.embedding_std > 0.0, "{m:?}");
+        let keys: Vec<&str> = m.method.keys().map(String::as_str).collect();
+        assert_eq!(keys, own, "{method}");
+        assert!(m.method.values().all(|v| v.is_finite()), "{m:?}");
+    }
+    let [probe] = report.probes.as_slice() else {
+        panic!("{method}: one probe expected, got {:?}", report.probes)
+    };
+    assert_eq!(probe.epochs, LEARN_EPOCHS);
+    assert_eq!(probe.cell_type.queries, 120);
+    assert!(probe.patient.macro_f1.is_finite() && probe.effective_rank >= 1.0);
+    eprintln!(
+        "{method}: last monitors {:?}; probe cell type F1 {:.3}, patient F1 {:.3}, rank {:.1}",
+        report.monitors.last(),
+        probe.cell_type.macro_f1,
+        probe.patient.macro_f1,
+        probe.effective_rank
+    );
 }
 
 #[test]
@@ -389,7 +424,9 @@ fn dino_step_matches_pytorch() {
     let report = pretrain(&cfg, &mut quiet).unwrap();
     assert_eq!(report.steps_completed, 2);
 
-    let d = cfg.dino.as_ref().unwrap();
+    let amlmil::ssl::MethodConfig::Dino(d) = &cfg.method else {
+        panic!("not dino: {:?}", cfg.method)
+    };
     let adamw = cfg.adamw.as_ref().unwrap();
     let settings = json!({
         "architecture": cfg.architecture.name(),

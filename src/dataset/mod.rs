@@ -317,6 +317,28 @@ impl Dataset {
         self.patients.iter().find(|p| p.id == id)
     }
 
+    /// The same data set with only the patients `ids` (in this data set's
+    /// order); an id it does not hold is an error naming it.
+    pub fn only_patients(&self, ids: &[String]) -> Result<Dataset> {
+        let wanted: std::collections::BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+        if let Some(missing) = wanted.iter().find(|id| self.patient(id).is_none()) {
+            return Err(Error::Dataset {
+                path: self.root.clone(),
+                reason: format!("no patient `{missing}` in metadata.csv"),
+            });
+        }
+        Ok(Dataset {
+            root: self.root.clone(),
+            patients: self
+                .patients
+                .iter()
+                .filter(|p| wanted.contains(p.id.as_str()))
+                .cloned()
+                .collect(),
+            has_cell_types: self.has_cell_types,
+        })
+    }
+
     /// Class index of every patient, index-aligned with [`Dataset::patients`].
     pub fn labels(&self) -> Vec<usize> {
         self.patients.iter().map(|p| p.class_index).collect()

@@ -15,6 +15,32 @@ use crate::training::MilTrainConfig;
 /// The encoders an experiment compares, in report order.
 pub const ENCODERS: [&str; 5] = ["supervised", "simclr", "swav", "dino", "random"];
 
+/// Where the self-supervised encoders (SimCLR, SwAV, DINO) are pre-trained.
+/// The supervised encoder and the random floor are always made once from the
+/// pre-training cells (the paper's supervised encoder comes from an external
+/// annotated data set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PretrainProtocol {
+    /// Once, on the cells of the disjoint pre-training cohort: leak-free for
+    /// every fold at the cost of one pre-training.
+    #[default]
+    Disjoint,
+    /// The paper's: inside every run (fold × seed), on the cells of that
+    /// run's training patients of the MIL data set only; the run's features
+    /// and MIL head use that encoder.
+    PerFold,
+}
+
+impl PretrainProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            PretrainProtocol::Disjoint => "disjoint",
+            PretrainProtocol::PerFold => "per-fold",
+        }
+    }
+}
+
 /// What the experiment runs. Build it with [`ExperimentConfig::from_value`] (a
 /// preset plus overrides) so unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,14 +67,20 @@ pub struct ExperimentConfig {
     pub encoders: Vec<String>,
     /// Preset of the pre-training runs (`cpu-small` or `paper`).
     pub pretrain_preset: String,
+    /// Where the self-supervised encoders are pre-trained.
+    #[serde(default)]
+    pub pretrain_protocol: PretrainProtocol,
     /// Overrides of the pre-training configuration: key `all` for every method,
     /// a method's name for that method (`{"all": {"epochs": 4}, "dino": {…}}`).
+    /// The experiment's `device` and the MIL data set as the monitors' probe
+    /// set apply unless these set them.
     pub pretrain: Map<String, Value>,
     /// MIL training: a preset name plus overrides (as `amlmil cv`).
     pub training: Value,
     pub folds: usize,
     pub seeds: Vec<u64>,
-    /// `auto`, `cpu`, `cuda`, `cuda:N`.
+    /// `auto`, `cpu`, `cuda`, `cuda:N`: every stage's device (pre-training's
+    /// unless `pretrain` overrides it).
     pub device: DeviceSpec,
     /// Cells per test patient in the top-attention galleries.
     pub gallery_cells: usize,
@@ -84,8 +116,9 @@ impl ExperimentConfig {
                 pretrain_cohort: cohort(6, (40, 60), 64, 0.1, 1000),
                 encoders: vec!["supervised".into(), "simclr".into(), "random".into()],
                 pretrain_preset: "cpu-small".into(),
+                pretrain_protocol: PretrainProtocol::Disjoint,
                 pretrain: pretrain_overrides(json!({
-                    "all": {"device": "cpu"},
+                    "all": {"monitor": {"probe_every_epochs": 4}},
                     "supervised": {"epochs": 4},
                     // 12 epochs ≈ 550 steps on this cohort: with 8 (~370)
                     // SimCLR's features stayed below the random floor in MIL
@@ -113,8 +146,9 @@ impl ExperimentConfig {
                 pretrain_cohort: cohort(8, (40, 60), 64, 0.1, 1001),
                 encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
                 pretrain_preset: "cpu-small".into(),
+                pretrain_protocol: PretrainProtocol::Disjoint,
                 pretrain: pretrain_overrides(json!({
-                    "all": {"device": "cpu"},
+                    "all": {"monitor": {"probe_every_epochs": 2}},
                     "supervised": {"epochs": 6},
                     "simclr": cpu_simclr(10),
                     "swav": {"epochs": 10, "swav": {"crops": {"global": {"scale": [0.4, 1.0]}}}},
@@ -140,6 +174,7 @@ impl ExperimentConfig {
                 pretrain_cohort: cohort(20, (200, 600), 144, 0.1, 1000),
                 encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
                 pretrain_preset: "paper".into(),
+                pretrain_protocol: PretrainProtocol::Disjoint,
                 pretrain: Map::new(),
                 training: json!({"preset": "paper", "standardize_features": true}),
                 folds: 5,
@@ -265,7 +300,7 @@ impl ExperimentConfig {
         let methods = self.encoders.iter().chain(self.pretrain.keys());
         for name in methods.filter(|e| !matches!(e.as_str(), "random" | "all")) {
             let method: SslMethod = name.parse()?;
-            self.pretrain_config(method, "dataset".into(), "output".into())?;
+            self.pretrain_config(method, "dataset".into(), "output".into(), "probe".into())?;
         }
         if self.probe_cells < 10 {
             return Err(Error::invalid("probe_cells", "must be at least 10"));
@@ -275,24 +310,26 @@ impl ExperimentConfig {
         Ok(())
     }
 
-    /// The pre-training configuration of `method` on `dataset`, writing to `output`.
+    /// The pre-training configuration of `method` on `dataset`, writing to
+    /// `output`, its monitors probing the typed cells of `probe` (the MIL data
+    /// set: cells pre-training does not see).
     pub fn pretrain_config(
         &self,
         method: SslMethod,
         dataset: PathBuf,
         output: PathBuf,
+        probe: PathBuf,
     ) -> Result<crate::ssl::PretrainConfig> {
-        let mut v =
-            json!({"method": method.name(), "preset": self.pretrain_preset, "seed": self.seed});
-        let obj = v.as_object_mut().expect("object");
+        let mut v = json!({
+            "method": method.name(), "preset": self.pretrain_preset, "seed": self.seed,
+            "device": self.device, "monitor": {"probe_dataset": probe},
+            "dataset": dataset, "output": output, "resume": true,
+        });
         for key in ["all", method.name()] {
-            if let Some(Value::Object(o)) = self.pretrain.get(key) {
-                obj.extend(o.clone());
+            if let Some(o @ Value::Object(_)) = self.pretrain.get(key) {
+                crate::settings::merge(&mut v, o.clone(), None)?;
             }
         }
-        obj.insert("dataset".into(), json!(dataset));
-        obj.insert("output".into(), json!(output));
-        obj.insert("resume".into(), json!(true));
         crate::ssl::PretrainConfig::from_value(v).map_err(|e| match e {
             Error::InvalidArgument { arg, reason } => {
                 Error::invalid(format!("pretrain.{} ({arg})", method.name()), reason)
@@ -318,6 +355,7 @@ impl ExperimentConfig {
             device: self.device,
             gallery_cells: self.gallery_cells,
             training: MilTrainConfig::from_value(self.training.clone())?,
+            fold_encoders: Default::default(),
         };
         config.validate()?;
         Ok(config)
@@ -370,10 +408,32 @@ mod tests {
         assert_eq!(c.pretrain["simclr"]["epochs"], 12, "merged, not replaced");
         assert_eq!(c.pretrain["simclr"]["batch_size"], 8);
         let p = c
-            .pretrain_config(SslMethod::SimClr, "d".into(), "e".into())
+            .pretrain_config(SslMethod::SimClr, "d".into(), "e".into(), "p".into())
             .unwrap();
         assert_eq!((p.epochs, p.batch_size, p.resume), (12, 8, true));
+        assert_eq!(p.monitor.probe_dataset, Some("p".into()));
         assert_eq!(c.seeds, vec![4]);
+    }
+
+    #[test]
+    fn the_experiments_device_reaches_pre_training_unless_overridden() {
+        let c = ExperimentConfig::from_value(json!({"output": "o", "device": "cuda"})).unwrap();
+        let p = c
+            .pretrain_config(SslMethod::SimClr, "d".into(), "e".into(), "p".into())
+            .unwrap();
+        assert_eq!(p.device, DeviceSpec::Cuda(0));
+        assert_eq!(p.device.to_string(), "cuda:0");
+        let c = ExperimentConfig::from_value(json!({
+            "output": "o", "device": "cuda:1", "pretrain": {"dino": {"device": "cpu"}},
+        }))
+        .unwrap();
+        let device = |m| {
+            c.pretrain_config(m, "d".into(), "e".into(), "p".into())
+                .unwrap()
+                .device
+        };
+        assert_eq!(device(SslMethod::Swav), DeviceSpec::Cuda(1));
+        assert_eq!(device(SslMethod::Dino), DeviceSpec::Cpu);
     }
 
     #[test]

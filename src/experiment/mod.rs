@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{ExperimentConfig, ENCODERS};
+pub use config::{ExperimentConfig, PretrainProtocol, ENCODERS};
 pub use embedding::Embedding;
 
 use crate::checkpoint::{self, EncoderManifest, Manifest, Provenance};
@@ -97,7 +97,14 @@ pub struct ExperimentEvent<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct EncoderResult {
     pub name: String,
+    /// The checkpoint probed and embedded (per-fold: the first run's).
     pub checkpoint: PathBuf,
+    /// Per-fold protocol: each run's own encoder (`seed{S}_fold{F}`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fold_checkpoints: std::collections::BTreeMap<String, PathBuf>,
+    /// What pre-training recorded (`done.json`'s summary: losses, monitors,
+    /// probes; per-fold: the first run's).
+    pub pretraining: serde_json::Value,
     pub probe: ProbeComparison,
     pub cv: CvReport,
 }
@@ -165,6 +172,13 @@ pub fn run_experiment(
         items_done: 0,
         items_total: 2 + 2 * config.encoders.len() + 2,
     };
+    let fold_pretrainings = config.folds * config.seeds.len() - 1;
+    run.items_total += fold_pretrainings
+        * config
+            .encoders
+            .iter()
+            .filter(|e| per_fold(config, e))
+            .count();
     run.items_total += config.encoders.len() * (config.folds * config.seeds.len());
 
     let dataset = match &config.dataset {
@@ -182,19 +196,30 @@ pub fn run_experiment(
         log::warn!("{issue}");
     }
 
-    let mut checkpoints = Vec::new();
+    let mut pretrained = Vec::new();
     for name in &config.encoders {
-        checkpoints.push(run.encoder(name, &pretrain_dataset)?);
-        run.items_done += 1;
+        pretrained.push(if per_fold(config, name) {
+            run.fold_encoders(name, &dataset, &mil_ds)?
+        } else {
+            let dir = out.join("encoders").join(name);
+            let (checkpoint, summary) =
+                run.encoder(name, &pretrain_dataset, &dir, None, &dataset)?;
+            run.items_done += 1;
+            (checkpoint, Default::default(), summary)
+        });
     }
     let mut encoders = Vec::new();
-    for (name, checkpoint) in config.encoders.iter().zip(checkpoints) {
+    for (name, (checkpoint, fold_checkpoints, pretraining)) in
+        config.encoders.iter().zip(pretrained)
+    {
         let probe = run.probe(name, &checkpoint, &mil_ds)?;
         run.items_done += 1;
-        let cv = run.cv(name, &checkpoint, &dataset)?;
+        let cv = run.cv(name, &checkpoint, &fold_checkpoints, &dataset)?;
         encoders.push(EncoderResult {
             name: name.clone(),
             checkpoint,
+            fold_checkpoints,
+            pretraining,
             probe,
             cv,
         });
@@ -354,29 +379,86 @@ impl Runner<'_, '_> {
         Ok(dir.to_path_buf())
     }
 
-    /// The checkpoint of encoder `name`, pre-trained (or resumed) on `dataset`.
-    fn encoder(&mut self, name: &str, dataset: &Path) -> Result<PathBuf> {
-        let dir = self.config.output.join("encoders").join(name);
+    /// Each run's own encoder `name`, pre-trained (or resumed) on the cells of
+    /// that run's training patients of the MIL data set only (per-fold
+    /// protocol): the first run's checkpoint and summary, and every run's.
+    #[allow(clippy::type_complexity)]
+    fn fold_encoders(
+        &mut self,
+        name: &str,
+        dataset: &Path,
+        mil: &Dataset,
+    ) -> Result<(
+        PathBuf,
+        std::collections::BTreeMap<String, PathBuf>,
+        serde_json::Value,
+    )> {
+        let mut all = std::collections::BTreeMap::new();
+        let mut first = None;
+        for &seed in &self.config.seeds {
+            for split in mil.folds(self.config.folds, seed)? {
+                let run = crate::training::run_name(seed, split.fold);
+                let dir = self.config.output.join("encoders").join(name).join(&run);
+                let train: Vec<String> = split
+                    .train
+                    .iter()
+                    .map(|&i| mil.patients()[i].id.clone())
+                    .collect();
+                let (checkpoint, summary) =
+                    self.encoder(name, dataset, &dir, Some(train), dataset)?;
+                self.items_done += 1;
+                first.get_or_insert((checkpoint.clone(), summary));
+                all.insert(run, checkpoint);
+            }
+        }
+        let (checkpoint, summary) =
+            first.ok_or_else(|| Error::invalid("folds", "no runs to pre-train for"))?;
+        Ok((checkpoint, all, summary))
+    }
+
+    /// The checkpoint of encoder `name` in `dir` and what its pre-training
+    /// recorded, pre-trained (or resumed) on `dataset` (only `patients`' cells
+    /// when given), its monitors probing `probe`'s typed cells.
+    fn encoder(
+        &mut self,
+        name: &str,
+        dataset: &Path,
+        dir: &Path,
+        patients: Option<Vec<String>>,
+        probe: &Path,
+    ) -> Result<(PathBuf, serde_json::Value)> {
+        let dir = dir.to_path_buf();
+        let label = match &patients {
+            Some(_) => format!("{name} {}", dir_name(&dir)),
+            None => name.to_owned(),
+        };
+        let name = label.as_str();
         let path = dir.join(crate::ssl::train::ENCODER_FILE);
         let (key, method) = if name == "random" {
             let size = self
                 .config
-                .pretrain_config(SslMethod::Supervised, dataset.into(), dir.clone())?
+                .pretrain_config(
+                    SslMethod::Supervised,
+                    dataset.into(),
+                    dir.clone(),
+                    probe.into(),
+                )?
                 .image_size;
             (
                 serde_json::json!({"random": {"seed": self.config.seed, "image_size": size}, "dataset": dataset}),
                 None,
             )
         } else {
-            let method: SslMethod = name.parse()?;
-            let pc = self
-                .config
-                .pretrain_config(method, dataset.into(), dir.clone())?;
+            let method: SslMethod = name.split(' ').next().unwrap_or(name).parse()?;
+            let mut pc =
+                self.config
+                    .pretrain_config(method, dataset.into(), dir.clone(), probe.into())?;
+            pc.patients = patients;
             (serde_json::to_value(&pc).unwrap_or_default(), Some(pc))
         };
-        if done_marker(&dir.join(DONE_FILE), &key).is_some() && path.exists() {
+        if let Some(done) = done_marker(&dir.join(DONE_FILE), &key).filter(|_| path.exists()) {
             self.record(Stage::Pretrain, Some(name), 0.0, false)?;
-            return Ok(path);
+            return Ok((path, done["summary"].clone()));
         }
         let started = Instant::now();
         create_dir(&dir)?;
@@ -406,9 +488,11 @@ impl Runner<'_, '_> {
                         .is_ok()
                 })?;
                 serde_json::json!({
-                    "method": name, "epochs": report.epochs_completed, "steps": report.steps_completed,
-                    "cells": report.cells,
+                    "method": report.method, "epochs": report.epochs_completed,
+                    "steps": report.steps_completed, "cells": report.cells,
                     "loss_by_epoch": report.history.iter().map(|h| h.mean_loss).collect::<Vec<_>>(),
+                    "monitors": report.monitors, "probes": report.probes,
+                    "patients_seen": report.patients,
                 })
             }
         };
@@ -422,7 +506,7 @@ impl Runner<'_, '_> {
             started.elapsed().as_secs_f64(),
             true,
         )?;
-        Ok(path)
+        Ok((path, summary))
     }
 
     fn probe(
@@ -455,11 +539,18 @@ impl Runner<'_, '_> {
         Ok(probe)
     }
 
-    fn cv(&mut self, name: &str, checkpoint: &Path, dataset: &Path) -> Result<CvReport> {
+    fn cv(
+        &mut self,
+        name: &str,
+        checkpoint: &Path,
+        fold_checkpoints: &std::collections::BTreeMap<String, PathBuf>,
+        dataset: &Path,
+    ) -> Result<CvReport> {
         let out = self.config.output.join("cv").join(name);
-        let cv = self
+        let mut cv = self
             .config
             .cv_config(dataset.into(), checkpoint.into(), out)?;
+        cv.fold_encoders = fold_checkpoints.clone();
         let started = Instant::now();
         let runs_before = self.items_done;
         let report = {
@@ -513,6 +604,16 @@ impl Runner<'_, '_> {
         )?;
         Ok(Some(e))
     }
+}
+
+/// Whether encoder `name` is pre-trained inside each run: a self-supervised
+/// method under the per-fold protocol.
+fn per_fold(config: &ExperimentConfig, name: &str) -> bool {
+    config.pretrain_protocol == PretrainProtocol::PerFold
+        && matches!(
+            name.parse::<SslMethod>(),
+            Ok(SslMethod::SimClr | SslMethod::Swav | SslMethod::Dino)
+        )
 }
 
 fn dir_name(dir: &Path) -> String {

@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::{ExperimentReport, Stage};
+use super::{ExperimentReport, PretrainProtocol, Stage};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
@@ -283,14 +283,23 @@ pub fn write(report: &ExperimentReport, dataset: &Dataset) -> Result<()> {
         &c.pretrain_cohort,
         &report.pretrain_dataset,
     )));
-    b.push(Block::Para(
-        "No leakage: every encoder is pre-trained once on the pre-training cells, which belong to other \
-         patients than the MIL cohort's (another generator seed), so no test patient's cell is seen in \
-         pre-training in any fold. The paper instead pre-trains its SSL encoders inside each fold on that \
-         fold's training patients, and its supervised encoder on an external annotated data set; the \
-         supervised encoder here learns the cell types of the pre-training cells (`cells.csv`)."
+    b.push(Block::Para(match c.pretrain_protocol {
+        PretrainProtocol::Disjoint => "No leakage, protocol `disjoint`: every encoder is pre-trained once on \
+         the pre-training cells, which belong to other patients than the MIL cohort's (another generator \
+         seed), so no test patient's cell is seen in pre-training in any fold. The paper instead pre-trains \
+         its SSL encoders inside each fold on that fold's training patients (protocol `per-fold`), and its \
+         supervised encoder on an external annotated data set; the supervised encoder here learns the cell \
+         types of the pre-training cells (`cells.csv`)."
             .into(),
-    ));
+        PretrainProtocol::PerFold => "No leakage, protocol `per-fold` (the paper's): each self-supervised \
+         encoder is pre-trained inside every run (fold × seed) on the cells of that run's training patients \
+         of the MIL cohort only, and that run's features and MIL head use it; validation and test patients' \
+         cells are never seen (each run's `encoders/<name>/<run>/done.json` lists the patients it saw). The \
+         supervised encoder and the random floor are made once from the pre-training cells (the paper's \
+         supervised encoder comes from an external annotated data set). The k-NN probe and the embedding \
+         below use the first run's encoder."
+            .into(),
+    }));
 
     // Table 1.
     let summaries: Vec<Summary> = report
@@ -523,6 +532,7 @@ pub fn write(report: &ExperimentReport, dataset: &Dataset) -> Result<()> {
 
     // Probe.
     b.push(Block::Heading(2, "k-NN cell-type probe".into()));
+    let opt = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), f3);
     let rows = report
         .encoders
         .iter()
@@ -532,22 +542,36 @@ pub fn write(report: &ExperimentReport, dataset: &Dataset) -> Result<()> {
                 e.probe.encoder.queries.to_string(),
                 f3(e.probe.encoder.accuracy),
                 f3(e.probe.encoder.macro_f1),
+                opt(e.probe.patient.as_ref().map(|p| p.macro_f1)),
+                opt(e.probe.effective_rank),
                 f3(e.probe.embedding_std),
             ]
         })
         .collect();
     b.push(Block::Table(
-        ["encoder", "cells", "accuracy", "macro F1", "embedding std"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "encoder",
+            "cells",
+            "accuracy",
+            "macro F1",
+            "patient-probe macro F1",
+            "effective rank",
+            "embedding std",
+        ]
+        .map(String::from)
+        .to_vec(),
         rows,
     ));
     b.push(Block::Para(
         "Weighted 5-NN on L2-normalised pooled features (DINO's protocol, T = 0.07), leave-one-out over typed \
-         cells of the MIL data set, which no encoder saw in pre-training. Embedding std: mean per-dimension \
-         standard deviation of the normalised features (0 = collapsed)."
+         cells of the MIL data set (protocol `disjoint`: no encoder saw them in pre-training). Patient probe: \
+         the same 5-NN predicting each cell's patient — an encoder that identifies patients better than the \
+         random floor has learnt the stain, not the cell. Effective rank: RankMe (exp of the entropy of the \
+         normalised singular values) of the same features, of at most 512 dimensions (a collapse gives ~1). \
+         Embedding std: mean per-dimension standard deviation of the normalised features (0 = collapsed)."
             .into(),
     ));
+    monitors(report, &mut b);
 
     // Galleries.
     b.push(Block::Heading(2, "Top-attention cells".into()));
@@ -595,6 +619,103 @@ pub fn write(report: &ExperimentReport, dataset: &Dataset) -> Result<()> {
     write_atomic(&out.join("report.md"), md(&b).as_bytes())?;
     write_atomic(&out.join("report.html"), html(&title, &b).as_bytes())?;
     Ok(())
+}
+
+/// What each encoder's pre-training recorded while it learnt: the batch
+/// monitors at the first and last monitored step and the k-NN probes during
+/// the run.
+fn monitors(report: &ExperimentReport, b: &mut Vec<Block>) {
+    b.push(Block::Heading(2, "While pre-training".into()));
+    let mut rows = Vec::new();
+    let mut probe_rows = Vec::new();
+    for e in &report.encoders {
+        let p = &e.pretraining;
+        let monitors = p["monitors"].as_array().cloned().unwrap_or_default();
+        let describe = |m: &serde_json::Value| {
+            let mut own: Vec<String> = m["method"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| format!("{k} {}", v.as_f64().map_or("–".into(), f3)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            own.insert(
+                0,
+                format!(
+                    "loss {}, rank {}, std {}",
+                    m["loss"].as_f64().map_or("–".into(), f3),
+                    m["effective_rank"]
+                        .as_f64()
+                        .map_or("–".into(), |v| format!("{v:.1}")),
+                    m["embedding_std"].as_f64().map_or("–".into(), f3)
+                ),
+            );
+            own.join("; ")
+        };
+        if let (Some(first), Some(last)) = (monitors.first(), monitors.last()) {
+            rows.push(vec![
+                e.name.clone(),
+                p["steps"].to_string(),
+                describe(first),
+                describe(last),
+            ]);
+        }
+        for probe in p["probes"].as_array().into_iter().flatten() {
+            probe_rows.push(vec![
+                e.name.clone(),
+                probe["epochs"].to_string(),
+                probe["cell_type"]["macro_f1"]
+                    .as_f64()
+                    .map_or("–".into(), f3),
+                probe["patient"]["macro_f1"].as_f64().map_or("–".into(), f3),
+                probe["effective_rank"]
+                    .as_f64()
+                    .map_or("–".into(), |v| format!("{v:.1}")),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        b.push(Block::Para("No encoder recorded monitors.".into()));
+        return;
+    }
+    b.push(Block::Table(
+        [
+            "encoder",
+            "steps",
+            "first monitored step",
+            "last monitored step",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    ));
+    b.push(Block::Para(
+        "Per monitored step, on the batch's pooled encoder features of the first view: rank = RankMe \
+         effective rank (at most the batch size), std = embedding std; SwAV: prototypes_used = distinct \
+         prototypes that are some cell's best match; DINO: teacher_entropy (ln K = uniform collapse, 0 = \
+         one-hot collapse) and kl (teacher → student)."
+            .into(),
+    ));
+    if !probe_rows.is_empty() {
+        b.push(Block::Table(
+            [
+                "encoder",
+                "epochs",
+                "cell-type macro F1",
+                "patient macro F1",
+                "effective rank",
+            ]
+            .map(String::from)
+            .to_vec(),
+            probe_rows,
+        ));
+        b.push(Block::Para(
+            "The k-NN probes during pre-training (typed cells of the MIL data set, the exported encoder: \
+             DINO's teacher)."
+                .into(),
+        ));
+    }
 }
 
 /// One gallery per class (its first patient, first seed) for each encoder,

@@ -458,7 +458,7 @@ pub unsafe extern "C" fn amlmil_session_info(
         let s = &arg_ref(session, "session")?.inner;
         let out = out_ptr(out_json, "out_json")?;
         let info = serde_json::json!({
-            "device": format!("{:?}", s.device()).to_lowercase(),
+            "device": crate::device::device_name(s.device()),
             "classes": s.classes(),
             "encoder": s.encoder_manifest(),
             "mil": s.mil_manifest(),

@@ -12,11 +12,14 @@ use crate::checkpoint::Normalization;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::model::EncoderArch;
-use crate::ssl::augment::{CropSpec, MultiCropConfig, ViewAugment, CELL_SIZE, CPU_SMALL_SIZE};
+use crate::ssl::augment::{MultiCropConfig, CELL_SIZE, CPU_SMALL_SIZE};
 use crate::ssl::dino::DinoConfig;
+use crate::ssl::method::{check_crop_sizes, Method, MethodConfig, RunSettings};
+use crate::ssl::monitor::MonitorConfig;
 use crate::ssl::optim::{AdamWConfig, SgdConfig};
 use crate::ssl::schedule::scaled_learning_rate;
 use crate::ssl::simclr::SimClrConfig;
+use crate::ssl::supervised::SupervisedConfig;
 use crate::ssl::swav::SwavConfig;
 
 /// How the encoder is pre-trained.
@@ -56,64 +59,13 @@ impl std::str::FromStr for SslMethod {
     }
 }
 
-/// The supervised baseline's view and sampling.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SupervisedConfig {
-    /// The one training view (`count` must be 1).
-    pub crop: CropSpec,
-    pub ratio: (f64, f64),
-    /// Draw cells with replacement, weight ∝ 1 / frequency of their type.
-    pub oversample: bool,
-}
-
-impl SupervisedConfig {
-    fn for_size(size: i64) -> Self {
-        SupervisedConfig {
-            crop: CropSpec {
-                count: 1,
-                size,
-                scale: (0.5, 1.0),
-                augment: vec![ViewAugment {
-                    p_horizontal_flip: 0.5,
-                    p_vertical_flip: 0.5,
-                    rotation: Some((-180.0, 180.0)),
-                    ..ViewAugment::identity()
-                }],
-            },
-            ratio: (3.0 / 4.0, 4.0 / 3.0),
-            oversample: true,
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        if self.crop.count != 1 {
-            return Err(Error::invalid(
-                "crop.count",
-                "the supervised view is one crop",
-            ));
-        }
-        // Reuse the multi-crop checks on a two-view set of this crop.
-        let mut spec = self.crop.clone();
-        spec.count = 2;
-        MultiCropConfig {
-            global: spec,
-            local: CropSpec {
-                count: 0,
-                ..self.crop.clone()
-            },
-            ratio: self.ratio,
-        }
-        .validate()
-    }
-}
-
 /// Everything a pre-training run needs. Build it with [`PretrainConfig::from_value`]
 /// (a preset plus overrides) so unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PretrainConfig {
-    pub method: SslMethod,
+    /// The method and its section, named after it (`"swav": {…}`).
+    #[serde(flatten)]
+    pub method: MethodConfig,
     /// `paper` or `cpu-small`.
     pub preset: String,
     /// Data set root (DESIGN.md §3); all patients' cells are used.
@@ -148,6 +100,13 @@ pub struct PretrainConfig {
     pub keep_every: u64,
     /// Threads decoding images (0: available cores, at most 8).
     pub decode_threads: usize,
+    /// Pre-train on the cells of these patients only (`null`: every patient);
+    /// the per-fold protocol gives a fold's training patients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patients: Option<Vec<String>>,
+    /// What is measured while the method learns ([`crate::ssl::monitor`]).
+    #[serde(default)]
+    pub monitor: MonitorConfig,
     /// fp16 autocast of the forward passes with dynamic loss scaling, on CUDA
     /// (ignored, with a warning, on the CPU).
     #[serde(default)]
@@ -156,14 +115,6 @@ pub struct PretrainConfig {
     pub sgd: Option<SgdConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adamw: Option<AdamWConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub simclr: Option<SimClrConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swav: Option<SwavConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dino: Option<DinoConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub supervised: Option<SupervisedConfig>,
 }
 
 impl PretrainConfig {
@@ -183,7 +134,7 @@ impl PretrainConfig {
         };
         let size = if small { CPU_SMALL_SIZE } else { CELL_SIZE };
         let mut c = PretrainConfig {
-            method,
+            method: MethodConfig::Supervised(SupervisedConfig::for_size(size)),
             preset: preset.to_owned(),
             dataset: PathBuf::new(),
             output: PathBuf::new(),
@@ -205,25 +156,21 @@ impl PretrainConfig {
             keep_every: if small { 0 } else { 50 },
             decode_threads: 0,
             mixed_precision: false,
-            sgd: None,
+            patients: None,
+            monitor: MonitorConfig::default(),
+            sgd: Some(SgdConfig::default()),
             adamw: None,
-            simclr: None,
-            swav: None,
-            dino: None,
-            supervised: None,
         };
-        match method {
+        c.method = match method {
             SslMethod::SimClr => {
                 // SimCLR: LARS lr 0.3 × B/256, wd 1e-6, 10 warm-up epochs.
-                c.sgd = Some(SgdConfig::default());
-                c.simclr = Some(SimClrConfig {
+                MethodConfig::SimClr(SimClrConfig {
                     crops: MultiCropConfig::simclr(size),
                     ..Default::default()
-                });
+                })
             }
             SslMethod::Swav => {
                 // SwAV: base 4.8 at batch 4096 (0.3 per 256), final lr base/1000.
-                c.sgd = Some(SgdConfig::default());
                 c.final_learning_rate = scaled_learning_rate(0.3, c.batch_size) / 1000.0;
                 let mut swav = SwavConfig {
                     crops: MultiCropConfig::swav(size),
@@ -234,7 +181,7 @@ impl PretrainConfig {
                     swav.num_prototypes = 30;
                     swav.freeze_prototypes_iterations = 20;
                 }
-                c.swav = Some(swav);
+                MethodConfig::Swav(swav)
             }
             SslMethod::Dino => {
                 // DINO: AdamW lr 5e-4 × B/256 → 1e-6, wd 0.04 → 0.4.
@@ -242,6 +189,7 @@ impl PretrainConfig {
                 c.final_learning_rate = 1e-6;
                 c.weight_decay = 0.04;
                 c.weight_decay_end = 0.4;
+                c.sgd = None;
                 c.adamw = Some(AdamWConfig::default());
                 let mut dino = DinoConfig {
                     crops: MultiCropConfig::dino(size),
@@ -270,7 +218,7 @@ impl PretrainConfig {
                     dino.teacher_momentum = 0.98;
                     dino.crops.without_colour_changes();
                 }
-                c.dino = Some(dino);
+                MethodConfig::Dino(dino)
             }
             SslMethod::Supervised => {
                 c.base_learning_rate = 0.1;
@@ -282,9 +230,9 @@ impl PretrainConfig {
                     larc_trust: None,
                     ..SgdConfig::default()
                 });
-                c.supervised = Some(SupervisedConfig::for_size(size));
+                MethodConfig::Supervised(SupervisedConfig::for_size(size))
             }
-        }
+        };
         Ok(c)
     }
 
@@ -293,10 +241,10 @@ impl PretrainConfig {
     /// objects merged key by key (`{"swav": {"num_prototypes": 30}}`). A key the
     /// preset does not have is an error naming its path.
     pub fn from_value(value: Value) -> Result<Self> {
-        let Value::Object(overrides) = value else {
+        let Value::Object(mut overrides) = value else {
             return Err(Error::invalid("config", "must be a JSON object"));
         };
-        let method: SslMethod = match overrides.get("method") {
+        let method: SslMethod = match overrides.remove("method") {
             Some(Value::String(m)) => m.parse()?,
             Some(other) => {
                 return Err(Error::invalid(
@@ -318,7 +266,17 @@ impl PretrainConfig {
         };
         let mut merged = serde_json::to_value(Self::preset(method, preset)?)
             .map_err(|e| Error::invalid("config", e.to_string()))?;
-        merge(&mut merged, Value::Object(overrides), "", method)?;
+        if overrides.get("sgd").is_some_and(Value::is_object) && merged.get("sgd").is_none() {
+            // The SGD alternative of an AdamW preset (DINO's) starts from
+            // plain momentum SGD.
+            let plain = SgdConfig {
+                larc_trust: None,
+                ..SgdConfig::default()
+            };
+            merged["sgd"] = serde_json::to_value(plain).unwrap_or(Value::Null);
+        }
+        let what = format!("{} pre-training", method.name());
+        crate::settings::merge(&mut merged, Value::Object(overrides), Some(&what))?;
         let config: Self =
             serde_json::from_value(merged).map_err(|e| Error::invalid("config", e.to_string()))?;
         config.validate()?;
@@ -330,13 +288,28 @@ impl PretrainConfig {
         Self::from_value(crate::settings::parse_value(text, is_toml)?)
     }
 
+    /// The method as the training loop sees it.
+    pub fn method(&self) -> &dyn Method {
+        self.method.method()
+    }
+
+    /// The method's name (`simclr`).
+    pub fn method_name(&self) -> &'static str {
+        self.method.name()
+    }
+
     /// The multi-crop views of a self-supervised method (`None`: supervised).
     pub fn multi_crop(&self) -> Option<&MultiCropConfig> {
-        match self.method {
-            SslMethod::SimClr => self.simclr.as_ref().map(|c| &c.crops),
-            SslMethod::Swav => self.swav.as_ref().map(|c| &c.crops),
-            SslMethod::Dino => self.dino.as_ref().map(|c| &c.crops),
-            SslMethod::Supervised => None,
+        self.method.multi_crop()
+    }
+
+    /// What a method checks itself against.
+    pub fn run_settings(&self) -> RunSettings {
+        RunSettings {
+            architecture: self.architecture,
+            batch_size: self.batch_size,
+            image_size: self.image_size,
+            adamw: self.adamw.is_some(),
         }
     }
 
@@ -354,9 +327,10 @@ impl PretrainConfig {
             return Err(Error::invalid("output", "required: the output directory"));
         }
         if self.batch_size < 2 {
-            let why = match self.method {
-                SslMethod::Supervised => "batch norm needs at least 2 images per batch",
-                _ => "the contrastive loss is undefined without another image in the batch",
+            let why = if self.method().needs_cell_types() {
+                "batch norm needs at least 2 images per batch"
+            } else {
+                "the contrastive loss is undefined without another image in the batch"
             };
             return Err(Error::invalid(
                 "batch_size",
@@ -414,137 +388,31 @@ impl PretrainConfig {
                 ));
             }
         }
-        let method = self.method.name();
-        // DINO trains with AdamW or, as its reference does for ResNets, SGD;
-        // the others with SGD (+ LARC). Exactly one optimiser section is set.
-        match (self.method, self.sgd.is_some(), self.adamw.is_some()) {
-            (_, true, false) | (SslMethod::Dino, false, true) => {}
-            (SslMethod::Dino, ..) => {
-                return Err(Error::invalid(
-                    "adamw",
-                    "dino trains with exactly one of the `adamw` and `sgd` optimisers \
-                     (set the other to null)",
-                ))
-            }
+        // Exactly one optimiser section is set; the method says which it takes.
+        match (&self.sgd, &self.adamw) {
+            (Some(s), None) => s.validate()?,
+            (None, Some(a)) => a.validate()?,
             _ => {
                 return Err(Error::invalid(
                     "sgd",
-                    format!("{method} trains with exactly the `sgd` optimiser"),
+                    format!(
+                        "{} trains with exactly one optimiser section, `sgd` or `adamw` \
+                         (set the other to null)",
+                        self.method_name()
+                    ),
                 ))
             }
         }
-        if let Some(s) = &self.sgd {
-            s.validate()?;
-        }
-        if let Some(a) = &self.adamw {
-            a.validate()?;
-        }
-        let present = [
-            (SslMethod::SimClr, self.simclr.is_some()),
-            (SslMethod::Swav, self.swav.is_some()),
-            (SslMethod::Dino, self.dino.is_some()),
-            (SslMethod::Supervised, self.supervised.is_some()),
-        ];
-        for (m, is_set) in present {
-            if is_set != (m == self.method) {
-                return Err(Error::invalid(
-                    m.name(),
-                    if is_set {
-                        format!("section given, but the method is {method}")
-                    } else {
-                        format!("section missing for method {method}")
-                    },
-                ));
-            }
-        }
-        let prefixed = |e: Error| match e {
-            Error::InvalidArgument { arg, reason } => {
-                Error::invalid(format!("{method}.{arg}"), reason)
-            }
-            other => other,
-        };
-        let feature_dim = self.architecture.feature_dim();
-        let in_dim = match (&self.simclr, &self.swav, &self.dino, &self.supervised) {
-            (Some(c), ..) => c.validate().map_err(prefixed).map(|()| c.in_dim)?,
-            (_, Some(c), ..) => {
-                c.validate().map_err(prefixed)?;
-                c.check_batch_size(self.batch_size)?;
-                c.in_dim
-            }
-            (_, _, Some(c), _) => c.validate().map_err(prefixed).map(|()| c.in_dim)?,
-            (_, _, _, Some(c)) => c.validate().map_err(prefixed).map(|()| feature_dim)?,
-            _ => unreachable!("exactly one method section was checked above"),
-        };
-        let crops = match (self.multi_crop(), &self.supervised) {
-            (Some(c), _) => vec![("crops.global", &c.global), ("crops.local", &c.local)],
-            (None, Some(c)) => vec![("crop", &c.crop)],
-            (None, None) => unreachable!("exactly one method section was checked above"),
-        };
-        if in_dim != feature_dim {
+        if self.patients.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::invalid(
-                format!("{method}.in_dim"),
-                format!(
-                    "{in_dim}, but {} gives {feature_dim}-d features",
-                    self.architecture.name()
-                ),
+                "patients",
+                "an empty list (null: every patient)",
             ));
         }
-        for (key, spec) in crops {
-            if spec.count > 0 && spec.size > self.image_size {
-                return Err(Error::invalid(
-                    format!("{method}.{key}.size"),
-                    format!(
-                        "{} px crops are larger than the {} px images (image_size)",
-                        spec.size, self.image_size
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Merges `over` into `base` key by key; keys absent from `base` are errors.
-fn merge(base: &mut Value, over: Value, path: &str, method: SslMethod) -> Result<()> {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                let key = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                if path.is_empty() && k == "sgd" && method == SslMethod::Dino && !b.contains_key(&k)
-                {
-                    // DINO's SGD alternative starts from plain momentum SGD.
-                    let plain = SgdConfig {
-                        larc_trust: None,
-                        ..SgdConfig::default()
-                    };
-                    b.insert(
-                        k.clone(),
-                        serde_json::to_value(plain).unwrap_or(Value::Null),
-                    );
-                }
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v, &key, method)?,
-                    None => {
-                        return Err(Error::invalid(
-                            key,
-                            format!(
-                                "unknown key (not a setting of {} pre-training)",
-                                method.name()
-                            ),
-                        ))
-                    }
-                }
-            }
-            Ok(())
-        }
-        (slot, v) => {
-            *slot = v;
-            Ok(())
-        }
+        self.monitor.validate()?;
+        let method = self.method();
+        method.check(&self.run_settings())?;
+        check_crop_sizes(method, self.image_size)
     }
 }
 
@@ -569,7 +437,9 @@ mod tests {
             assert_eq!((paper.image_size, paper.batch_size), (144, 512));
         }
         let c = with("swav", serde_json::json!({"swav": {"num_prototypes": 20}})).unwrap();
-        let swav = c.swav.unwrap();
+        let MethodConfig::Swav(swav) = c.method else {
+            panic!("not swav: {:?}", c.method)
+        };
         assert_eq!((swav.num_prototypes, swav.hidden_dim), (20, 512));
     }
 

@@ -21,7 +21,6 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::Normalization;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::ssl::augment::{random_resized_crop, GLOBAL_REFERENCE_SIDE};
 use crate::ssl::config::PretrainConfig;
 use crate::ssl::seed::{stream_seed, STREAM_ORDER, STREAM_SUBSET, STREAM_VIEWS};
 
@@ -150,20 +149,13 @@ pub fn normalize_views(views: &[Tensor], norm: &Normalization) -> Result<Vec<Ten
 }
 
 /// The normalised views of one batch of `[B, 3, S, S]` images in [0, 1]: the
-/// method's multi-crop views (global crops first), or the supervised one view.
+/// method's views (multi-crop: global crops first).
 fn make_views(
     config: &PretrainConfig,
     images: &Tensor,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<Tensor>> {
-    let views = match config.multi_crop() {
-        Some(crops) => crops.views(images, rng)?,
-        None => {
-            let c = config.supervised.as_ref().expect("validated");
-            let x = random_resized_crop(images, c.crop.size, c.crop.scale, c.ratio, rng)?;
-            vec![c.crop.augment[0].apply(&x, rng, GLOBAL_REFERENCE_SIDE)?]
-        }
-    };
+    let views = config.method().views(images, rng)?;
     normalize_views(&views, &config.normalization)
 }
 
@@ -234,7 +226,7 @@ fn epoch_order(
 ) -> Vec<i64> {
     let count = steps as usize * config.batch_size;
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(config.seed, STREAM_ORDER, epoch, 0));
-    let oversample = config.supervised.as_ref().is_some_and(|s| s.oversample);
+    let oversample = config.method().oversamples();
     if oversample && !labels.is_empty() {
         let classes = labels.iter().max().map_or(0, |m| *m as usize + 1);
         let mut freq = vec![0usize; classes];

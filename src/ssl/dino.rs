@@ -17,16 +17,23 @@
 //! student's by EMA, `θ_t ← λ θ_t + (1 − λ) θ_s`, with λ on a cosine from 0.996
 //! to 1 ([`crate::ssl::schedule::teacher_momentum`]).
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn::{self, ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::EncoderArch;
-use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
+use crate::model::{Encoder, EncoderArch};
+use crate::ssl::augment::{CropSpec, MultiCropConfig, CELL_SIZE};
 use crate::ssl::head::{check_temperature, check_widths, l2_normalize, Activation, Mlp};
+use crate::ssl::method::{
+    check_in_dim, embed_views, in_section, multi_crop_specs, BuildContext, Learner, Method,
+    RunSettings, StepAt, StepLoss, Student,
+};
 use crate::ssl::schedule;
+use crate::ssl::seed::init_seeded;
 
 /// Settings of DINO pre-training that the model, loss and helpers need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -465,6 +472,160 @@ pub fn ema_update_tensors(teacher: &[Tensor], student: &[Tensor], momentum: f64)
         }
         Ok(())
     })
+}
+
+impl Method for DinoConfig {
+    fn name(&self) -> &'static str {
+        "dino"
+    }
+
+    /// DINO trains with AdamW or, as its reference does for ResNets, SGD.
+    fn check(&self, run: &RunSettings) -> Result<()> {
+        in_section("dino", self.validate())?;
+        in_section("dino", check_in_dim(self.in_dim, run))
+    }
+
+    fn crops(&self) -> Vec<(&'static str, &CropSpec)> {
+        multi_crop_specs(&self.crops)
+    }
+
+    fn views(&self, images: &Tensor, rng: &mut ChaCha8Rng) -> Result<Vec<Tensor>> {
+        self.crops.views(images, rng)
+    }
+
+    /// The student's head, and a teacher that starts as a copy of the student
+    /// (no gradient; batch norm in training mode, as in DINO's code).
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Learner>> {
+        let head = DinoHead::new(&ctx.head_vs.root(), self)?;
+        init_seeded(ctx.head_vs, ctx.seed)?;
+        let mut encoder_vs = VarStore::new(ctx.device);
+        let encoder = Encoder::new(&encoder_vs.root(), ctx.architecture);
+        let mut head_vs = VarStore::new(ctx.device);
+        let teacher_head = DinoHead::new(&head_vs.root(), self)?;
+        copy_vars(&encoder_vs, ctx.encoder_vs)?;
+        copy_vars(&head_vs, ctx.head_vs)?;
+        encoder_vs.freeze();
+        head_vs.freeze();
+        Ok(Box::new(Dino {
+            config: self.clone(),
+            head,
+            loss: DinoLoss::new(self, ctx.device)?,
+            teacher: Teacher {
+                encoder,
+                encoder_vs,
+                head: teacher_head,
+                head_vs,
+            },
+            monitors: (f64::NAN, f64::NAN),
+        }))
+    }
+}
+
+/// Copies every variable of `src` into the same-named one of `dst`.
+fn copy_vars(dst: &VarStore, src: &VarStore) -> Result<()> {
+    let src = src.variables();
+    tch::no_grad(|| -> Result<()> {
+        for (name, t) in dst.variables() {
+            let s = src
+                .get(&name)
+                .ok_or_else(|| Error::Mismatch(format!("no variable `{name}` to copy")))?;
+            t.shallow_clone().f_copy_(s)?;
+        }
+        Ok(())
+    })
+}
+
+struct Teacher {
+    encoder: Encoder,
+    encoder_vs: VarStore,
+    head: DinoHead,
+    head_vs: VarStore,
+}
+
+/// DINO in training: the student's head, the loss with its centre, the teacher.
+struct Dino {
+    config: DinoConfig,
+    head: DinoHead,
+    loss: DinoLoss,
+    teacher: Teacher,
+    /// Teacher entropy and KL of the last monitored step.
+    monitors: (f64, f64),
+}
+
+impl Learner for Dino {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _cells: &Tensor,
+        at: StepAt,
+    ) -> Result<StepLoss> {
+        let c = &self.config;
+        self.head
+            .freeze_last_layer(at.epoch, c.freeze_last_layer_epochs);
+        let globals = c.crops.global.count;
+        let teacher = &self.teacher;
+        let (t_out, _) = tch::no_grad(|| {
+            embed_views(&teacher.encoder, &views[..globals], true, &|x| {
+                teacher.head.forward_t(x, true)
+            })
+        })?;
+        let head = &self.head;
+        let (s_out, features) = embed_views(encoder, views, true, &|x| head.forward_t(x, true))?;
+        if at.monitor {
+            self.monitors = self.loss.monitors(&s_out, &t_out, at.epoch)?;
+        }
+        Ok(StepLoss {
+            loss: self.loss.forward(&s_out, &t_out, at.epoch)?,
+            features,
+        })
+    }
+
+    /// The teacher follows the student: EMA with momentum on a cosine to 1.
+    fn after_step(&mut self, student: &Student, at: StepAt) -> Result<()> {
+        let m = schedule::teacher_momentum(at.step, self.config.teacher_momentum, at.total_steps);
+        ema_update(&self.teacher.encoder_vs, student.encoder, m)?;
+        ema_update(&self.teacher.head_vs, student.head, m)?;
+        Ok(())
+    }
+
+    fn clip_grad(&self) -> f64 {
+        self.config.clip_grad
+    }
+
+    fn stores(&self) -> Vec<(&'static str, &VarStore)> {
+        vec![
+            ("teacher.encoder", &self.teacher.encoder_vs),
+            ("teacher.head", &self.teacher.head_vs),
+        ]
+    }
+
+    /// DINO evaluates, so exports, the teacher.
+    fn exported(&self) -> Option<&VarStore> {
+        Some(&self.teacher.encoder_vs)
+    }
+
+    fn exported_name(&self) -> &'static str {
+        "teacher"
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        vec![("dino.center".into(), self.loss.center().shallow_clone())]
+    }
+
+    fn load_state(&mut self, tensors: &mut BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+        let c = tensors
+            .remove("dino.center")
+            .ok_or_else(|| Error::checkpoint(path, "state lacks `dino.center`"))?;
+        self.loss.set_center(&c)
+    }
+
+    fn monitors(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("teacher_entropy", self.monitors.0),
+            ("kl", self.monitors.1),
+        ]
+    }
 }
 
 /// DINO's `clip_gradients`: scales each parameter's gradient to norm at most

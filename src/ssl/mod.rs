@@ -32,6 +32,8 @@ pub mod config;
 pub mod data;
 pub mod dino;
 pub mod head;
+pub mod method;
+pub mod monitor;
 pub mod optim;
 pub mod probe;
 pub mod schedule;
@@ -39,6 +41,7 @@ pub mod seed;
 pub mod simclr;
 pub mod state;
 pub mod step;
+pub mod supervised;
 pub mod swav;
 pub mod train;
 
@@ -47,12 +50,13 @@ pub use augment::{
     CELL_SIZE, CPU_SMALL_SIZE,
 };
 pub use dino::{clip_gradients, ema_update, ema_update_tensors, DinoConfig, DinoHead, DinoLoss};
+pub use method::{Learner, Method, MethodConfig};
 pub use optim::{AdamW, AdamWConfig, Param, Sgd, SgdConfig};
 pub use probe::{knn_probe, KnnConfig, ProbeReport, ProbeSplit};
 pub use schedule::CosineSchedule;
 pub use simclr::{nt_xent_loss, ProjectionHead, SimClrConfig};
+pub use supervised::SupervisedConfig;
 pub use swav::{sinkhorn, swav_loss, Prototypes, SwavConfig, SwavHead, SwavQueue};
 pub use train::{
     pretrain, PretrainConfig, PretrainEvent, PretrainReport, PretrainStage, SslMethod,
-    SupervisedConfig,
 };

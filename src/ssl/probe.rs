@@ -70,6 +70,10 @@ pub struct LabelledCells {
     pub labels: Vec<usize>,
     /// Cell-type names, sorted.
     pub classes: Vec<String>,
+    /// Patient index of each cell into `patient_ids`.
+    pub patients: Vec<usize>,
+    /// Patient ids, sorted.
+    pub patient_ids: Vec<String>,
 }
 
 /// The cells of `dataset` that have a `cells.csv` type (a seeded subset of at
@@ -101,10 +105,20 @@ pub fn labelled_cells(
             classes.binary_search_by(|c| c.as_str().cmp(t)).unwrap_or(0)
         })
         .collect();
+    let mut patient_ids: Vec<String> = cache.ids.iter().map(|(p, _)| p.clone()).collect();
+    patient_ids.sort();
+    patient_ids.dedup();
+    let patients = cache
+        .ids
+        .iter()
+        .map(|(p, _)| patient_ids.binary_search(p).unwrap_or(0))
+        .collect();
     Ok(LabelledCells {
         images: cache.images,
         labels,
         classes,
+        patients,
+        patient_ids,
     })
 }
 
@@ -287,6 +301,18 @@ pub struct ProbeComparison {
     /// [`embedding_std`] of the encoder's features (and the random one's).
     pub embedding_std: f64,
     pub random_embedding_std: Option<f64>,
+    /// The same probe against the cells' patients: high when the features
+    /// identify the patient (the stain) rather than the cell.
+    #[serde(default)]
+    pub patient: Option<ProbeReport>,
+    #[serde(default)]
+    pub random_patient: Option<ProbeReport>,
+    /// Effective rank (RankMe) of the probe cells' features, and the random
+    /// encoder's ([`crate::ssl::monitor::effective_rank`]).
+    #[serde(default)]
+    pub effective_rank: Option<f64>,
+    #[serde(default)]
+    pub random_effective_rank: Option<f64>,
     /// Cell types, sorted (the classes of the probe).
     pub classes: Vec<String>,
 }
@@ -303,14 +329,16 @@ pub fn compare_with_random(
     let (encoder, manifest, _vs) = crate::frozen::load_encoder(path, Device::Cpu)?;
     let cells = labelled_cells(dataset, manifest.input_size, max_cells, 0)?;
     let norm = &manifest.normalization;
-    let probe = |encoder: &Encoder| -> Result<(ProbeReport, f64)> {
+    let probe = |encoder: &Encoder| -> Result<(ProbeReport, f64, ProbeReport, f64)> {
         let f = pooled_features(encoder, &cells.images, norm, 64, Device::Cpu)?;
         Ok((
             knn_probe(&f, &cells.labels, cells.classes.len(), config)?,
             embedding_std(&f)?,
+            knn_probe(&f, &cells.patients, cells.patient_ids.len(), config)?,
+            crate::ssl::monitor::effective_rank(&f)?,
         ))
     };
-    let (report, std) = probe(&encoder)?;
+    let (report, std, patient, rank) = probe(&encoder)?;
     let random = match random_seed {
         Some(seed) => {
             let (random, _vs) =
@@ -323,6 +351,10 @@ pub fn compare_with_random(
         encoder: report,
         embedding_std: std,
         random_embedding_std: random.as_ref().map(|r| r.1),
+        patient: Some(patient),
+        random_patient: random.as_ref().map(|r| r.2.clone()),
+        effective_rank: Some(rank),
+        random_effective_rank: random.as_ref().map(|r| r.3),
         random: random.map(|r| r.0),
         classes: cells.classes,
     })

@@ -16,12 +16,19 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
+use rand_chacha::ChaCha8Rng;
+
 use crate::error::{Error, Result};
-use crate::model::EncoderArch;
-use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
+use crate::model::{Encoder, EncoderArch};
+use crate::ssl::augment::{CropSpec, MultiCropConfig, CELL_SIZE};
 use crate::ssl::head::{
     check_temperature, check_widths, l2_normalize, torch_linear_init, Activation, Mlp,
 };
+use crate::ssl::method::{
+    check_in_dim, embed_views, in_section, multi_crop_specs, sgd_only, BuildContext, Learner,
+    Method, RunSettings, StepAt, StepLoss,
+};
+use crate::ssl::seed::init_seeded;
 
 /// Settings of SimCLR pre-training that the model and loss need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +95,58 @@ impl Module for ProjectionHead {
     /// the loss normalises).
     fn forward(&self, xs: &Tensor) -> Tensor {
         self.mlp.forward_t(xs, false)
+    }
+}
+
+impl Method for SimClrConfig {
+    fn name(&self) -> &'static str {
+        "simclr"
+    }
+
+    fn check(&self, run: &RunSettings) -> Result<()> {
+        in_section("simclr", self.validate())?;
+        in_section("simclr", check_in_dim(self.in_dim, run))?;
+        sgd_only("simclr", run)
+    }
+
+    fn crops(&self) -> Vec<(&'static str, &CropSpec)> {
+        multi_crop_specs(&self.crops)
+    }
+
+    fn views(&self, images: &Tensor, rng: &mut ChaCha8Rng) -> Result<Vec<Tensor>> {
+        self.crops.views(images, rng)
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Learner>> {
+        let head = ProjectionHead::new(&ctx.head_vs.root(), self)?;
+        init_seeded(ctx.head_vs, ctx.seed)?;
+        Ok(Box::new(SimClr {
+            head,
+            temperature: self.temperature,
+        }))
+    }
+}
+
+/// SimCLR in training: the projection head and τ.
+struct SimClr {
+    head: ProjectionHead,
+    temperature: f64,
+}
+
+impl Learner for SimClr {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _cells: &Tensor,
+        _at: StepAt,
+    ) -> Result<StepLoss> {
+        let head = &self.head;
+        let (z, features) = embed_views(encoder, views, true, &|x| head.forward(x))?;
+        Ok(StepLoss {
+            loss: nt_xent_loss(&z[0], &z[1], self.temperature)?,
+            features,
+        })
     }
 }
 

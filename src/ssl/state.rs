@@ -22,7 +22,8 @@ use tch::{Device, Tensor};
 use crate::checkpoint::{self, EncoderManifest, Manifest, Provenance};
 use crate::error::{Error, Result};
 use crate::model::EncoderArch;
-use crate::ssl::config::{PretrainConfig, SslMethod};
+use crate::ssl::config::PretrainConfig;
+use crate::ssl::monitor::{ProbeMonitor, StepMonitor};
 use crate::ssl::step::{Model, Optimizer};
 use crate::ssl::train::EpochRecord;
 
@@ -38,7 +39,8 @@ pub(super) const STATE_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct StateMeta {
     pub(super) format_version: u32,
-    pub(super) method: SslMethod,
+    /// The method's name (`simclr`).
+    pub(super) method: String,
     pub(super) architecture: EncoderArch,
     pub(super) epochs_completed: u64,
     pub(super) steps_completed: u64,
@@ -46,9 +48,12 @@ pub(super) struct StateMeta {
     pub(super) cells: usize,
     /// How randomness is derived (there is no generator state to save).
     pub(super) rng: String,
-    pub(super) queue_filled: i64,
     pub(super) history: Vec<EpochRecord>,
     pub(super) step_losses: Vec<f64>,
+    #[serde(default)]
+    pub(super) monitors: Vec<StepMonitor>,
+    #[serde(default)]
+    pub(super) probes: Vec<ProbeMonitor>,
     pub(super) config: PretrainConfig,
 }
 
@@ -68,18 +73,18 @@ fn read_safetensors(path: &Path, key: &str) -> Result<(BTreeMap<String, Tensor>,
 pub(super) fn read_state(
     path: &Path,
     config: &PretrainConfig,
+    method: &str,
 ) -> Result<(StateMeta, BTreeMap<String, Tensor>)> {
     let (tensors, json) = read_safetensors(path, STATE_KEY)?;
     let meta: StateMeta = serde_json::from_str(&json)
         .map_err(|e| Error::checkpoint(path, format!("state metadata is not valid: {e}")))?;
-    if meta.method != config.method {
+    if meta.method != method {
         return Err(Error::invalid(
             "method",
             format!(
-                "cannot resume: {} holds a {} run, this configuration is {}",
+                "cannot resume: {} holds a {} run, this configuration is {method}",
                 path.display(),
-                meta.method.name(),
-                config.method.name()
+                meta.method,
             ),
         ));
     }
@@ -118,8 +123,8 @@ fn differing_keys(a: &PretrainConfig, b: &PretrainConfig) -> Vec<String> {
         .collect()
 }
 
-fn provenance(config: &PretrainConfig, meta: &StateMeta) -> Provenance {
-    let mut p = Provenance::new(config.method.name(), Some(config.seed));
+fn provenance(config: &PretrainConfig, meta: &StateMeta, exported: &str) -> Provenance {
+    let mut p = Provenance::new(&meta.method, Some(config.seed));
     let d = &mut p.details;
     d.insert(
         "config".into(),
@@ -131,11 +136,6 @@ fn provenance(config: &PretrainConfig, meta: &StateMeta) -> Provenance {
     if let Some(last) = meta.history.last() {
         d.insert("last_epoch_loss".into(), last.mean_loss.into());
     }
-    let exported = if config.method == SslMethod::Dino {
-        "teacher"
-    } else {
-        "student"
-    };
     d.insert("exported".into(), exported.into());
     p
 }
@@ -147,7 +147,7 @@ pub(super) fn save_epoch(
     meta: &StateMeta,
     cell_types: Option<&[String]>,
 ) -> Result<()> {
-    let mut prov = provenance(config, meta);
+    let mut prov = provenance(config, meta, model.learner().exported_name());
     if let Some(types) = cell_types {
         prov.details.insert("cell_types".into(), types.into());
     }

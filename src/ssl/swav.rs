@@ -20,10 +20,20 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand_chacha::ChaCha8Rng;
+
 use crate::error::{Error, Result};
-use crate::model::EncoderArch;
-use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
+use crate::model::{Encoder, EncoderArch};
+use crate::ssl::augment::{CropSpec, MultiCropConfig, CELL_SIZE};
 use crate::ssl::head::{check_temperature, l2_normalize, torch_linear_init, Activation, Mlp};
+use crate::ssl::method::{
+    check_in_dim, embed_views, in_section, multi_crop_specs, sgd_only, BuildContext, Learner,
+    Method, RunSettings, StepAt, StepLoss,
+};
+use crate::ssl::seed::init_seeded;
 
 /// Settings of SwAV pre-training that the model and loss need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -442,6 +452,170 @@ impl SwavQueue {
         };
         self.filled = (self.filled + b).min(l);
         Ok(())
+    }
+
+    /// The queued embeddings `[A, L, D]` and how many of the `L` slots are filled.
+    pub fn state(&self) -> (&Tensor, i64) {
+        (&self.embeddings, self.filled)
+    }
+
+    /// Restores [`SwavQueue::state`]; the shape must be the queue's.
+    pub fn restore(&mut self, embeddings: &Tensor, filled: i64) -> Result<()> {
+        if embeddings.size() != self.embeddings.size() {
+            return Err(Error::invalid(
+                "swav.queue",
+                format!(
+                    "shape {:?}, expected {:?}",
+                    embeddings.size(),
+                    self.embeddings.size()
+                ),
+            ));
+        }
+        self.embeddings = embeddings
+            .f_to_device(self.embeddings.device())?
+            .f_to_kind(self.embeddings.kind())?;
+        self.filled = filled.clamp(0, self.embeddings.size()[1]);
+        Ok(())
+    }
+}
+
+impl Method for SwavConfig {
+    fn name(&self) -> &'static str {
+        "swav"
+    }
+
+    fn check(&self, run: &RunSettings) -> Result<()> {
+        in_section("swav", self.validate())?;
+        in_section("swav", check_in_dim(self.in_dim, run))?;
+        self.check_batch_size(run.batch_size)?;
+        sgd_only("swav", run)
+    }
+
+    fn crops(&self) -> Vec<(&'static str, &CropSpec)> {
+        multi_crop_specs(&self.crops)
+    }
+
+    fn views(&self, images: &Tensor, rng: &mut ChaCha8Rng) -> Result<Vec<Tensor>> {
+        self.crops.views(images, rng)
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Learner>> {
+        let root = ctx.head_vs.root();
+        let head = SwavHead::new(&root, self)?;
+        let mut prototypes = Prototypes::new(&root, self.out_dim, self.num_prototypes)?;
+        init_seeded(ctx.head_vs, ctx.seed)?;
+        prototypes.normalize_();
+        let queue = if self.queue_length > 0 {
+            Some(SwavQueue::new(
+                self.assignment_crops.len(),
+                self.queue_length,
+                self.out_dim,
+                ctx.device,
+            )?)
+        } else {
+            None
+        };
+        Ok(Box::new(Swav {
+            config: self.clone(),
+            head,
+            prototypes,
+            queue,
+            prototypes_used: f64::NAN,
+        }))
+    }
+}
+
+/// SwAV in training: head, prototypes, the optional queue.
+struct Swav {
+    config: SwavConfig,
+    head: SwavHead,
+    prototypes: Prototypes,
+    queue: Option<SwavQueue>,
+    /// Distinct prototypes that are some cell's best match in the last
+    /// monitored batch (all assignment crops).
+    prototypes_used: f64,
+}
+
+impl Learner for Swav {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _cells: &Tensor,
+        at: StepAt,
+    ) -> Result<StepLoss> {
+        let c = &self.config;
+        self.prototypes.normalize_();
+        self.prototypes
+            .freeze_for_iterations(at.step, c.freeze_prototypes_iterations);
+        let head = &self.head;
+        let (z, features) = embed_views(encoder, views, true, &|x| head.forward_t(x, true))?;
+        let scores = z
+            .iter()
+            .map(|e| self.prototypes.scores(e))
+            .collect::<Result<Vec<_>>>()?;
+        if at.monitor {
+            let best: Vec<Tensor> = c
+                .assignment_crops
+                .iter()
+                .map(|&a| scores[a].detach().argmax(1, false))
+                .collect();
+            let best = Tensor::f_cat(&best, 0)?;
+            self.prototypes_used = best.f_unique_dim(0, false, false, false)?.0.size()[0] as f64;
+        }
+        let active = self
+            .queue
+            .as_mut()
+            .filter(|_| at.epoch >= c.queue_start_epoch);
+        let queue_scores = match &active {
+            Some(q) => q.scores(&self.prototypes)?,
+            None => None,
+        };
+        let loss = swav_loss(
+            &scores,
+            &c.assignment_crops,
+            c.temperature,
+            c.epsilon,
+            c.sinkhorn_iterations,
+            queue_scores.as_deref(),
+        )?;
+        if let Some(q) = active {
+            let assigned: Vec<Tensor> = c.assignment_crops.iter().map(|&a| z[a].detach()).collect();
+            q.push(&assigned)?;
+        }
+        Ok(StepLoss { loss, features })
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        match &self.queue {
+            Some(q) => {
+                let (embeddings, filled) = q.state();
+                vec![
+                    ("swav.queue".into(), embeddings.shallow_clone()),
+                    ("swav.queue_filled".into(), Tensor::from_slice(&[filled])),
+                ]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn load_state(&mut self, tensors: &mut BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+        let Some(q) = &mut self.queue else {
+            return Ok(());
+        };
+        let mut take = |key: &str| {
+            tensors
+                .remove(key)
+                .ok_or_else(|| Error::checkpoint(path, format!("state lacks `{key}`")))
+        };
+        let embeddings = take("swav.queue")?;
+        let filled = take("swav.queue_filled")?.f_int64_value(&[0])?;
+        q.restore(&embeddings, filled)
+            .map_err(|e| Error::checkpoint(path, e.to_string()))
+    }
+
+    fn monitors(&self) -> Vec<(&'static str, f64)> {
+        vec![("prototypes_used", self.prototypes_used)]
     }
 }
 

@@ -295,6 +295,12 @@ pub struct CvConfig {
     /// Training settings: a preset name plus overrides.
     #[serde(default = "default_training", deserialize_with = "training_from_value")]
     pub training: MilTrainConfig,
+    /// An encoder of its own for some runs (`seed{S}_fold{F}` → checkpoint):
+    /// the per-fold protocol, each pre-trained on its fold's training patients
+    /// only. Their features are cached in `<output>/fold-features/<run>`; runs
+    /// not listed use `encoder`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fold_encoders: std::collections::BTreeMap<String, PathBuf>,
 }
 
 fn default_folds() -> usize {
@@ -397,6 +403,7 @@ impl CvConfig {
                 device: DeviceSpec::default(),
                 gallery_cells: default_gallery(),
                 training: default_training(),
+                fold_encoders: Default::default(),
             },
         };
         if o.features.is_some() {

@@ -222,49 +222,16 @@ fn prepare(config: &CvConfig, progress: &mut dyn FnMut(CvEvent) -> bool) -> Resu
         .features
         .clone()
         .unwrap_or_else(|| config.output.join("features"));
-    let cache = if config.features.is_some() {
-        FeatureCache::open(&features_dir, Some(&config.encoder))?
-    } else {
-        let options = ExtractOptions {
-            flips: config.training.flips,
-            encoder: EncoderOptions {
-                device: config.device,
-                ..Default::default()
-            },
-        };
-        extract_features(
-            &dataset,
-            &config.encoder,
-            &features_dir,
-            &options,
-            &mut |_, done, total| progress(CvEvent::Extract { done, total }),
-        )?
-    };
-    if config.training.flips && cache.manifest().flips.len() < 4 {
-        return Err(Error::Mismatch(format!(
-            "training.flips is on but the feature cache {} holds no flip variants; extract with flips",
-            features_dir.display()
-        )));
-    }
+    let (cache, bags) = features_and_bags(
+        config,
+        &dataset,
+        &config.encoder,
+        &features_dir,
+        config.features.is_some(),
+        progress,
+    )?;
     // The classes present, in the fixed order; labels index into this list.
     let classes: Vec<String> = present.iter().map(|&c| BAG_LABELS[c].to_string()).collect();
-    let bags = dataset
-        .patients()
-        .iter()
-        .map(|p| {
-            let f = cache.load(&p.id)?;
-            Ok(TrainBag {
-                patient_id: p.id.clone(),
-                label: present
-                    .iter()
-                    .position(|&c| c == p.class_index)
-                    .unwrap_or(0),
-                cell_ids: f.cell_ids,
-                maps: f.maps,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-
     let head = head_config(
         &config.training,
         cache.manifest().feature_map,
@@ -282,6 +249,98 @@ fn prepare(config: &CvConfig, progress: &mut dyn FnMut(CvEvent) -> bool) -> Resu
     })
 }
 
+/// The feature cache of `encoder` (opened when `existing`, else made or
+/// resumed in `features_dir`) and every patient's bag from it.
+fn features_and_bags(
+    config: &CvConfig,
+    dataset: &Dataset,
+    encoder: &Path,
+    features_dir: &Path,
+    existing: bool,
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<(FeatureCache, Vec<TrainBag>)> {
+    let cache = if existing {
+        FeatureCache::open(features_dir, Some(encoder))?
+    } else {
+        let options = ExtractOptions {
+            flips: config.training.flips,
+            encoder: EncoderOptions {
+                device: config.device,
+                ..Default::default()
+            },
+        };
+        extract_features(
+            dataset,
+            encoder,
+            features_dir,
+            &options,
+            &mut |_, done, total| progress(CvEvent::Extract { done, total }),
+        )?
+    };
+    if config.training.flips && cache.manifest().flips.len() < 4 {
+        return Err(Error::Mismatch(format!(
+            "training.flips is on but the feature cache {} holds no flip variants; extract with flips",
+            features_dir.display()
+        )));
+    }
+    let present: std::collections::BTreeSet<usize> = dataset.labels().into_iter().collect();
+    let bags = dataset
+        .patients()
+        .iter()
+        .map(|p| {
+            let f = cache.load(&p.id)?;
+            Ok(TrainBag {
+                patient_id: p.id.clone(),
+                label: present
+                    .iter()
+                    .position(|&c| c == p.class_index)
+                    .unwrap_or(0),
+                cell_ids: f.cell_ids,
+                maps: f.maps,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((cache, bags))
+}
+
+impl Prepared {
+    /// The same runs on the features of another encoder (a fold's own),
+    /// cached in `features_dir`.
+    fn with_encoder(
+        &self,
+        config: &CvConfig,
+        encoder: &Path,
+        features_dir: PathBuf,
+        progress: &mut dyn FnMut(CvEvent) -> bool,
+    ) -> Result<Prepared> {
+        let (cache, bags) = features_and_bags(
+            config,
+            &self.dataset,
+            encoder,
+            &features_dir,
+            false,
+            progress,
+        )?;
+        if cache.manifest().feature_map != self.cache.manifest().feature_map {
+            return Err(Error::Mismatch(format!(
+                "fold encoder {} gives feature maps {:?}, the others {:?}",
+                encoder.display(),
+                cache.manifest().feature_map,
+                self.cache.manifest().feature_map
+            )));
+        }
+        Ok(Prepared {
+            dataset: self.dataset.clone(),
+            cache,
+            bags,
+            classes: self.classes.clone(),
+            head: self.head.clone(),
+            device: self.device,
+            features_dir,
+        })
+    }
+}
+
 /// Trains fold `split` of `seed` and writes its run directory.
 fn run_fold(
     p: &Prepared,
@@ -293,10 +352,7 @@ fn run_fold(
 ) -> Result<(RunSummary, Report, Vec<TestOutput>, bool)> {
     let (dataset, bags, classes, device) = (&p.dataset, &p.bags, &p.classes, p.device);
     let mut tests = Vec::new();
-    let dir = config
-        .output
-        .join("runs")
-        .join(format!("seed{seed}_fold{}", split.fold));
+    let dir = config.output.join("runs").join(run_name(seed, split.fold));
     create_dir(&dir)?;
     let pick = |idx: &[usize]| idx.iter().map(|&i| &bags[i]).collect::<Vec<_>>();
     let (train, val, test) = (
@@ -554,6 +610,11 @@ fn train_run(
     ))
 }
 
+/// The name of the run of `fold` with `seed` (its folder under `runs/`).
+pub fn run_name(seed: u64, fold: usize) -> String {
+    format!("seed{seed}_fold{fold}")
+}
+
 /// Runs the whole cross-validation described by `config`.
 pub fn cross_validate(
     config: &CvConfig,
@@ -582,7 +643,17 @@ pub fn cross_validate(
     for (si, &seed) in config.seeds.iter().enumerate() {
         for split in p.dataset.folds(config.folds, seed)? {
             let run = report.runs.len();
-            match run_fold(&p, config, seed, &split, (run, runs_total), progress) {
+            let name = run_name(seed, split.fold);
+            let own;
+            let fold_p = match config.fold_encoders.get(&name) {
+                Some(encoder) if *encoder != config.encoder => {
+                    let dir = config.output.join("fold-features").join(&name);
+                    own = p.with_encoder(config, encoder, dir, progress)?;
+                    &own
+                }
+                _ => &p,
+            };
+            match run_fold(fold_p, config, seed, &split, (run, runs_total), progress) {
                 Ok((summary, metrics, outputs, reloaded)) => {
                     report.runs_reloaded += usize::from(reloaded);
                     report.runs.push(summary);

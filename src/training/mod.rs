@@ -9,5 +9,5 @@ pub mod mil;
 
 pub use attention::AttentionAnalysis;
 pub use config::{Accumulation, CvConfig, CvOverrides, LrSchedule, MilTrainConfig};
-pub use cv::{cross_validate, CvEvent, CvReport};
+pub use cv::{cross_validate, run_name, CvEvent, CvReport};
 pub use mil::{train_mil, BagSampler, EpochRecord, TrainBag, TrainEvent, TrainedMil};

@@ -386,7 +386,7 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
         let rate = per_s * args.batch_size as f64;
         line(
             serde_json::json!({"impl": format!("amlmil_{layout}"), "arch": arch.name(), "size": args.size,
-            "batch": args.batch_size, "device": format!("{device:?}").to_lowercase(),
+            "batch": args.batch_size, "device": amlmil::device::device_name(device),
             "threads": tch::get_num_threads(), "cells_per_s": (rate * 10.0).round() / 10.0,
             "peak_rss_mb": peak_rss_mb()}),
         );

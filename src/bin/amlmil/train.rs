@@ -26,6 +26,45 @@ pub(crate) struct PretrainArgs {
     /// JSON object of further overrides, e.g. '{"batch_size": 64}'.
     #[arg(long)]
     set: Option<String>,
+    /// Pre-train on these patients' cells only (comma-separated patient ids).
+    #[arg(long, value_delimiter = ',', conflicts_with = "fold")]
+    patients: Option<Vec<String>>,
+    /// Pre-train on the training patients of this fold of DATASET only (the
+    /// paper's per-fold protocol; the 60/20/20 rotation of `amlmil cv`).
+    #[arg(long)]
+    fold: Option<usize>,
+    /// Folds of the split `--fold` picks from.
+    #[arg(long, default_value_t = 5, requires = "fold")]
+    folds: usize,
+    /// Seed of the split `--fold` picks from (as `amlmil cv --seeds`).
+    #[arg(long, default_value_t = 0, requires = "fold")]
+    fold_seed: u64,
+}
+
+/// The patients `--patients` names, or the training patients of `--fold`.
+fn pretrain_patients(args: &PretrainArgs) -> amlmil::Result<Option<Vec<String>>> {
+    use amlmil::dataset::{Dataset, OpenOptions};
+    let Some(fold) = args.fold else {
+        return Ok(args.patients.clone());
+    };
+    let (ds, _) = Dataset::open(&args.dataset, &OpenOptions::fail())?;
+    let split = ds
+        .folds(args.folds, args.fold_seed)?
+        .into_iter()
+        .nth(fold)
+        .ok_or_else(|| {
+            amlmil::Error::invalid(
+                "--fold",
+                format!("{fold} is not below --folds {}", args.folds),
+            )
+        })?;
+    Ok(Some(
+        split
+            .train
+            .iter()
+            .map(|&i| ds.patients()[i].id.clone())
+            .collect(),
+    ))
 }
 
 #[derive(clap::Args)]
@@ -150,6 +189,9 @@ pub(crate) fn pretrain_cmd(args: PretrainArgs) -> amlmil::Result<()> {
     if let Some(e) = args.epochs {
         v["epochs"] = e.into();
     }
+    if let Some(ids) = pretrain_patients(&args)? {
+        v["patients"] = ids.into();
+    }
     if let Some(extra) = &args.set {
         let extra: serde_json::Value = serde_json::from_str(extra)
             .map_err(|e| amlmil::Error::invalid("--set", e.to_string()))?;
@@ -169,7 +211,7 @@ pub(crate) fn pretrain_cmd(args: PretrainArgs) -> amlmil::Result<()> {
             PretrainStage::Step => {
                 bar.set_message(format!(
                     "{} epoch {}/{} loss {:.4} {:.0} img/s",
-                    config.method.name(),
+                    config.method_name(),
                     e.epoch + 1,
                     e.epochs,
                     e.loss,
@@ -191,11 +233,32 @@ pub(crate) fn pretrain_cmd(args: PretrainArgs) -> amlmil::Result<()> {
     bar.finish_and_clear();
     println!(
         "{} encoder: {} ({} epochs, {} steps)",
-        report.method.name(),
+        report.method,
         report.encoder.display(),
         report.epochs_completed,
         report.steps_completed
     );
+    if let Some(m) = report.monitors.last() {
+        let own: Vec<String> = m
+            .method
+            .iter()
+            .map(|(k, v)| format!(", {k} {v:.3}"))
+            .collect();
+        println!(
+            "step {}: loss {:.4}, effective rank {:.1}, embedding std {:.4}{}",
+            m.step,
+            m.loss,
+            m.effective_rank,
+            m.embedding_std,
+            own.concat()
+        );
+    }
+    for p in &report.probes {
+        println!(
+            "after epoch {}: k-NN cell type macro F1 {:.3}, patient macro F1 {:.3}, rank {:.1}",
+            p.epochs, p.cell_type.macro_f1, p.patient.macro_f1, p.effective_rank
+        );
+    }
     Ok(())
 }
 
