@@ -19,18 +19,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::{Encoder, EncoderArch};
-use crate::ssl::augment::{CropSpec, MultiCropConfig, CELL_SIZE};
+use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
 use crate::ssl::head::{check_temperature, check_widths, l2_normalize, Activation, Mlp};
 use crate::ssl::method::{
-    check_in_dim, embed_views, in_section, multi_crop_specs, BuildContext, Learner, Method,
-    RunSettings, StepAt, StepLoss, Student,
+    check_in_dim, embed_views, in_section, BuildContext, Learner, Method, RunSettings, StepAt,
+    StepLoss, Student,
 };
 use crate::ssl::schedule;
 use crate::ssl::seed::init_seeded;
@@ -485,12 +484,8 @@ impl Method for DinoConfig {
         in_section("dino", check_in_dim(self.in_dim, run))
     }
 
-    fn crops(&self) -> Vec<(&'static str, &CropSpec)> {
-        multi_crop_specs(&self.crops)
-    }
-
-    fn views(&self, images: &Tensor, rng: &mut ChaCha8Rng) -> Result<Vec<Tensor>> {
-        self.crops.views(images, rng)
+    fn multi_crop(&self) -> Option<&MultiCropConfig> {
+        Some(&self.crops)
     }
 
     /// The student's head, and a teacher that starts as a copy of the student

@@ -77,11 +77,26 @@ pub trait Method {
     /// Checks the section against the run; errors name the key by its full
     /// path (`swav.num_prototypes`, `batch_size`; [`in_section`] prefixes).
     fn check(&self, run: &RunSettings) -> Result<()>;
+    /// The multi-crop views of a method that has them (the defaults of
+    /// [`Method::crops`] and [`Method::views`] use them).
+    fn multi_crop(&self) -> Option<&MultiCropConfig> {
+        None
+    }
     /// The crops whose sizes must fit the images, by key inside the section.
-    fn crops(&self) -> Vec<(&'static str, &CropSpec)>;
+    fn crops(&self) -> Vec<(&'static str, &CropSpec)> {
+        self.multi_crop().map(multi_crop_specs).unwrap_or_default()
+    }
     /// The views of one batch of `[B, 3, S, S]` images in `[0, 1]` (not yet
     /// normalised), global views first.
-    fn views(&self, images: &Tensor, rng: &mut ChaCha8Rng) -> Result<Vec<Tensor>>;
+    fn views(&self, images: &Tensor, rng: &mut ChaCha8Rng) -> Result<Vec<Tensor>> {
+        match self.multi_crop() {
+            Some(crops) => crops.views(images, rng),
+            None => Err(Error::invalid(
+                self.name(),
+                "the method defines neither multi-crop views nor views of its own",
+            )),
+        }
+    }
     /// Whether the method trains on `cells.csv` cell types.
     fn needs_cell_types(&self) -> bool {
         false
@@ -175,12 +190,7 @@ impl MethodConfig {
 
     /// The multi-crop views of a self-supervised method (`None`: supervised).
     pub fn multi_crop(&self) -> Option<&MultiCropConfig> {
-        match self {
-            MethodConfig::SimClr(c) => Some(&c.crops),
-            MethodConfig::Swav(c) => Some(&c.crops),
-            MethodConfig::Dino(c) => Some(&c.crops),
-            MethodConfig::Supervised(_) => None,
-        }
+        self.method().multi_crop()
     }
 }
 
@@ -193,7 +203,7 @@ pub(crate) fn in_section(method: &str, r: Result<()>) -> Result<()> {
 }
 
 /// The crops of a multi-crop section, by key inside the section.
-pub(crate) fn multi_crop_specs(crops: &MultiCropConfig) -> Vec<(&'static str, &CropSpec)> {
+fn multi_crop_specs(crops: &MultiCropConfig) -> Vec<(&'static str, &CropSpec)> {
     vec![
         ("crops.global", &crops.global),
         ("crops.local", &crops.local),

@@ -16,17 +16,15 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
-use rand_chacha::ChaCha8Rng;
-
 use crate::error::{Error, Result};
 use crate::model::{Encoder, EncoderArch};
-use crate::ssl::augment::{CropSpec, MultiCropConfig, CELL_SIZE};
+use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
 use crate::ssl::head::{
     check_temperature, check_widths, l2_normalize, torch_linear_init, Activation, Mlp,
 };
 use crate::ssl::method::{
-    check_in_dim, embed_views, in_section, multi_crop_specs, sgd_only, BuildContext, Learner,
-    Method, RunSettings, StepAt, StepLoss,
+    check_in_dim, embed_views, in_section, sgd_only, BuildContext, Learner, Method, RunSettings,
+    StepAt, StepLoss,
 };
 use crate::ssl::seed::init_seeded;
 
@@ -109,12 +107,8 @@ impl Method for SimClrConfig {
         sgd_only("simclr", run)
     }
 
-    fn crops(&self) -> Vec<(&'static str, &CropSpec)> {
-        multi_crop_specs(&self.crops)
-    }
-
-    fn views(&self, images: &Tensor, rng: &mut ChaCha8Rng) -> Result<Vec<Tensor>> {
-        self.crops.views(images, rng)
+    fn multi_crop(&self) -> Option<&MultiCropConfig> {
+        Some(&self.crops)
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Learner>> {

@@ -23,15 +23,13 @@ use tch::{Device, Kind, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rand_chacha::ChaCha8Rng;
-
 use crate::error::{Error, Result};
 use crate::model::{Encoder, EncoderArch};
-use crate::ssl::augment::{CropSpec, MultiCropConfig, CELL_SIZE};
+use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
 use crate::ssl::head::{check_temperature, l2_normalize, torch_linear_init, Activation, Mlp};
 use crate::ssl::method::{
-    check_in_dim, embed_views, in_section, multi_crop_specs, sgd_only, BuildContext, Learner,
-    Method, RunSettings, StepAt, StepLoss,
+    check_in_dim, embed_views, in_section, sgd_only, BuildContext, Learner, Method, RunSettings,
+    StepAt, StepLoss,
 };
 use crate::ssl::seed::init_seeded;
 
@@ -491,12 +489,8 @@ impl Method for SwavConfig {
         sgd_only("swav", run)
     }
 
-    fn crops(&self) -> Vec<(&'static str, &CropSpec)> {
-        multi_crop_specs(&self.crops)
-    }
-
-    fn views(&self, images: &Tensor, rng: &mut ChaCha8Rng) -> Result<Vec<Tensor>> {
-        self.crops.views(images, rng)
+    fn multi_crop(&self) -> Option<&MultiCropConfig> {
+        Some(&self.crops)
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Learner>> {
