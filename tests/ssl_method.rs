@@ -68,6 +68,9 @@ impl Learner for RotationLearner {
         _cells: &Tensor,
         _at: StepAt,
     ) -> amlmil::Result<StepLoss> {
+        // The loop hands over this method's views, not the configuration's
+        // (SimCLR's two).
+        assert_eq!(views.len(), 1, "the method's own views");
         let features = encoder.forward_t(&views[0], true);
         let b = features.size()[0];
         let target = Tensor::arange(b, (Kind::Int64, features.device())).remainder(4);

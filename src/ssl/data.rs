@@ -22,6 +22,7 @@ use crate::checkpoint::Normalization;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::ssl::config::PretrainConfig;
+use crate::ssl::method::Method;
 use crate::ssl::seed::{stream_seed, STREAM_ORDER, STREAM_SUBSET, STREAM_VIEWS};
 
 /// Cells of a data set decoded at one size.
@@ -152,10 +153,11 @@ pub fn normalize_views(views: &[Tensor], norm: &Normalization) -> Result<Vec<Ten
 /// method's views (multi-crop: global crops first).
 fn make_views(
     config: &PretrainConfig,
+    method: &dyn Method,
     images: &Tensor,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<Tensor>> {
-    let views = config.method().views(images, rng)?;
+    let views = method.views(images, rng)?;
     normalize_views(&views, &config.normalization)
 }
 
@@ -174,8 +176,10 @@ pub(super) const PREFETCH_BATCHES: usize = 2;
 /// `tx` until the receiver hangs up or a batch fails (sent as the error). Each
 /// step's views come from its own `(seed, epoch, step)` stream, so what this
 /// thread makes does not depend on timing.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn produce_batches(
     config: &PretrainConfig,
+    method: &dyn Method,
     images: &Tensor,
     labels: &[i64],
     first_epoch: u64,
@@ -187,6 +191,7 @@ pub(super) fn produce_batches(
     for epoch in first_epoch..config.epochs {
         let order = epoch_order(
             config,
+            method.oversamples(),
             images.size()[0] as usize,
             labels,
             epoch,
@@ -200,7 +205,7 @@ pub(super) fn produce_batches(
                 let x = to_unit_float(&images.f_index_select(0, &indices)?, device)?;
                 let mut rng =
                     ChaCha8Rng::seed_from_u64(stream_seed(config.seed, STREAM_VIEWS, epoch, step));
-                let views = make_views(config, &x, &mut rng)?;
+                let views = make_views(config, method, &x, &mut rng)?;
                 Ok(Batch {
                     step,
                     indices,
@@ -219,6 +224,7 @@ pub(super) fn produce_batches(
 /// or (supervised with oversampling) drawn with weight ∝ 1/type frequency.
 fn epoch_order(
     config: &PretrainConfig,
+    oversample: bool,
     n: usize,
     labels: &[i64],
     epoch: u64,
@@ -226,7 +232,6 @@ fn epoch_order(
 ) -> Vec<i64> {
     let count = steps as usize * config.batch_size;
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(config.seed, STREAM_ORDER, epoch, 0));
-    let oversample = config.method().oversamples();
     if oversample && !labels.is_empty() {
         let classes = labels.iter().max().map_or(0, |m| *m as usize + 1);
         let mut freq = vec![0usize; classes];

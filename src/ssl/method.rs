@@ -70,8 +70,9 @@ pub struct StepLoss {
     pub features: Tensor,
 }
 
-/// A self-supervised (or supervised) pre-training method, as configured.
-pub trait Method {
+/// A self-supervised (or supervised) pre-training method, as configured
+/// (`Sync`: the view thread makes its views while the loop trains).
+pub trait Method: Sync {
     /// The name used in configurations, files and reports (`simclr`).
     fn name(&self) -> &'static str;
     /// Checks the section against the run; errors name the key by its full

@@ -197,6 +197,7 @@ pub fn pretrain_method(
     };
     let mut run = Run {
         config,
+        method,
         method_name: method.name(),
         device,
         amp,
@@ -345,6 +346,7 @@ impl TrainingCells {
 /// A run in progress: the model, its optimiser and the state that is saved.
 struct Run<'a> {
     config: &'a PretrainConfig,
+    method: &'a dyn Method,
     method_name: &'static str,
     device: Device,
     amp: bool,
@@ -423,9 +425,11 @@ impl Run<'_> {
             let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_BATCHES);
             let images = cells.cache.images.shallow_clone();
             let labels = &cells.labels;
+            let method = self.method;
             scope.spawn(move || {
                 produce_batches(
                     config,
+                    method,
                     &images,
                     labels,
                     first_epoch,
