@@ -53,7 +53,9 @@ Outputs under ``--out``: ``<method>/backbone.safetensors`` (torchvision names),
 ``<method>/encoder.safetensors`` (``amlmil import``), ``<method>/probe.json``,
 ``results.json`` (method, steps, seconds, losses, probe accuracy / macro F1 of
 the encoder and the probe's random encoder, RankMe), and a markdown table on
-stdout. ``init`` is the untrained torchvision initialisation (0 steps).
+stdout. ``init`` is the untrained torchvision initialisation (0 steps). A run
+with ``--methods`` replaces those methods' entries of an existing ``results.json``
+and keeps the others'.
 """
 import argparse
 import copy
@@ -351,17 +353,21 @@ def main():
     print(f"{len(images)} pre-training cells, {len(probe_images)} probe cells for RankMe",
           flush=True)
     results_path = os.path.join(args.out, "results.json")
+    methods = args.methods.split(",")
+    if set(methods) - {"init", "simclr", "swav", "dino"}:
+        sys.exit(f"unknown method in {args.methods!r} (init, simclr, swav, dino)")
     results = []
-    for name in args.methods.split(","):
+    if os.path.exists(results_path):  # keep the other methods' earlier results
+        with open(results_path) as f:
+            results = [r for r in json.load(f)["results"] if r["method"] not in methods]
+    for name in methods:
         if name == "init":
             seed_everything(args.seed)
             backbone = resnet18()
             record = {"steps": 0, "seconds": 0.0, "loss_first30": None, "loss_last30": None,
                       "loss_final": None}
-        elif name in ("simclr", "swav", "dino"):
-            backbone, record = pretrain(name, images, args)
         else:
-            sys.exit(f"unknown method {name!r}")
+            backbone, record = pretrain(name, images, args)
         report = export_and_probe(backbone, os.path.join(args.out, name), args)
         results.append({
             "method": name, **record,
@@ -373,6 +379,7 @@ def main():
             "probe_cells": report["encoder"]["queries"],
         })
         print(json.dumps(results[-1]), flush=True)
+        results.sort(key=lambda r: ["init", "simclr", "swav", "dino"].index(r["method"]))
         with open(results_path, "w") as f:  # rewritten after each method: partial runs keep theirs
             json.dump({"lightly": "1.6.0", "torch": torch.__version__, "seed": args.seed,
                        "batch_size": args.batch_size, "results": results}, f, indent=2)
