@@ -20,13 +20,17 @@
 //! functions each step. Losses are written from the papers' formulas and checked
 //! against PyTorch in `tests/ssl_losses.rs`.
 //!
-//! The pre-training loop itself is [`train::pretrain`] (configuration
-//! [`train::PretrainConfig`], presets `paper` and `cpu-small`, in [`config`]),
-//! with its data and views in [`data`], each method's step in [`step`], its
-//! checkpoints and resumable state in [`state`] and its seeded random streams in
-//! [`seed`]; the optimisers it needs are in [`optim`] (SGD + LARC, AdamW with
-//! DINO's parameter groups) and the k-NN probe that compares encoders in
-//! [`probe`].
+//! A method is one [`method::Method`] (its configuration section) building one
+//! [`method::Learner`] (its heads, teacher, queue or classifier), each in the
+//! method's own file; [`supervised`] is the cell-type baseline. The
+//! pre-training loop itself is [`train::pretrain`] (configuration
+//! [`train::PretrainConfig`], presets `paper` and `cpu-small`, in [`config`];
+//! any `Method` through [`train::pretrain_method`]), which names no method,
+//! with its data and views in [`data`], the model and optimiser in [`step`],
+//! its checkpoints and resumable state in [`state`], its seeded random streams
+//! in [`seed`] and what it measures while it learns in [`monitor`]; the
+//! optimisers it needs are in [`optim`] (SGD + LARC, AdamW with DINO's
+//! parameter groups) and the k-NN probe that compares encoders in [`probe`].
 pub mod augment;
 pub mod config;
 pub mod data;
