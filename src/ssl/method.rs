@@ -76,7 +76,7 @@ pub trait Method: Sync {
     /// The name used in configurations, files and reports (`simclr`).
     fn name(&self) -> &'static str;
     /// Checks the section against the run; errors name the key by its full
-    /// path (`swav.num_prototypes`, `batch_size`; [`in_section`] prefixes).
+    /// path (`swav.num_prototypes`, `batch_size`; the built-in methods prefix with `in_section`).
     fn check(&self, run: &RunSettings) -> Result<()>;
     /// The multi-crop views of a method that has them (the defaults of
     /// [`Method::crops`] and [`Method::views`] use them).
