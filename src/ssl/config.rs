@@ -252,11 +252,22 @@ impl PretrainConfig {
                     format!("{other} is not a method name (simclr, swav, dino, supervised)"),
                 ))
             }
+            // A serialised configuration names its method by its one section.
             None => {
-                return Err(Error::invalid(
-                    "method",
-                    "required: simclr, swav, dino or supervised",
-                ))
+                let sections: Vec<SslMethod> = ["simclr", "swav", "dino", "supervised"]
+                    .into_iter()
+                    .filter(|k| overrides.get(*k).is_some_and(Value::is_object))
+                    .filter_map(|k| k.parse().ok())
+                    .collect();
+                match sections[..] {
+                    [one] => one,
+                    _ => {
+                        return Err(Error::invalid(
+                            "method",
+                            "required: simclr, swav, dino or supervised",
+                        ))
+                    }
+                }
             }
         };
         let preset = match overrides.get("preset") {
@@ -441,6 +452,15 @@ mod tests {
             panic!("not swav: {:?}", c.method)
         };
         assert_eq!((swav.num_prototypes, swav.hidden_dim), (20, 512));
+    }
+
+    #[test]
+    fn a_serialised_configuration_parses_back_to_itself() {
+        for m in ["simclr", "swav", "dino", "supervised"] {
+            let c = with(m, serde_json::json!({"epochs": 3})).unwrap();
+            let back = PretrainConfig::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+            assert_eq!(back, c, "{m}");
+        }
     }
 
     #[test]
