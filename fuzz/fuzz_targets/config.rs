@@ -18,7 +18,7 @@ fuzz_target!(init: amlmil_fuzz::init("config"), |data: &[u8]| {
         amlmil_fuzz::report("ExperimentConfig::parse", &experiment);
         if let Ok(c) = experiment {
             for m in [SslMethod::SimClr, SslMethod::Swav, SslMethod::Dino, SslMethod::Supervised] {
-                let _ = c.pretrain_config(m, "data".into(), "out".into());
+                let _ = c.pretrain_config(m, "data".into(), "out".into(), "probe".into());
             }
             let _ = c.cv_config("data".into(), "encoder.safetensors".into(), "out".into());
         }
