@@ -18,6 +18,8 @@
 //!   saturation `s·x + (1−s)·grey(x)`, each factor `~ U(max(0, 1−σ), 1+σ)`, hue
 //!   `h ← (h + δ) mod 1` in HSV with `δ ~ U(−σ_h, σ_h)`, results clamped to
 //!   `[0, 1]`, the four in a random order per image, applied with probability p;
+//! - stain jitter: per image and dye, concentration `c ← α c + β` in
+//!   optical-density space (`OD = −ln x = c · basis`), see [`StainJitter`];
 //! - greyscale `0.299 R + 0.587 G + 0.114 B` (ITU-R 601-2) on all three channels;
 //! - Gaussian blur with `σ ~ U(σ_min, σ_max)` pixels per image (separable, kernel
 //!   radius `⌈3 σ_max⌉`, reflected borders);
@@ -31,7 +33,7 @@
 //!
 //! **Layout.** This file holds the crop sizes, [`Padding`] and the checks and
 //! per-image helpers every family shares; `geometry.rs` the flips, rotations
-//! and resized crops; `colour.rs` greyscale, HSV and colour jitter;
+//! and resized crops; `colour.rs` greyscale, HSV and colour jitter; `stain.rs` the stain jitter;
 //! `blur_solarize.rs` Gaussian blur and solarisation; `pipeline.rs` the
 //! per-view chain [`ViewAugment`] and the multi-crop views of
 //! [`MultiCropConfig`].
@@ -45,6 +47,7 @@ mod blur_solarize;
 mod colour;
 mod geometry;
 mod pipeline;
+mod stain;
 
 pub use blur_solarize::{gaussian_blur, solarize, GaussianBlur, Solarize};
 pub use colour::{
@@ -56,6 +59,7 @@ pub use geometry::{
     sample_crop_box, vflip, CropBox,
 };
 pub use pipeline::{local_size_for, CropSpec, MultiCropConfig, ViewAugment};
+pub use stain::StainJitter;
 
 /// Side of the cells of the data set (DESIGN.md §2), which presets scale to.
 pub const CELL_SIZE: i64 = 144;

@@ -8,13 +8,13 @@ use tch::Tensor;
 use super::geometry::check_crop_ranges;
 use super::{
     check_images, check_probability, check_range, random_flips, random_grayscale,
-    random_resized_crop, random_rotation, ColorJitter, GaussianBlur, Padding, Solarize, CELL_SIZE,
-    CPU_SMALL_SIZE, GLOBAL_REFERENCE_SIDE, LOCAL_REFERENCE_SIDE,
+    random_resized_crop, random_rotation, ColorJitter, GaussianBlur, Padding, Solarize,
+    StainJitter, CELL_SIZE, CPU_SMALL_SIZE, GLOBAL_REFERENCE_SIDE, LOCAL_REFERENCE_SIDE,
 };
 use crate::error::{Error, Result};
 
 /// Augmentations of one view after its crop, applied in this order: flips,
-/// rotation, colour jitter, greyscale, blur, solarisation.
+/// rotation, stain jitter, colour jitter, greyscale, blur, solarisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewAugment {
     pub p_horizontal_flip: f64,
@@ -22,6 +22,9 @@ pub struct ViewAugment {
     /// Angle range in degrees, drawn uniformly; `None` for no rotation.
     pub rotation: Option<(f64, f64)>,
     pub rotation_padding: Padding,
+    /// Off unless set (configurations written before it parse unchanged).
+    #[serde(default)]
+    pub stain_jitter: StainJitter,
     pub color_jitter: ColorJitter,
     pub p_grayscale: f64,
     pub blur: GaussianBlur,
@@ -39,6 +42,7 @@ impl ViewAugment {
             // Cells have no up or down: any angle.
             rotation: Some((-180.0, 180.0)),
             rotation_padding: Padding::Border,
+            stain_jitter: StainJitter::none(),
             color_jitter: ColorJitter::simclr(1.0),
             p_grayscale: 0.2,
             blur: GaussianBlur {
@@ -77,6 +81,7 @@ impl ViewAugment {
             p_vertical_flip: 0.0,
             rotation: None,
             rotation_padding: Padding::Border,
+            stain_jitter: StainJitter::none(),
             color_jitter: ColorJitter::none(),
             p_grayscale: 0.0,
             blur: GaussianBlur {
@@ -96,6 +101,7 @@ impl ViewAugment {
         if let Some(r) = self.rotation {
             check_range("rotation", r, f64::NEG_INFINITY)?;
         }
+        self.stain_jitter.validate()?;
         self.color_jitter.validate()?;
         check_probability("p_grayscale", self.p_grayscale)?;
         self.blur.validate()?;
@@ -116,6 +122,7 @@ impl ViewAugment {
         if let Some(degrees) = self.rotation {
             x = random_rotation(&x, degrees, self.rotation_padding, rng)?;
         }
+        x = self.stain_jitter.apply(&x, rng)?;
         x = self.color_jitter.apply(&x, rng)?;
         x = random_grayscale(&x, self.p_grayscale, rng)?;
         x = self.blur.apply(&x, rng, reference_side)?;
@@ -219,17 +226,15 @@ impl MultiCropConfig {
         }
     }
 
-    /// Turns off colour jitter and greyscale in every view (the `cpu-small`
-    /// DINO preset: at that scale they drive DINO's head to uniform outputs).
-    pub fn without_colour_changes(&mut self) {
+    /// Sets the stain jitter of every view.
+    pub fn set_stain_jitter(&mut self, jitter: StainJitter) {
         for a in self
             .global
             .augment
             .iter_mut()
             .chain(self.local.augment.iter_mut())
         {
-            a.color_jitter = ColorJitter::none();
-            a.p_grayscale = 0.0;
+            a.stain_jitter = jitter;
         }
     }
 
