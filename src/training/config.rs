@@ -154,7 +154,10 @@ impl MilTrainConfig {
     }
 
     /// Builds a config from a JSON object: the preset named by its `preset` key
-    /// (default `paper`) with the object's other keys overriding it.
+    /// (default `paper`) with the object's other keys merged over it key by key
+    /// ([`crate::settings::merge`]: `{"cell_net": {"dropout": 0.1}}` keeps the
+    /// preset's other `cell_net` settings; a key the preset lacks is an error
+    /// naming `training.<path>`).
     pub fn from_value(value: serde_json::Value) -> Result<Self> {
         let serde_json::Value::Object(overrides) = value else {
             return Err(Error::invalid("training", "must be a JSON object"));
@@ -165,9 +168,17 @@ impl MilTrainConfig {
             .unwrap_or("paper");
         let mut merged = serde_json::to_value(Self::preset(preset)?)
             .map_err(|e| Error::invalid("training", e.to_string()))?;
-        if let serde_json::Value::Object(m) = &mut merged {
-            m.extend(overrides);
-        }
+        crate::settings::merge(
+            &mut merged,
+            serde_json::Value::Object(overrides),
+            Some("MIL training"),
+        )
+        .map_err(|e| match e {
+            Error::InvalidArgument { arg, reason } => {
+                Error::invalid(format!("training.{arg}"), reason)
+            }
+            other => other,
+        })?;
         let config: Self = serde_json::from_value(merged)
             .map_err(|e| Error::invalid("training", e.to_string()))?;
         config.validate()?;
@@ -472,7 +483,23 @@ mod tests {
             .unwrap();
         assert_eq!((c.epochs, c.accumulate), (3, 20));
         let e = MilTrainConfig::from_value(serde_json::json!({"learning_rat": 0.1})).unwrap_err();
-        assert!(e.to_string().contains("learning_rat"), "{e}");
+        assert!(e.to_string().contains("training.learning_rat"), "{e}");
+        // Nested settings merge key by key; another `type` replaces the section.
+        let c =
+            MilTrainConfig::from_value(serde_json::json!({"cell_net": {"channels": [8, 8, 8]}}))
+                .unwrap();
+        assert_eq!(
+            c.head.cell_net,
+            CellNet::FourConv {
+                channels: [8, 8, 8]
+            }
+        );
+        let c = MilTrainConfig::from_value(serde_json::json!({"cell_net": {"type": "pooled"}}))
+            .unwrap();
+        assert_eq!(c.head.cell_net, CellNet::Pooled);
+        let e = MilTrainConfig::from_value(serde_json::json!({"cell_net": {"chanels": [8, 8, 8]}}))
+            .unwrap_err();
+        assert!(e.to_string().contains("training.cell_net.chanels"), "{e}");
         let e = MilTrainConfig::from_value(serde_json::json!({"learning_rate": -0.1})).unwrap_err();
         assert!(e.to_string().contains("learning_rate"), "{e}");
         let e = MilTrainConfig::from_value(serde_json::json!({"patience": 0})).unwrap_err();
