@@ -33,6 +33,20 @@ pub fn in_file(path: &Path, e: Error) -> Error {
     }
 }
 
+/// Deserialises a merged settings value; an error names the key path that
+/// failed (`pretrain.byol`, `cohort.seed`), or `config` at the top level.
+pub fn deserialize<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let arg = if path == "." {
+            "config".to_string()
+        } else {
+            path
+        };
+        Error::invalid(arg, e.into_inner().to_string())
+    })
+}
+
 /// Merges `over` into `base` key by key: objects recursively, anything else
 /// (numbers, lists, `null`) replaced; an object whose `type` tag differs from
 /// the base's replaces it whole (another variant of a tagged setting). A key

@@ -41,6 +41,53 @@ impl PretrainProtocol {
     }
 }
 
+/// Overrides of the pre-training configurations, one object per method plus
+/// `all` for every method (`{"all": {"epochs": 4}, "dino": {"dino": {…}}}`),
+/// each merged over the pre-training preset key by key
+/// ([`crate::settings::merge`]); a key no method has is an error naming it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainOverrides {
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub all: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub supervised: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub simclr: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub swav: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub dino: Map<String, Value>,
+}
+
+impl PretrainOverrides {
+    /// `method`'s own overrides (not `all`'s).
+    pub fn of(&self, method: SslMethod) -> &Map<String, Value> {
+        match method {
+            SslMethod::Supervised => &self.supervised,
+            SslMethod::SimClr => &self.simclr,
+            SslMethod::Swav => &self.swav,
+            SslMethod::Dino => &self.dino,
+        }
+    }
+
+    /// The methods with overrides of their own.
+    pub fn methods(&self) -> impl Iterator<Item = SslMethod> + '_ {
+        [
+            SslMethod::Supervised,
+            SslMethod::SimClr,
+            SslMethod::Swav,
+            SslMethod::Dino,
+        ]
+        .into_iter()
+        .filter(|m| !self.of(*m).is_empty())
+    }
+
+    fn from_json(v: Value) -> Self {
+        serde_json::from_value(v).expect("preset overrides name methods")
+    }
+}
+
 /// What the experiment runs. Build it with [`ExperimentConfig::from_value`] (a
 /// preset plus overrides) so unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,11 +117,11 @@ pub struct ExperimentConfig {
     /// Where the self-supervised encoders are pre-trained.
     #[serde(default)]
     pub pretrain_protocol: PretrainProtocol,
-    /// Overrides of the pre-training configuration: key `all` for every method,
-    /// a method's name for that method (`{"all": {"epochs": 4}, "dino": {…}}`).
-    /// The experiment's `device` and the MIL data set as the monitors' probe
-    /// set apply unless these set them.
-    pub pretrain: Map<String, Value>,
+    /// Overrides of the pre-training configurations, per method and for
+    /// `all`. The experiment's `device` and the MIL data set as the monitors'
+    /// probe set apply unless these set them.
+    #[serde(default)]
+    pub pretrain: PretrainOverrides,
     /// MIL training: a preset name plus overrides (as `amlmil cv`).
     pub training: Value,
     pub folds: usize,
@@ -117,7 +164,7 @@ impl ExperimentConfig {
                 encoders: vec!["supervised".into(), "simclr".into(), "random".into()],
                 pretrain_preset: "cpu-small".into(),
                 pretrain_protocol: PretrainProtocol::Disjoint,
-                pretrain: pretrain_overrides(json!({
+                pretrain: PretrainOverrides::from_json(json!({
                     "all": {"monitor": {"probe_every_epochs": 4}},
                     "supervised": {"epochs": 4},
                     // 12 epochs ≈ 550 steps on this cohort: with 8 (~370)
@@ -147,7 +194,7 @@ impl ExperimentConfig {
                 encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
                 pretrain_preset: "cpu-small".into(),
                 pretrain_protocol: PretrainProtocol::Disjoint,
-                pretrain: pretrain_overrides(json!({
+                pretrain: PretrainOverrides::from_json(json!({
                     "all": {"monitor": {"probe_every_epochs": 2}},
                     "supervised": {"epochs": 6},
                     "simclr": cpu_simclr(10),
@@ -175,7 +222,7 @@ impl ExperimentConfig {
                 encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
                 pretrain_preset: "paper".into(),
                 pretrain_protocol: PretrainProtocol::Disjoint,
-                pretrain: Map::new(),
+                pretrain: PretrainOverrides::default(),
                 training: json!({"preset": "paper", "standardize_features": true}),
                 folds: 5,
                 seeds: vec![0, 1, 2],
@@ -197,7 +244,9 @@ impl ExperimentConfig {
     }
 
     /// A preset (`preset` key, default `quick`) with the object's other keys
-    /// overriding it; `cohort`, `pretrain_cohort` and `pretrain` merge key by key.
+    /// merged over it key by key ([`crate::settings::merge`]: `{"training":
+    /// {"epochs": 3}}` keeps the preset's other MIL settings); unknown keys are
+    /// errors.
     pub fn from_value(value: Value) -> Result<Self> {
         let Value::Object(overrides) = value else {
             return Err(Error::invalid("config", "must be a JSON object"));
@@ -209,32 +258,8 @@ impl ExperimentConfig {
         };
         let mut merged = serde_json::to_value(Self::preset(preset)?)
             .map_err(|e| Error::invalid("config", e.to_string()))?;
-        let m = merged
-            .as_object_mut()
-            .expect("a struct serialises to an object");
-        for (key, value) in overrides {
-            match (m.get_mut(&key), value) {
-                (Some(Value::Object(base)), Value::Object(over))
-                    if matches!(key.as_str(), "cohort" | "pretrain_cohort" | "pretrain") =>
-                {
-                    for (k, v) in over {
-                        match (base.get_mut(&k), v) {
-                            (Some(Value::Object(b)), Value::Object(o)) if key == "pretrain" => {
-                                b.extend(o)
-                            }
-                            (_, v) => {
-                                base.insert(k, v);
-                            }
-                        }
-                    }
-                }
-                (_, value) => {
-                    m.insert(key, value);
-                }
-            }
-        }
-        let config: Self =
-            serde_json::from_value(merged).map_err(|e| Error::invalid("config", e.to_string()))?;
+        crate::settings::merge(&mut merged, Value::Object(overrides), None)?;
+        let config: Self = crate::settings::deserialize(merged)?;
         config.validate()?;
         Ok(config)
     }
@@ -264,14 +289,6 @@ impl ExperimentConfig {
                 return Err(Error::invalid("encoders", format!("`{e}` is listed twice")));
             }
         }
-        for key in self.pretrain.keys() {
-            if key != "all" && key.parse::<SslMethod>().is_err() {
-                return Err(Error::invalid(
-                    format!("pretrain.{key}"),
-                    "keys are `all` or a method (supervised, simclr, swav, dino)",
-                ));
-            }
-        }
         if !matches!(self.pretrain_preset.as_str(), "cpu-small" | "paper") {
             return Err(Error::invalid(
                 "pretrain_preset",
@@ -297,9 +314,10 @@ impl ExperimentConfig {
                 ));
             }
         }
-        let methods = self.encoders.iter().chain(self.pretrain.keys());
-        for name in methods.filter(|e| !matches!(e.as_str(), "random" | "all")) {
-            let method: SslMethod = name.parse()?;
+        let listed = self.encoders.iter().filter(|e| *e != "random");
+        let mut methods: Vec<SslMethod> = listed.map(|e| e.parse()).collect::<Result<_>>()?;
+        methods.extend(self.pretrain.methods());
+        for method in methods {
             self.pretrain_config(method, "dataset".into(), "output".into(), "probe".into())?;
         }
         if self.probe_cells < 10 {
@@ -325,10 +343,8 @@ impl ExperimentConfig {
             "device": self.device, "monitor": {"probe_dataset": probe},
             "dataset": dataset, "output": output, "resume": true,
         });
-        for key in ["all", method.name()] {
-            if let Some(o @ Value::Object(_)) = self.pretrain.get(key) {
-                crate::settings::merge(&mut v, o.clone(), None)?;
-            }
+        for over in [&self.pretrain.all, self.pretrain.of(method)] {
+            crate::settings::merge(&mut v, Value::Object(over.clone()), None)?;
         }
         crate::ssl::PretrainConfig::from_value(v).map_err(|e| match e {
             Error::InvalidArgument { arg, reason } => {
@@ -381,13 +397,6 @@ fn cpu_training() -> Value {
     json!({"preset": "paper", "cell_net": {"type": "pooled"}, "standardize_features": true, "learning_rate": 0.05})
 }
 
-fn pretrain_overrides(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,8 +414,8 @@ mod tests {
         }))
         .unwrap();
         assert_eq!((c.cohort.patients_per_class, c.cohort.cells_min), (3, 30));
-        assert_eq!(c.pretrain["simclr"]["epochs"], 12, "merged, not replaced");
-        assert_eq!(c.pretrain["simclr"]["batch_size"], 8);
+        assert_eq!(c.pretrain.simclr["epochs"], 12, "merged, not replaced");
+        assert_eq!(c.pretrain.simclr["batch_size"], 8);
         let p = c
             .pretrain_config(SslMethod::SimClr, "d".into(), "e".into(), "p".into())
             .unwrap();

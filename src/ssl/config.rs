@@ -298,8 +298,7 @@ impl PretrainConfig {
         }
         let what = format!("{} pre-training", method.name());
         crate::settings::merge(&mut merged, Value::Object(overrides), Some(&what))?;
-        let config: Self =
-            serde_json::from_value(merged).map_err(|e| Error::invalid("config", e.to_string()))?;
+        let config: Self = crate::settings::deserialize(merged)?;
         config.validate()?;
         Ok(config)
     }

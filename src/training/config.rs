@@ -168,19 +168,18 @@ impl MilTrainConfig {
             .unwrap_or("paper");
         let mut merged = serde_json::to_value(Self::preset(preset)?)
             .map_err(|e| Error::invalid("training", e.to_string()))?;
-        crate::settings::merge(
-            &mut merged,
-            serde_json::Value::Object(overrides),
-            Some("MIL training"),
-        )
-        .map_err(|e| match e {
+        let in_training = |e| match e {
+            Error::InvalidArgument { arg, reason } if arg == "config" => {
+                Error::invalid("training", reason)
+            }
             Error::InvalidArgument { arg, reason } => {
                 Error::invalid(format!("training.{arg}"), reason)
             }
             other => other,
-        })?;
-        let config: Self = serde_json::from_value(merged)
-            .map_err(|e| Error::invalid("training", e.to_string()))?;
+        };
+        let over = serde_json::Value::Object(overrides);
+        crate::settings::merge(&mut merged, over, Some("MIL training")).map_err(in_training)?;
+        let config: Self = crate::settings::deserialize(merged).map_err(in_training)?;
         config.validate()?;
         Ok(config)
     }
@@ -337,8 +336,7 @@ impl CvConfig {
     /// Parses JSON (or TOML when `is_toml`) and validates it.
     pub fn parse(text: &str, is_toml: bool) -> Result<Self> {
         let value = crate::settings::parse_value(text, is_toml)?;
-        let config: CvConfig =
-            serde_json::from_value(value).map_err(|e| Error::invalid("config", e.to_string()))?;
+        let config: CvConfig = crate::settings::deserialize(value)?;
         config.validate()?;
         Ok(config)
     }
@@ -346,8 +344,8 @@ impl CvConfig {
     /// Reads a `.json` or `.toml` file.
     pub fn read(path: &std::path::Path) -> Result<Self> {
         let value = crate::settings::read_value(path)?;
-        let config: CvConfig = serde_json::from_value(value)
-            .map_err(|e| crate::settings::in_file(path, Error::invalid("config", e.to_string())))?;
+        let config: CvConfig =
+            crate::settings::deserialize(value).map_err(|e| crate::settings::in_file(path, e))?;
         config
             .validate()
             .map_err(|e| crate::settings::in_file(path, e))?;
