@@ -332,6 +332,14 @@ fn wrong_truncated_and_mislabelled_files_are_refused_and_nothing_is_written() {
             &["`multicolumn` = False"],
         ),
         (
+            "scemila_single_int.pt",
+            ImportOptions {
+                classes: five.clone(),
+                ..options(ImportSource::Scemila)
+            },
+            &["`multicolumn` = 0"],
+        ),
+        (
             "scemila_model.pt",
             ImportOptions {
                 classes: vec!["a".into(), "b".into()],

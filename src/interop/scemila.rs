@@ -5,7 +5,8 @@
 //! our `g.*`, `attention_multi_column.*` our `attention.*`,
 //! `classifier_multi_column.{c}.*` our `classifiers.{c}.*`. The single-attention
 //! branch (`attention.*`, `classifier.*`), which every `AMiL` also carries, is
-//! ignored; a pickled module whose `multicolumn` attribute is false is refused,
+//! ignored; a pickled module whose `multicolumn` attribute is false (or 0, as
+//! SCEMILA's `int(args.multi_att)` stores it) is refused,
 //! since its multi-column weights were never trained. The file does not hold
 //! the class order: it comes from `class_conversion.csv` or the user.
 use std::collections::HashMap;
@@ -153,10 +154,17 @@ pub(super) fn import(
         .iter()
         .find(|(k, _)| k.strip_prefix(prefix.as_str()) == Some("multicolumn"));
     if let Some((k, v)) = multicolumn {
-        if v == &serde_json::Value::Bool(false) {
+        // SCEMILA passes `int(args.multi_att)`: 0 or 1, not only a bool.
+        let off = match v {
+            serde_json::Value::Bool(b) => !b,
+            serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
+            _ => false,
+        };
+        if off {
+            let shown = if v.is_boolean() { "False".to_string() } else { v.to_string() };
             return Err(Error::checkpoint(
                 src,
-                format!("the model was trained with `{k}` = False (one attention for all classes); libamlmil's head is the multi-column one, whose weights in this file are untrained"),
+                format!("the model was trained with `{k}` = {shown} (one attention for all classes); libamlmil's head is the multi-column one, whose weights in this file are untrained"),
             ));
         }
     } else {

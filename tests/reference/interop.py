@@ -174,6 +174,8 @@ def make(d):
     torch.save(amil, p("scemila_model.pt"))
     torch.save({"module." + k: v for k, v in amil.state_dict().items()}, p("scemila_state.pth"))
     torch.save(AMiL(5, False), p("scemila_single.pt"))
+    # As SCEMILA's pipeline builds it: AMiL(..., multicolumn=int(args.multi_att)).
+    torch.save(AMiL(5, 0), p("scemila_single_int.pt"))
     # As pandas writes SCEMILA's label_converter frame: an index column, rows in any order.
     with open(p("class_conversion.csv"), "w") as f:
         f.write(",art_lbl,true_lbl,s_train,s_val,s_test,size_tot\n")
