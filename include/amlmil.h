@@ -733,7 +733,8 @@ amlmil_status amlmil_set_log_callback(amlmil_log_callback callback,
  * older header gets the fields it knows, never more bytes than it gave).
  *
  * @return AMLMIL_STATUS_OK; _NULL_ARGUMENT; _INVALID_ARGUMENT when
- *   `info_size` does not reach `input_size`. Untouched on failure.
+ *   `info_size` does not hold `input_size` whole or ends inside a field.
+ *   Untouched on failure.
  */
 amlmil_status amlmil_session_model_info(const amlmil_session *session,
                                         amlmil_model_info *out_info,

@@ -548,11 +548,25 @@ fn model_info_class_names_and_feature_maps_round_trip_through_classify_features(
             (5, 144, 77)
         );
         assert_eq!(old.struct_size, old_size);
-        expect(
-            amlmil_session_model_info(s, &mut old, 4),
-            amlmil_status::InvalidArgument,
-            "info_size",
+        // Sizes that do not hold `input_size` whole, or end inside a later
+        // field, are refused and nothing is written.
+        let input_end = std::mem::offset_of!(amlmil_model_info, input_size) + 4;
+        let ptr_start = std::mem::offset_of!(amlmil_model_info, mil_tool);
+        for bad in [4, input_end - 3, input_end - 1, ptr_start + 1, ptr_start + 7] {
+            let mut fresh: amlmil_model_info = std::mem::zeroed();
+            expect(
+                amlmil_session_model_info(s, &mut fresh, bad),
+                amlmil_status::InvalidArgument,
+                "info_size",
+            );
+            assert_eq!((fresh.struct_size, fresh.num_classes), (0, 0), "size {bad}");
+        }
+        let mut fresh: amlmil_model_info = std::mem::zeroed();
+        assert_eq!(
+            amlmil_session_model_info(s, &mut fresh, ptr_start),
+            amlmil_status::Ok
         );
+        assert!(fresh.mil_tool.is_null() && !fresh.mil_sha256.is_null());
         expect(
             amlmil_session_model_info(s, ptr::null_mut(), size),
             amlmil_status::NullArgument,

@@ -52,6 +52,37 @@ pub struct amlmil_model_info {
     pub device: *const c_char,
 }
 
+/// Each field of `amlmil_model_info` with its byte range: a caller's size
+/// must not end inside one.
+const FIELDS: [(&str, usize, usize); 15] = {
+    macro_rules! fields {
+        ($($f:ident: $t:ty),* $(,)?) => {
+            [$((
+                stringify!($f),
+                std::mem::offset_of!(amlmil_model_info, $f),
+                std::mem::offset_of!(amlmil_model_info, $f) + std::mem::size_of::<$t>(),
+            )),*]
+        };
+    }
+    fields!(
+        struct_size: usize,
+        num_classes: usize,
+        input_size: u32,
+        feature_dim: u32,
+        feature_map_channels: u32,
+        feature_map_height: u32,
+        feature_map_width: u32,
+        pixel_size_um: f64,
+        encoder_architecture: *const c_char,
+        encoder_method: *const c_char,
+        encoder_sha256: *const c_char,
+        mil_method: *const c_char,
+        mil_sha256: *const c_char,
+        mil_tool: *const c_char,
+        device: *const c_char,
+    )
+};
+
 /// The session's strings behind `amlmil_model_info`, made on first use.
 #[derive(Debug, Default)]
 pub(crate) struct InfoStrings(OnceLock<Strings>);
@@ -99,7 +130,8 @@ impl InfoStrings {
 /// older header gets the fields it knows, never more bytes than it gave).
 ///
 /// @return AMLMIL_STATUS_OK; _NULL_ARGUMENT; _INVALID_ARGUMENT when
-///   `info_size` does not reach `input_size`. Untouched on failure.
+///   `info_size` does not hold `input_size` whole or ends inside a field.
+///   Untouched on failure.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_model_info(
     session: *const amlmil_session,
@@ -139,11 +171,18 @@ pub unsafe extern "C" fn amlmil_session_model_info(
             mil_tool: strings.mil_tool.as_ptr(),
             device: strings.device.as_ptr(),
         };
-        let min = std::mem::offset_of!(amlmil_model_info, input_size);
+        let min = std::mem::offset_of!(amlmil_model_info, input_size) + 4;
         if size < min {
             return Err(Error::invalid(
                 "info_size",
-                format!("{size} is too small; pass sizeof(amlmil_model_info)"),
+                format!("{size} bytes does not hold `input_size` ({min}); pass sizeof(amlmil_model_info)"),
+            )
+            .into());
+        }
+        if let Some((name, start, end)) = FIELDS.iter().find(|(_, a, b)| *a < n && n < *b) {
+            return Err(Error::invalid(
+                "info_size",
+                format!("{size} bytes ends inside `{name}` (bytes {start}..{end}); pass sizeof(amlmil_model_info)"),
             )
             .into());
         }
