@@ -41,8 +41,11 @@ pub struct CacheManifest {
     pub format_version: u32,
     /// SHA-256 (hex) over the encoder bytes and the preprocessing.
     pub key: String,
-    /// SHA-256 (hex) of the encoder checkpoint file.
-    pub encoder_sha256: String,
+    /// SHA-256 (hex) of the encoder checkpoint *file*, not the content hash
+    /// `amlmil_model_info.encoder_sha256` reports (caches written under the
+    /// older key `encoder_sha256` still load).
+    #[serde(rename = "encoder_file_sha256", alias = "encoder_sha256")]
+    pub encoder_file_sha256: String,
     /// The encoder checkpoint as it was named at extraction (informational).
     pub encoder: PathBuf,
     pub input_size: i64,
@@ -137,12 +140,12 @@ impl FeatureCache {
         }
         if let Some(encoder) = encoder {
             let sha = file_sha256(encoder)?;
-            if sha != manifest.encoder_sha256 {
+            if sha != manifest.encoder_file_sha256 {
                 return Err(Error::Mismatch(format!(
                     "features in {} were extracted with encoder {} (sha256 {}…), not with {} (sha256 {}…); extract them again",
                     dir.display(),
                     manifest.encoder.display(),
-                    &manifest.encoder_sha256[..12],
+                    &manifest.encoder_file_sha256[..12],
                     encoder.display(),
                     &sha[..12]
                 )));
@@ -227,11 +230,11 @@ pub fn extract_features(
     } else {
         vec![Flip::None]
     };
-    let encoder_sha256 = file_sha256(encoder_path)?;
+    let encoder_file_sha256 = file_sha256(encoder_path)?;
     let manifest = CacheManifest {
         format_version: CACHE_FORMAT_VERSION,
-        key: cache_key(&encoder_sha256, em.input_size, &em.normalization, &flips),
-        encoder_sha256,
+        key: cache_key(&encoder_file_sha256, em.input_size, &em.normalization, &flips),
+        encoder_file_sha256,
         encoder: encoder_path.to_path_buf(),
         input_size: em.input_size,
         normalization: em.normalization,

@@ -245,7 +245,7 @@ fn assert_whole(out: &Path) -> usize {
 /// feature cache's encoder hashes (checked against the encoder file instead).
 const VOLATILE: [&str; 10] = [
     "amlmil.sha256",
-    "encoder_sha256",
+    "encoder_file_sha256",
     "key",
     "seconds",
     "images_per_second",
@@ -621,6 +621,6 @@ fn assert_caches_match_encoders(out: &Path) {
         .unwrap();
         let encoder = out.join(format!("encoders/{name}/encoder.safetensors"));
         let digest = amlmil::features::file_sha256(&encoder).unwrap();
-        assert_eq!(cache["encoder_sha256"], json!(digest), "{name}");
+        assert_eq!(cache["encoder_file_sha256"], json!(digest), "{name}");
     }
 }

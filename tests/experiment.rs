@@ -304,7 +304,7 @@ fn per_fold_pretraining_sees_only_the_runs_training_patients() {
                 .unwrap(),
         )
         .unwrap();
-        hashes.insert(run_json["encoder_sha256"].as_str().unwrap().to_owned());
+        hashes.insert(run_json["encoder_file_sha256"].as_str().unwrap().to_owned());
         assert_eq!(
             simclr.fold_checkpoints[&run],
             out.join("encoders/simclr")

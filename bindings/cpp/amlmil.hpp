@@ -564,7 +564,8 @@ class Session {
   /** @brief The C handle (NULL when empty); still owned by this object. */
   const amlmil_session* get() const noexcept { return ptr_; }
 
-  /** @brief Classifies a bag. @p progress is called after each encoder batch; may cancel. */
+  /** @brief Classifies a bag. @p progress is called before each encoder batch (the first report has
+   *  `done` 0) and once after the last; returning true cancels. */
   Result classify(const Bag& bag, const ProgressFn& progress = {}) const;
 
   /**

@@ -360,8 +360,8 @@ fn run_fold(
         pick(&split.validation),
         pick(&split.test),
     );
-    let encoder_sha256 = &p.cache.manifest().encoder_sha256;
-    let finished = finished_run(&dir, config, encoder_sha256, device);
+    let encoder_file_sha256 = &p.cache.manifest().encoder_file_sha256;
+    let finished = finished_run(&dir, config, encoder_file_sha256, device);
     let reloaded = finished.is_some();
     let (mil, trained_summary) = match finished {
         Some(done) => {
@@ -444,7 +444,7 @@ fn run_fold(
         &dir.join("run.json"),
         &serde_json::json!({"status": "complete", "run": run_summary, "test_loss": test_loss, "test_accuracy": test_acc,
             "best_validation_loss": trained_summary.best_validation_loss,
-            "encoder_sha256": encoder_sha256, "training": config.training}),
+            "encoder_file_sha256": encoder_file_sha256, "training": config.training}),
     )?;
     Ok((run_summary, metrics, tests, reloaded))
 }
@@ -461,13 +461,13 @@ struct TrainedSummary {
 fn finished_run(
     dir: &Path,
     config: &CvConfig,
-    encoder_sha256: &str,
+    encoder_file_sha256: &str,
     device: Device,
 ) -> Option<(AttentionMil, TrainedSummary)> {
     let text = std::fs::read_to_string(dir.join("run.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let same = v["status"] == "complete"
-        && v["encoder_sha256"] == encoder_sha256
+        && v["encoder_file_sha256"] == encoder_file_sha256
         && v["training"] == serde_json::to_value(&config.training).ok()?;
     if !same {
         return None;
@@ -539,8 +539,8 @@ fn train_run(
         .details
         .insert("best_epoch".into(), trained.best_epoch.into());
     provenance.details.insert(
-        "encoder_sha256".into(),
-        p.cache.manifest().encoder_sha256.clone().into(),
+        "encoder_file_sha256".into(),
+        p.cache.manifest().encoder_file_sha256.clone().into(),
     );
     provenance.details.insert(
         "training".into(),
