@@ -445,7 +445,8 @@ typedef int32_t (*amlmil_preprocess_callback)(void *user_data, amlmil_cell *cell
 /**
  * Options for `amlmil_session_new`. Always initialise with
  * `amlmil_session_options_init` (a macro for
- * `amlmil_session_options_init_sized(o, sizeof *o)`), then change fields:
+ * `amlmil_session_options_init_sized(o, sizeof(amlmil_session_options))`),
+ * then change fields:
  * new fields are only ever appended, and `struct_size` tells the library
  * which ones the caller knows.
  */
@@ -876,8 +877,9 @@ amlmil_status amlmil_session_options_init_sized(amlmil_session_options *options,
  * Fills `options` with the defaults; writes only the fields of the first
  * ABI-1 release (through `warm_up`), which every caller's struct has. The
  * header defines a macro of the same name after this declaration that calls
- * `amlmil_session_options_init_sized(options, sizeof *options)` instead, so
- * code compiled against this header initialises every field it knows.
+ * `amlmil_session_options_init_sized(options, sizeof(amlmil_session_options))`
+ * instead, so code compiled against this header initialises every field it
+ * knows (`AMLMIL_NO_INIT_MACRO` turns the macro off).
  */
 amlmil_status amlmil_session_options_init(amlmil_session_options *options);
 
@@ -1107,7 +1109,10 @@ amlmil_status amlmil_experiment(const char *config_json,
 
 #endif  /* AMLMIL_H */
 
+/* amlmil_session_options_init(o) initialises every field of the struct this
+ * header declares; define AMLMIL_NO_INIT_MACRO before including it to call the
+ * exported symbol (first-release fields only) instead. */
 #if !defined(AMLMIL_NO_INIT_MACRO) && !defined(amlmil_session_options_init)
 #define amlmil_session_options_init(options) \
-  amlmil_session_options_init_sized((options), sizeof *(options))
+  amlmil_session_options_init_sized((options), sizeof(amlmil_session_options))
 #endif

@@ -64,7 +64,22 @@ fn header_declares_versions_matching_the_crate() {
 fn compile(compiler: &str, ext: &str, std: &str) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join(format!("include_only.{ext}"));
-    std::fs::write(&src, "#include \"amlmil.h\"\nint main(void) { return amlmil_abi_version() == AMLMIL_ABI_VERSION ? 0 : 1; }\n").unwrap();
+    // The options macro takes a struct's address and a null pointer alike
+    // (C's NULL, C++'s nullptr), as the function it replaces did.
+    let null = if ext == "cpp" { "nullptr" } else { "NULL" };
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stddef.h>\n#include \"amlmil.h\"\n\
+             int main(void) {{\n\
+               amlmil_session_options o;\n\
+               if (amlmil_session_options_init(&o) != AMLMIL_STATUS_OK) return 2;\n\
+               if (amlmil_session_options_init({null}) == AMLMIL_STATUS_OK) return 3;\n\
+               return amlmil_abi_version() == AMLMIL_ABI_VERSION ? 0 : 1;\n\
+             }}\n"
+        ),
+    )
+    .unwrap();
     let out = Command::new(compiler)
         .args([
             std,

@@ -71,7 +71,8 @@ pub enum amlmil_precision {
 
 /// Options for `amlmil_session_new`. Always initialise with
 /// `amlmil_session_options_init` (a macro for
-/// `amlmil_session_options_init_sized(o, sizeof *o)`), then change fields:
+/// `amlmil_session_options_init_sized(o, sizeof(amlmil_session_options))`),
+/// then change fields:
 /// new fields are only ever appended, and `struct_size` tells the library
 /// which ones the caller knows.
 #[allow(non_camel_case_types)]
@@ -261,8 +262,9 @@ pub unsafe extern "C" fn amlmil_session_options_init_sized(
 /// Fills `options` with the defaults; writes only the fields of the first
 /// ABI-1 release (through `warm_up`), which every caller's struct has. The
 /// header defines a macro of the same name after this declaration that calls
-/// `amlmil_session_options_init_sized(options, sizeof *options)` instead, so
-/// code compiled against this header initialises every field it knows.
+/// `amlmil_session_options_init_sized(options, sizeof(amlmil_session_options))`
+/// instead, so code compiled against this header initialises every field it
+/// knows (`AMLMIL_NO_INIT_MACRO` turns the macro off).
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_options_init(
     options: *mut amlmil_session_options,
