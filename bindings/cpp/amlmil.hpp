@@ -180,13 +180,45 @@ using ProgressFn = std::function<bool(const Progress&)>;
  */
 using LogFn = std::function<void(LogLevel level, std::string_view target, std::string_view message)>;
 
+/**
+ * @brief A C++ preprocessing step: edits one batch of cells in place before
+ * they are encoded (pixels, or `keep = 0` to drop a cell); see
+ * amlmil_preprocess_callback for when it runs. It must be thread-safe when
+ * several threads classify on one session. An exception it throws fails the
+ * call with AMLMIL_STATUS_PLUGIN inside the library and is rethrown, as it
+ * was thrown, from the wrapper call that ran it (classify, embed, …).
+ */
+using PreprocessFn = std::function<void(span<amlmil_cell> cells)>;
+
 /** @cond AMLMIL_DETAIL */
 namespace detail {
 
 [[noreturn]] inline void fail(Status status, const std::string& message) { throw Error(status, message); }
 
+/** The exception a PreprocessFn threw on this thread, until the call that ran it returns. */
+inline std::exception_ptr& preprocess_error() noexcept {
+  thread_local std::exception_ptr error;
+  return error;
+}
+
 inline void check(Status status) {
+  if (status == AMLMIL_STATUS_PLUGIN) {
+    if (std::exception_ptr e = std::exchange(preprocess_error(), nullptr)) std::rethrow_exception(e);
+  }
   if (status != AMLMIL_STATUS_OK) fail(status, amlmil_last_error());
+}
+
+/** Runs a PreprocessFn from the library; keeps its exception for check(). */
+inline std::int32_t preprocess_trampoline(void* user_data, amlmil_cell* cells, std::size_t num_cells) noexcept {
+  const auto* fn = static_cast<const PreprocessFn*>(user_data);
+  if (fn == nullptr || !*fn) return 0;
+  try {
+    (*fn)(span<amlmil_cell>(cells, num_cells));
+    return 0;
+  } catch (...) {
+    preprocess_error() = std::current_exception();
+    return 1;
+  }
 }
 
 /** Owns a string returned by the library; frees it with amlmil_string_free. */
@@ -368,10 +400,25 @@ class SessionOptions {
    * be thread-safe and must not throw. NULL removes it.
    */
   SessionOptions& preprocess(amlmil_preprocess_callback callback, void* user_data) noexcept {
+    preprocess_fn_.reset();
     raw_.preprocess = callback;
     raw_.preprocess_user_data = user_data;
     return *this;
   }
+  /**
+   * @brief A C++ preprocessing step (see PreprocessFn): exceptions it throws
+   * are rethrown from the call that ran it. The Session made from these
+   * options keeps its own reference to it. An empty function removes it.
+   */
+  SessionOptions& preprocess(PreprocessFn fn) {
+    if (!fn) return preprocess(nullptr, nullptr);
+    preprocess_fn_ = std::make_shared<const PreprocessFn>(std::move(fn));
+    raw_.preprocess = &detail::preprocess_trampoline;
+    raw_.preprocess_user_data = const_cast<PreprocessFn*>(preprocess_fn_.get());
+    return *this;
+  }
+  /** @brief The C++ preprocessing step, or null (none, or a C callback). */
+  const std::shared_ptr<const PreprocessFn>& preprocess_function() const noexcept { return preprocess_fn_; }
 
   /** @brief The device string (empty: `"auto"`). */
   const std::string& device() const noexcept { return device_; }
@@ -404,6 +451,7 @@ class SessionOptions {
   std::string device_ = "auto";
   std::string plugin_path_;
   std::string plugin_config_;
+  std::shared_ptr<const PreprocessFn> preprocess_fn_;
 };
 
 /**
@@ -547,14 +595,19 @@ class Session {
           const SessionOptions& options = SessionOptions()) {
     const amlmil_session_options o = options.c_options();
     detail::check(amlmil_session_new(encoder_path.c_str(), mil_path.c_str(), &o, &ptr_));
+    preprocess_ = options.preprocess_function();
   }
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
   /** @brief Moves; @p other is left empty. */
-  Session(Session&& other) noexcept : ptr_(std::exchange(other.ptr_, nullptr)) {}
+  Session(Session&& other) noexcept
+      : ptr_(std::exchange(other.ptr_, nullptr)), preprocess_(std::move(other.preprocess_)) {}
   /** @brief Frees this session and takes @p other's; @p other is left empty. */
   Session& operator=(Session&& other) noexcept {
-    if (this != &other) amlmil_session_free(std::exchange(ptr_, std::exchange(other.ptr_, nullptr)));
+    if (this != &other) {
+      amlmil_session_free(std::exchange(ptr_, std::exchange(other.ptr_, nullptr)));
+      preprocess_ = std::move(other.preprocess_);
+    }
     return *this;
   }
   ~Session() { amlmil_session_free(ptr_); }
@@ -637,6 +690,7 @@ class Session {
 
  private:
   amlmil_session* ptr_ = nullptr;
+  std::shared_ptr<const PreprocessFn> preprocess_;  // the C++ preprocessing the session calls
 };
 
 /**

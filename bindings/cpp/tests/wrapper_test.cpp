@@ -201,6 +201,41 @@ int main(int argc, char** argv) {
     expect_error([&] { (void)amlmil::dataset_check((scratch / "no-such-dataset").string()); },
                  AMLMIL_STATUS_DATASET, "no-such-dataset", "missing data set named");
 
+    // --- a C++ preprocessing step: it edits and drops cells; its exception
+    //     fails the call and is rethrown as thrown, and the session goes on
+    {
+      bool fail = false;
+      std::size_t seen = 0;
+      std::mutex m;
+      amlmil::SessionOptions po;
+      po.device("cpu").batch_size(2).warm_up(false).preprocess([&](amlmil::span<amlmil_cell> cells) {
+        std::lock_guard<std::mutex> lock(m);
+        if (fail) throw std::out_of_range("preprocess refused the batch");
+        seen += cells.size();
+        for (amlmil_cell& c : cells) c.keep = c.cell_id % 2 == 0 ? 1 : 0;
+      });
+      expect(static_cast<bool>(po.preprocess_function()), "options keep the C++ preprocessing");
+      amlmil::Session ps(encoder, mil, po);
+      po.preprocess(amlmil::PreprocessFn());  // the session keeps its own reference
+      const amlmil::Result kept = ps.classify(bag);
+      expect(seen == bag.size() && kept.num_cells() == (bag.size() + 1) / 2,
+             "C++ preprocessing saw " + std::to_string(seen) + " cells and dropped the odd ids");
+      fail = true;
+      const auto rethrown = [](auto&& call) {
+        try {
+          call();
+        } catch (const std::out_of_range& e) {
+          return contains(e.what(), "refused the batch");
+        } catch (...) {
+        }
+        return false;
+      };
+      expect(rethrown([&] { (void)ps.classify(bag); }), "a preprocessing exception is rethrown from classify as thrown");
+      expect(rethrown([&] { (void)ps.embed(bag); }), "and from embed");
+      fail = false;
+      expect(ps.classify(bag).num_cells() == kept.num_cells(), "the session classifies after the exception");
+    }
+
     // --- results equal the C API's on the same bag
     {
       const amlmil::ModelInfo m = session.model_info();
