@@ -233,7 +233,12 @@ pub fn extract_features(
     let encoder_file_sha256 = file_sha256(encoder_path)?;
     let manifest = CacheManifest {
         format_version: CACHE_FORMAT_VERSION,
-        key: cache_key(&encoder_file_sha256, em.input_size, &em.normalization, &flips),
+        key: cache_key(
+            &encoder_file_sha256,
+            em.input_size,
+            &em.normalization,
+            &flips,
+        ),
         encoder_file_sha256,
         encoder: encoder_path.to_path_buf(),
         input_size: em.input_size,

@@ -552,7 +552,13 @@ fn model_info_class_names_and_feature_maps_round_trip_through_classify_features(
         // field, are refused and nothing is written.
         let input_end = std::mem::offset_of!(amlmil_model_info, input_size) + 4;
         let ptr_start = std::mem::offset_of!(amlmil_model_info, mil_tool);
-        for bad in [4, input_end - 3, input_end - 1, ptr_start + 1, ptr_start + 7] {
+        for bad in [
+            4,
+            input_end - 3,
+            input_end - 1,
+            ptr_start + 1,
+            ptr_start + 7,
+        ] {
             let mut fresh: amlmil_model_info = std::mem::zeroed();
             expect(
                 amlmil_session_model_info(s, &mut fresh, bad),

@@ -161,7 +161,11 @@ pub(super) fn import(
             _ => false,
         };
         if off {
-            let shown = if v.is_boolean() { "False".to_string() } else { v.to_string() };
+            let shown = if v.is_boolean() {
+                "False".to_string()
+            } else {
+                v.to_string()
+            };
             return Err(Error::checkpoint(
                 src,
                 format!("the model was trained with `{k}` = {shown} (one attention for all classes); libamlmil's head is the multi-column one, whose weights in this file are untrained"),

@@ -109,10 +109,10 @@ impl StainJitter {
                 }
             }
             // OD' = (OD · B⁻¹ · diag α + β) · B = OD · M + o.
-            for i in 0..3 {
+            for inv_row in &inv {
                 for j in 0..3 {
                     let m: f64 = (0..3)
-                        .map(|d| inv[i][d] * alpha[d] * self.basis[d][j])
+                        .map(|d| inv_row[d] * alpha[d] * self.basis[d][j])
                         .sum();
                     mats.push(m as f32);
                 }
@@ -157,7 +157,8 @@ fn inverse(m: &[[f64; 3]; 3]) -> Result<[[f64; 3]; 3]> {
     };
     let det: f64 = (0..3).map(|c| m[0][c] * cof(0, c)).sum();
     let norm: f64 = m.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
-    if !(det.abs() > 1e-9 * norm.powi(3).max(f64::MIN_POSITIVE)) {
+    let tiny = 1e-9 * norm.powi(3).max(f64::MIN_POSITIVE);
+    if det.is_nan() || det.abs() <= tiny {
         return Err(Error::invalid(
             "stain_jitter.basis",
             format!("the dye vectors {m:?} are linearly dependent (determinant {det:e})"),
@@ -190,9 +191,10 @@ mod tests {
     #[test]
     fn inverse_inverts() {
         let inv = inverse(&DYES).unwrap();
-        for i in 0..3 {
+        for (i, row) in DYES.iter().enumerate() {
+            #[allow(clippy::needless_range_loop)] // j indexes a column
             for j in 0..3 {
-                let v: f64 = (0..3).map(|k| DYES[i][k] * inv[k][j]).sum();
+                let v: f64 = (0..3).map(|k| row[k] * inv[k][j]).sum();
                 assert!((v - f64::from(i == j)).abs() < 1e-12, "{i} {j} {v}");
             }
         }
