@@ -26,14 +26,24 @@ def _project():
 def _files():
     pkg = ROOT / "amlmil"
     for p in sorted(pkg.iterdir()):
-        if p.suffix == ".py" or p.name == "py.typed" or p.name.startswith("libamlmil.so"):
+        if p.suffix == ".py" or p.name == "py.typed" or _is_library(p.name):
             yield p
 
 
-def _metadata():
+def _is_library(name):
+    """libamlmil.so* and bundled plugins (libamlmil_grey_world.so)."""
+    return name.startswith("libamlmil") and ".so" in name
+
+
+def _metadata(config_settings=None):
+    """METADATA; a wheel that bundles the library also requires the torch its
+    libtorch came from (config setting ``torch-requirement``, scripts/wheel.sh)."""
     p = _project()
     lines = ["Metadata-Version: 2.1", f"Name: {p['name']}", f"Version: {p['version']}", f"Summary: {p['description']}", f"Requires-Python: {p['requires-python']}"]
     lines += [f"Requires-Dist: {d}" for d in p.get("dependencies", [])]
+    torch = (config_settings or {}).get("torch-requirement")
+    if torch and any(_is_library(f.name) for f in _files()):
+        lines.append(f"Requires-Dist: {torch}")
     for extra, deps in p.get("optional-dependencies", {}).items():
         lines.append(f"Provides-Extra: {extra}")
         lines += [f'Requires-Dist: {d}; extra == "{extra}"' for d in deps]
@@ -56,14 +66,14 @@ def get_requires_for_build_sdist(config_settings=None):
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     d = Path(metadata_directory) / _dist_info()
     d.mkdir(parents=True, exist_ok=True)
-    (d / "METADATA").write_text(_metadata())
+    (d / "METADATA").write_text(_metadata(config_settings))
     return d.name
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     p = _project()
     # A bundled libamlmil.so makes the wheel platform-specific.
-    bundled = any(f.name.startswith("libamlmil.so") for f in _files())
+    bundled = any(_is_library(f.name) for f in _files())
     tag = "py3-none-linux_x86_64" if bundled else "py3-none-any"
     name = f"{p['name']}-{p['version']}-{tag}.whl"
     info = _dist_info()
@@ -77,7 +87,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     with zipfile.ZipFile(Path(wheel_directory) / name, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in _files():
             add(zf, f"amlmil/{f.name}", f.read_bytes())
-        add(zf, f"{info}/METADATA", _metadata().encode())
+        add(zf, f"{info}/METADATA", _metadata(config_settings).encode())
         add(zf, f"{info}/WHEEL", f"Wheel-Version: 1.0\nGenerator: amlmil-backend\nRoot-Is-Purelib: {'false' if bundled else 'true'}\nTag: {tag}\n".encode())
         records.append(f"{info}/RECORD,,")
         zf.writestr(f"{info}/RECORD", "\n".join(records) + "\n")
@@ -89,7 +99,7 @@ def build_sdist(sdist_directory, config_settings=None):
     base = f"{p['name']}-{p['version']}"
     name = f"{base}.tar.gz"
     with tarfile.open(Path(sdist_directory) / name, "w:gz") as tf:
-        for rel in ["pyproject.toml", "_backend.py", *(f"amlmil/{f.name}" for f in _files() if not f.name.startswith("libamlmil.so"))]:
+        for rel in ["pyproject.toml", "_backend.py", *(f"amlmil/{f.name}" for f in _files() if not _is_library(f.name))]:
             tf.add(ROOT / rel, arcname=f"{base}/{rel}")
         info = tarfile.TarInfo(f"{base}/PKG-INFO")
         data = _metadata().encode()

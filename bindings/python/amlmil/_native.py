@@ -238,6 +238,33 @@ def load(path: str) -> ctypes.CDLL:
     return cdll
 
 
+def _preload_torch() -> bool:
+    """Opens the installed torch package's libc10/libtorch libraries by path
+    (without importing torch), so a bundled libamlmil.so whose RUNPATH does not
+    reach them (torch in another site-packages directory, e.g. a venv over a
+    system torch) finds them loaded. Returns whether any was found."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    found = False
+    # Dependencies first: each is then found among the loaded libraries.
+    for name in ("libc10.so", "libtorch_cpu.so", "libc10_cuda.so", "libtorch_cuda.so", "libtorch.so"):
+        path = lib_dir / name
+        if path.exists():
+            try:
+                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return False
+            found = True
+    return found
+
+
 def lib() -> ctypes.CDLL:
     """The loaded library (loaded on the first call)."""
     global _lib, _lib_path
@@ -254,8 +281,20 @@ def lib() -> ctypes.CDLL:
             try:
                 cdll = load(name)
             except OSError as e:
-                tried.append(f"  {how}: {name}: {e}")
-                continue
+                # The wheel's library finds libtorch through its RUNPATH
+                # ($ORIGIN/../torch/lib) when torch sits beside the package;
+                # torch elsewhere on sys.path is loaded by path first.
+                if how != "next to the package" or not _preload_torch():
+                    hint = ""
+                    if how == "next to the package" and ("libtorch" in str(e) or "libc10" in str(e)):
+                        hint = " (the bundled library needs the torch package it was built with: `pip show amlmil` lists it)"
+                    tried.append(f"  {how}: {name}: {e}{hint}")
+                    continue
+                try:
+                    cdll = load(name)
+                except OSError as e2:
+                    tried.append(f"  {how}: {name}: {e2} (after loading torch's libraries)")
+                    continue
             _lib_path = name
             _lib = cdll
             return cdll
