@@ -75,16 +75,7 @@ fn the_wheel_installs_into_a_fresh_venv_and_classifies_a_bag() {
     let python = common::python();
     let work = tempfile::tempdir().unwrap();
     let dist = work.path().join("dist");
-    let run = |cmd: &mut Command, what: &str| -> String {
-        let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        assert!(
-            out.status.success(),
-            "{what} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = common::run_ok;
     run(
         Command::new("bash")
             .arg(root().join("scripts/wheel.sh"))
@@ -99,7 +90,11 @@ fn the_wheel_installs_into_a_fresh_venv_and_classifies_a_bag() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(wheels.len(), 1, "{wheels:?}");
-    let name = wheels[0].file_name().unwrap().to_string_lossy().into_owned();
+    let name = wheels[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     assert!(
         name.starts_with(&format!("amlmil-{}-", env!("CARGO_PKG_VERSION")))
             && name.ends_with("-linux_x86_64.whl"),
@@ -156,8 +151,14 @@ fn the_wheel_installs_into_a_fresh_venv_and_classifies_a_bag() {
     // through the installed package; the library and plugin it loads are the
     // wheel's.
     let cli = PathBuf::from(env!("CARGO_BIN_EXE_amlmil"));
-    let (enc, mil) = (work.path().join("e.safetensors"), work.path().join("m.safetensors"));
-    for (kind, out, extra) in [("encoder", &enc, &[][..]), ("mil", &mil, &["--g", "pooled"][..])] {
+    let (enc, mil) = (
+        work.path().join("e.safetensors"),
+        work.path().join("m.safetensors"),
+    );
+    for (kind, out, extra) in [
+        ("encoder", &enc, &[][..]),
+        ("mil", &mil, &["--g", "pooled"][..]),
+    ] {
         run(
             Command::new(&cli)
                 .args(["init-checkpoint", kind, "--input-size", "64", "--seed", "1"])

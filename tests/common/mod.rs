@@ -197,14 +197,23 @@ pub fn python() -> PathBuf {
 /// Runs a reference script from tests/reference with arguments; panics with its output on failure.
 pub fn run_reference(script: &str, args: &[&Path]) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(python())
-        .arg(root.join("tests/reference").join(script))
-        .args(args)
+    run_ok(
+        std::process::Command::new(python())
+            .arg(root.join("tests/reference").join(script))
+            .args(args),
+        script,
+    )
+}
+
+/// Runs `cmd` and returns its stdout; panics naming `what`, with both outputs,
+/// when it cannot start or fails.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd
         .output()
-        .expect("cannot start the Python reference");
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     assert!(
         out.status.success(),
-        "{script} failed:\n{}\n{}",
+        "{what} failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
