@@ -47,6 +47,47 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
     })
 }
 
+/// [`deserialize`], then checks that the result keeps every key of `value`:
+/// serde silently drops some (keys beside the `type` tag of a variant without
+/// fields, such as `{"type": "pooled", "chanels": 4}`), which would otherwise
+/// pass as settings. A dropped key is an error naming its path; empty
+/// objects and `null` may be dropped (they set nothing).
+pub fn deserialize_strict<T: serde::Serialize + serde::de::DeserializeOwned>(
+    value: Value,
+) -> Result<T> {
+    let config: T = deserialize(value.clone())?;
+    let kept =
+        serde_json::to_value(&config).map_err(|e| Error::invalid("config", e.to_string()))?;
+    match first_dropped(&value, &kept, "") {
+        Some(path) => Err(Error::invalid(path, "unknown key (not a setting here)")),
+        None => Ok(config),
+    }
+}
+
+/// The path of the first key of `input` that `kept` lacks.
+fn first_dropped(input: &Value, kept: &Value, path: &str) -> Option<String> {
+    let (Value::Object(input), Value::Object(kept)) = (input, kept) else {
+        return None;
+    };
+    for (key, v) in input {
+        let p = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        match kept.get(key) {
+            Some(k) => {
+                if let Some(d) = first_dropped(v, k, &p) {
+                    return Some(d);
+                }
+            }
+            None if v.is_null() || v.as_object().is_some_and(|o| o.is_empty()) => {}
+            None => return Some(p),
+        }
+    }
+    None
+}
+
 /// Merges `over` into `base` key by key: objects recursively, anything else
 /// (numbers, lists, `null`) replaced; an object whose `type` tag differs from
 /// the base's replaces it whole (another variant of a tagged setting). A key

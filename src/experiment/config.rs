@@ -458,6 +458,11 @@ mod tests {
         assert!(err(json!({"output": "o", "pretrain": {"byol": {}}})).contains("pretrain.byol"));
         assert!(err(json!({"output": "o", "pretrain": {"dino": {"epoch": 1}}})).contains("epoch"));
         assert!(err(json!({"output": "o", "training": {"lr": 1}})).contains("lr"));
+        // The quick preset's `g` is `pooled`: a misspelt key beside it is named.
+        assert!(
+            err(json!({"output": "o", "training": {"cell_net": {"chanels": 1}}}))
+                .contains("training.cell_net.chanels")
+        );
         assert!(err(json!({"output": "o", "folds": 2})).contains("folds"));
         assert!(err(json!({})).contains("output"));
     }

@@ -179,7 +179,7 @@ impl MilTrainConfig {
         };
         let over = serde_json::Value::Object(overrides);
         crate::settings::merge(&mut merged, over, Some("MIL training")).map_err(in_training)?;
-        let config: Self = crate::settings::deserialize(merged).map_err(in_training)?;
+        let config: Self = crate::settings::deserialize_strict(merged).map_err(in_training)?;
         config.validate()?;
         Ok(config)
     }
@@ -497,6 +497,12 @@ mod tests {
         assert_eq!(c.head.cell_net, CellNet::Pooled);
         let e = MilTrainConfig::from_value(serde_json::json!({"cell_net": {"chanels": [8, 8, 8]}}))
             .unwrap_err();
+        assert!(e.to_string().contains("training.cell_net.chanels"), "{e}");
+        // A key beside the tag of a variant without fields, which serde drops.
+        let e = MilTrainConfig::from_value(
+            serde_json::json!({"cell_net": {"type": "pooled", "chanels": 4}}),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("training.cell_net.chanels"), "{e}");
         let e = MilTrainConfig::from_value(serde_json::json!({"learning_rate": -0.1})).unwrap_err();
         assert!(e.to_string().contains("learning_rate"), "{e}");
