@@ -91,7 +91,9 @@ impl StainJitter {
     }
 
     /// Jitters each image with probability `p`. Draws per image: whether to
-    /// jitter; then for jittered images `α` and `β` of each dye in basis order.
+    /// jitter (one draw also when `p` is 0: adding this step to the chain
+    /// moved the later draws of every view once); then for jittered images
+    /// `α` and `β` of each dye in basis order.
     pub fn apply<R: Rng + ?Sized>(&self, images: &Tensor, rng: &mut R) -> Result<Tensor> {
         let [n, _, h, w] = check_images(images, "images", true)?;
         self.validate()?;
@@ -204,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_strength_is_the_identity_and_p_zero_draws_nothing() {
+    fn zero_strength_and_p_zero_leave_the_images_unchanged() {
         let x = images(4, 8).clamp(MIN_INTENSITY, 1.0);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut j = StainJitter::per_channel(1.0, 0.0, 0.0);
