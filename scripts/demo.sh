@@ -22,7 +22,7 @@ echo "== building libamlmil.so and amlmil (cargo build)"
 cargo build --quiet
 amlmil=target/debug/amlmil
 
-echo "== the quick experiment -> $exp (about 5 minutes on 2 cores; reruns reuse finished stages)"
+echo "== the quick experiment -> $exp (about 8 minutes on 2 cores; reruns reuse finished stages)"
 "$amlmil" experiment --preset quick --output "$exp"
 
 echo "== C example against include/amlmil.h and libamlmil.so"
