@@ -282,6 +282,9 @@ def test_close_is_refused_while_in_use(models):
 CTRL_C = r"""
 import os, signal, sys, threading, time
 import numpy as np, amlmil
+# A process started in the background by a shell without job control inherits
+# SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 s = amlmil.Session(sys.argv[1], sys.argv[2], options=amlmil.SessionOptions(batch_size=1, warm_up=False))
 imgs = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(20)]
 t0 = time.time(); s.classify(imgs); per_cell = (time.time() - t0) / 20
