@@ -64,17 +64,22 @@ pub fn deserialize_strict<T: serde::Serialize + serde::de::DeserializeOwned>(
     }
 }
 
+/// `path.key`, or `key` at the top level.
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
 /// The path of the first key of `input` that `kept` lacks.
 fn first_dropped(input: &Value, kept: &Value, path: &str) -> Option<String> {
     let (Value::Object(input), Value::Object(kept)) = (input, kept) else {
         return None;
     };
     for (key, v) in input {
-        let p = if path.is_empty() {
-            key.clone()
-        } else {
-            format!("{path}.{key}")
-        };
+        let p = join(path, key);
         match kept.get(key) {
             Some(k) => {
                 if let Some(d) = first_dropped(v, k, &p) {
@@ -101,11 +106,7 @@ fn merge_at(base: &mut Value, over: Value, path: &str, what: Option<&str>) -> Re
     match (base, over) {
         (Value::Object(b), Value::Object(o)) if same_variant(b, &o) => {
             for (k, v) in o {
-                let key = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let key = join(path, &k);
                 match (b.get_mut(&k), what) {
                     (Some(slot), _) => merge_at(slot, v, &key, what)?,
                     (None, None) => {

@@ -171,7 +171,10 @@ pub unsafe extern "C" fn amlmil_session_model_info(
             mil_tool: strings.mil_tool.as_ptr(),
             device: strings.device.as_ptr(),
         };
-        let min = std::mem::offset_of!(amlmil_model_info, input_size) + 4;
+        let min = FIELDS
+            .iter()
+            .find(|(name, ..)| *name == "input_size")
+            .map_or(0, |&(.., end)| end);
         if size < min {
             return Err(Error::invalid(
                 "info_size",
