@@ -188,7 +188,7 @@ enum amlmil_precision
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /**
-   * 32-bit float (default; the only choice on the CPU).
+   * 32-bit float (default).
    */
   AMLMIL_PRECISION_FP32 = 0,
   /**
@@ -196,7 +196,9 @@ enum amlmil_precision
    */
   AMLMIL_PRECISION_FP16 = 1,
   /**
-   * bfloat16 (CUDA only).
+   * bfloat16: on CUDA, and on a CPU with native bf16 (avx512_bf16 or AMX),
+   * where the fused path runs it; on another CPU `amlmil_session_new`
+   * returns AMLMIL_STATUS_UNSUPPORTED naming the missing instruction set.
    */
   AMLMIL_PRECISION_BF16 = 2,
 };
@@ -391,6 +393,11 @@ typedef struct {
    * Device the session runs on: `"cpu"` or `"cuda:N"`.
    */
   const char *device;
+  /**
+   * Arithmetic of the encoder in use: `"fp32"`, `"fp16"` or `"bf16"` (the
+   * attention, softmax and classifiers always run in fp32).
+   */
+  const char *precision;
 } amlmil_model_info;
 
 /**
@@ -893,7 +900,8 @@ amlmil_status amlmil_session_options_init(amlmil_session_options *options);
  * @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO, _CHECKPOINT (missing manifest, wrong
  *   kind, truncated, tensors not matching the manifest), _MISMATCH (head does not
  *   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT,
- *   _LIMIT (`batch_size` over `max_batch_bytes`), _PLUGIN.
+ *   _LIMIT (`batch_size` over `max_batch_bytes`), _PLUGIN, _UNSUPPORTED (bf16
+ *   on a CPU without native bf16).
  */
 amlmil_status amlmil_session_new(const char *encoder_path,
                                  const char *mil_path,

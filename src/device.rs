@@ -102,7 +102,40 @@ pub fn cuda_device_count() -> usize {
     tch::Cuda::device_count().max(0) as usize
 }
 
-/// Arithmetic of the encoder. Reduced precision needs a GPU.
+/// Environment variable that, set to `0`, makes [`cpu_bf16`] report no native
+/// bf16 (to test the refusal, or to rule bf16 out on a machine).
+pub const CPU_BF16_ENV: &str = "AMLMIL_CPU_BF16";
+
+/// The instruction set that gives this CPU native bf16 arithmetic, as oneDNN
+/// uses it for the fused encoder: `"amx_bf16"` or `"avx512_bf16"` (from
+/// `/proc/cpuinfo`), or why there is none. Without them oneDNN would emulate
+/// bf16 slower than fp32, so sessions refuse bf16 on such CPUs.
+pub fn cpu_bf16() -> std::result::Result<&'static str, String> {
+    if std::env::var(CPU_BF16_ENV).is_ok_and(|v| v.trim() == "0") {
+        return Err(format!("native bf16 is switched off by {CPU_BF16_ENV}=0"));
+    }
+    static FLAGS: std::sync::OnceLock<Option<Vec<String>>> = std::sync::OnceLock::new();
+    let flags = FLAGS.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("flags"))?;
+        let (_, list) = line.split_once(':')?;
+        Some(list.split_whitespace().map(str::to_owned).collect())
+    });
+    let Some(flags) = flags else {
+        return Err("the CPU's instruction sets cannot be read (/proc/cpuinfo)".into());
+    };
+    let has = |f: &str| flags.iter().any(|x| x == f);
+    if has("amx_bf16") {
+        Ok("amx_bf16")
+    } else if has("avx512_bf16") {
+        Ok("avx512_bf16")
+    } else {
+        Err("this CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be emulated, slower than fp32)".into())
+    }
+}
+
+/// Arithmetic of the encoder: fp32 everywhere; fp16 and bf16 on CUDA; bf16 also
+/// on CPUs with native bf16 ([`cpu_bf16`]), through the fused path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -128,6 +161,15 @@ impl FromStr for Precision {
 }
 
 impl Precision {
+    /// `"fp32"`, `"fp16"` or `"bf16"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
     /// The libtorch element type of this precision.
     pub fn kind(self) -> Kind {
         match self {

@@ -69,6 +69,11 @@ pub enum Error {
     /// A request exceeds a configured resource limit (names the option that sets it).
     #[error("limit `{option}` exceeded: {reason}")]
     Limit { option: String, reason: String },
+
+    /// What was asked for is valid but this machine or build cannot do it
+    /// (names the option and what is missing, e.g. an instruction set).
+    #[error("`{option}` is not supported here: {reason}")]
+    Unsupported { option: String, reason: String },
 }
 
 impl Error {
@@ -83,6 +88,14 @@ impl Error {
     /// Shorthand for [`Error::Limit`].
     pub fn limit(option: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Limit {
+            option: option.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Unsupported`].
+    pub fn unsupported(option: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Unsupported {
             option: option.into(),
             reason: reason.into(),
         }

@@ -28,6 +28,9 @@ use crate::Progress;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncoderOptions {
     pub device: DeviceSpec,
+    /// Arithmetic of the encoder: fp32 (default); fp16 or bf16 on CUDA; bf16
+    /// on the CPU where it has native bf16 ([`crate::device::cpu_bf16`]),
+    /// refused with [`Error::Unsupported`] elsewhere.
     pub precision: Precision,
     /// Cells encoded per forward pass.
     pub batch_size: usize,
@@ -39,7 +42,8 @@ pub struct EncoderOptions {
     pub channels_last: bool,
     /// On the CPU, fold batch norm into the convolutions and run the encoder on
     /// oneDNN's blocked layout with pre-packed weights ([`crate::model::FusedEncoder`];
-    /// fastest; same outputs to float rounding). Ignored on CUDA.
+    /// fastest; same outputs to float rounding). Ignored on CUDA. Needed for bf16
+    /// on the CPU.
     pub fused: bool,
     /// Run one batch through the encoder when the session is created, so the
     /// first bag does not pay for oneDNN/cuDNN primitive creation.
@@ -151,7 +155,10 @@ pub struct FrozenEncoder {
     backend: Backend,
     manifest: EncoderManifest,
     device: Device,
+    /// Element type of the input batches.
     kind: Kind,
+    /// Arithmetic of the encoder (and of a fused head's `g`).
+    precision: Precision,
     batch_size: usize,
     channels_last: bool,
     _vars: VarStore,
@@ -165,14 +172,8 @@ impl FrozenEncoder {
             return Err(Error::invalid("batch_size", "must be at least 1"));
         }
         let device = options.device.resolve()?;
-        if options.precision != Precision::Fp32 && device == Device::Cpu {
-            return Err(Error::invalid(
-                "precision",
-                format!(
-                    "{:?} needs a CUDA device; this session runs on the CPU",
-                    options.precision
-                ),
-            ));
+        if device == Device::Cpu {
+            check_cpu_precision(options)?;
         }
         if let Some(n) = options.num_threads.filter(|n| *n > 0) {
             tch::set_num_threads(n as i32);
@@ -196,10 +197,16 @@ impl FrozenEncoder {
                 ),
             ));
         }
-        let kind = options.precision.kind();
+        let fused = options.fused && device == Device::Cpu;
+        // The fused path folds from the f32 weights and rounds once to its own
+        // precision; inputs stay f32. Elsewhere the module runs in `precision`.
+        let kind = if fused {
+            Kind::Float
+        } else {
+            options.precision.kind()
+        };
         vs.set_kind(kind);
         vs.freeze();
-        let fused = options.fused && device == Device::Cpu && kind == Kind::Float;
         let channels_last = options.channels_last && device == Device::Cpu && !fused;
         if channels_last {
             tch::no_grad(|| {
@@ -217,7 +224,7 @@ impl FrozenEncoder {
         }
         let (backend, vs) = if fused {
             // The packed copies are all the fused path reads: free the module's weights.
-            let packed = FusedEncoder::new(&encoder)?;
+            let packed = FusedEncoder::new(&encoder, options.precision.kind())?;
             drop(encoder);
             (Backend::Fused(packed), VarStore::new(Device::Cpu))
         } else {
@@ -228,6 +235,7 @@ impl FrozenEncoder {
             manifest,
             device,
             kind,
+            precision: options.precision,
             batch_size: options.batch_size,
             channels_last,
             _vars: vs,
@@ -328,9 +336,33 @@ impl FrozenEncoder {
         matches!(self.backend, Backend::Fused(_))
     }
 
+    /// Arithmetic the encoder runs in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Cells per forward pass.
     pub fn batch_size(&self) -> usize {
         self.batch_size
+    }
+}
+
+/// Reduced precision on the CPU: bf16 through the fused path on a CPU with
+/// native bf16, never fp16.
+fn check_cpu_precision(options: &EncoderOptions) -> Result<()> {
+    match options.precision {
+        Precision::Fp32 => Ok(()),
+        Precision::Fp16 => Err(Error::invalid(
+            "precision",
+            "fp16 needs a CUDA device; on the CPU use fp32, or bf16 where the CPU has it",
+        )),
+        Precision::Bf16 if !options.fused => Err(Error::invalid(
+            "precision",
+            "bf16 on the CPU runs on the fused path; leave `fused` on",
+        )),
+        Precision::Bf16 => crate::device::cpu_bf16()
+            .map(|isa| log::debug!("bf16 on the CPU through {isa}"))
+            .map_err(|why| Error::unsupported("precision", format!("bf16 on the CPU: {why}"))),
     }
 }
 

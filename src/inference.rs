@@ -150,7 +150,9 @@ impl Session {
         }
         mil_vs.freeze();
         let fused_g = match mil.four_conv_layers() {
-            Some(convs) if encoder.is_fused() => Some(FusedCellNet::new(convs)?),
+            Some(convs) if encoder.is_fused() => {
+                Some(FusedCellNet::new(convs, encoder.precision().kind())?)
+            }
             _ => None,
         };
         if options.warm_up {
@@ -217,6 +219,12 @@ impl Session {
 
     pub fn device(&self) -> Device {
         self.encoder.device()
+    }
+
+    /// Arithmetic of the encoder (and, on the fused CPU path, of the head's
+    /// `g`); attention, softmax and classifiers always run in f32.
+    pub fn precision(&self) -> crate::device::Precision {
+        self.encoder.precision()
     }
 
     pub fn classes(&self) -> &[String] {

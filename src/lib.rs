@@ -31,6 +31,7 @@ pub mod experiment;
 pub mod features;
 pub mod ffi;
 pub mod frozen;
+pub mod guard;
 pub mod inference;
 pub mod interop;
 pub mod io;

@@ -385,3 +385,70 @@ fn bags_reject_bad_cells_and_stay_unchanged() {
         amlmil_bag_free(bag);
     }
 }
+
+/// bf16 on the CPU through the C ABI: where the CPU has native bf16 a session
+/// runs it (model_info says so; results within rounding of fp32's), and
+/// where it has none `amlmil_session_new` answers AMLMIL_STATUS_UNSUPPORTED
+/// naming why. The second case is run here too, in a child process of this
+/// test with the detection forced off (`AMLMIL_CPU_BF16=0`).
+#[test]
+fn bf16_on_the_cpu_runs_where_the_cpu_has_it_and_is_refused_naming_why_elsewhere() {
+    const NAME: &str =
+        "bf16_on_the_cpu_runs_where_the_cpu_has_it_and_is_refused_naming_why_elsewhere";
+    let f = common::fixture();
+    let (enc, mil) = (c(f.encoder.to_str().unwrap()), c(f.mil.to_str().unwrap()));
+    let (mut o, _d) = cpu_options();
+    o.precision = amlmil_precision::Bf16 as u32;
+    let mut s = ptr::null_mut();
+    let status = unsafe { amlmil_session_new(enc.as_ptr(), mil.as_ptr(), &o, &mut s) };
+    match amlmil::device::cpu_bf16() {
+        Err(why) => {
+            assert_eq!(status, amlmil_status::Unsupported, "{}", last_error());
+            assert!(last_error().contains(&why), "{} vs {why}", last_error());
+            assert!(last_error().contains("`precision`"), "{}", last_error());
+            assert!(s.is_null());
+        }
+        Ok(_) => unsafe {
+            assert_eq!(status, amlmil_status::Ok, "{}", last_error());
+            let mut info: amlmil_model_info = std::mem::zeroed();
+            let size = std::mem::size_of::<amlmil_model_info>();
+            assert_eq!(
+                amlmil_session_model_info(s, &mut info, size),
+                amlmil_status::Ok
+            );
+            assert_eq!(CStr::from_ptr(info.precision).to_str().unwrap(), "bf16");
+            let fp32 = common::ffi::session();
+            amlmil_session_model_info(fp32, &mut info, size);
+            assert_eq!(CStr::from_ptr(info.precision).to_str().unwrap(), "fp32");
+            let bag = common::ffi::bag_with(&common::cells(6, 144, 9), 0);
+            let a = common::ffi::classify_outputs(fp32, bag);
+            let b = common::ffi::classify_outputs(s, bag);
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                diff > 0.0 && diff < 0.05,
+                "bf16 vs fp32 outputs differ by {diff}"
+            );
+            amlmil_bag_free(bag);
+            amlmil_session_free(fp32);
+            amlmil_session_free(s);
+        },
+    }
+    if std::env::var(amlmil::device::CPU_BF16_ENV).is_err() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture"])
+            .env(amlmil::device::CPU_BF16_ENV, "0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "with {}=0:\n{}\n{}",
+            amlmil::device::CPU_BF16_ENV,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -521,6 +521,7 @@ fn model_info_class_names_and_feature_maps_round_trip_through_classify_features(
         let text = |p: *const c_char| CStr::from_ptr(p).to_str().unwrap().to_owned();
         assert_eq!(text(info.encoder_architecture), "resnet18");
         assert_eq!(text(info.device), "cpu");
+        assert_eq!(text(info.precision), "fp32");
         assert!(text(info.mil_tool).starts_with("amlmil "));
         // The hashes are the checksums the files were written with.
         let f = common::fixture();

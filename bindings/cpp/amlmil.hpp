@@ -65,9 +65,9 @@ enum class AttentionKind : std::uint32_t {
 
 /** @brief Arithmetic of the encoder. */
 enum class Precision : std::uint32_t {
-  fp32 = AMLMIL_PRECISION_FP32, ///< 32-bit float (default; the only choice on the CPU).
+  fp32 = AMLMIL_PRECISION_FP32, ///< 32-bit float (default).
   fp16 = AMLMIL_PRECISION_FP16, ///< 16-bit float (CUDA only).
-  bf16 = AMLMIL_PRECISION_BF16, ///< bfloat16 (CUDA only).
+  bf16 = AMLMIL_PRECISION_BF16, ///< bfloat16: CUDA, or a CPU with avx512_bf16/AMX (else AMLMIL_STATUS_UNSUPPORTED).
 };
 
 /** @brief Log levels of set_log_callback. */
@@ -581,6 +581,7 @@ struct ModelInfo {
   std::string mil_sha256;                  ///< Content hash ("" before checksums).
   std::string mil_tool;                    ///< Tool that wrote the head.
   std::string device;                      ///< "cpu" or "cuda:N".
+  std::string precision;                   ///< The encoder's arithmetic: "fp32", "fp16" or "bf16".
 };
 
 class Session {
@@ -669,6 +670,7 @@ class Session {
     m.mil_sha256 = raw.mil_sha256;
     m.mil_tool = raw.mil_tool;
     m.device = raw.device;
+    m.precision = raw.precision;
     return m;
   }
 

@@ -50,11 +50,14 @@ pub struct amlmil_model_info {
     pub mil_tool: *const c_char,
     /// Device the session runs on: `"cpu"` or `"cuda:N"`.
     pub device: *const c_char,
+    /// Arithmetic of the encoder in use: `"fp32"`, `"fp16"` or `"bf16"` (the
+    /// attention, softmax and classifiers always run in fp32).
+    pub precision: *const c_char,
 }
 
 /// Each field of `amlmil_model_info` with its byte range: a caller's size
 /// must not end inside one.
-const FIELDS: [(&str, usize, usize); 15] = {
+const FIELDS: [(&str, usize, usize); 16] = {
     macro_rules! fields {
         ($($f:ident: $t:ty),* $(,)?) => {
             [$((
@@ -80,6 +83,7 @@ const FIELDS: [(&str, usize, usize); 15] = {
         mil_sha256: *const c_char,
         mil_tool: *const c_char,
         device: *const c_char,
+        precision: *const c_char,
     )
 };
 
@@ -96,6 +100,7 @@ struct Strings {
     mil_sha256: CString,
     mil_tool: CString,
     device: CString,
+    precision: CString,
     classes: Vec<CString>,
 }
 
@@ -119,6 +124,7 @@ impl InfoStrings {
                 mil_sha256: c(mil_sha.unwrap_or("")),
                 mil_tool: c(s.mil_manifest().provenance.tool.clone()),
                 device: c(device),
+                precision: c(s.precision().name()),
                 classes: s.classes().iter().map(|n| c(n.clone())).collect(),
             }
         })
@@ -170,6 +176,7 @@ pub unsafe extern "C" fn amlmil_session_model_info(
             mil_sha256: strings.mil_sha256.as_ptr(),
             mil_tool: strings.mil_tool.as_ptr(),
             device: strings.device.as_ptr(),
+            precision: strings.precision.as_ptr(),
         };
         let min = FIELDS
             .iter()

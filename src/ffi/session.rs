@@ -61,11 +61,13 @@ impl amlmil_session {
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum amlmil_precision {
-    /// 32-bit float (default; the only choice on the CPU).
+    /// 32-bit float (default).
     Fp32 = 0,
     /// 16-bit float (CUDA only).
     Fp16 = 1,
-    /// bfloat16 (CUDA only).
+    /// bfloat16: on CUDA, and on a CPU with native bf16 (avx512_bf16 or AMX),
+    /// where the fused path runs it; on another CPU `amlmil_session_new`
+    /// returns AMLMIL_STATUS_UNSUPPORTED naming the missing instruction set.
     Bf16 = 2,
 }
 
@@ -374,7 +376,8 @@ unsafe fn read_options(
 /// @return AMLMIL_STATUS_OK; AMLMIL_STATUS_IO, _CHECKPOINT (missing manifest, wrong
 ///   kind, truncated, tensors not matching the manifest), _MISMATCH (head does not
 ///   fit the encoder), _DEVICE (unknown device or no such GPU), _INVALID_ARGUMENT,
-///   _LIMIT (`batch_size` over `max_batch_bytes`), _PLUGIN.
+///   _LIMIT (`batch_size` over `max_batch_bytes`), _PLUGIN, _UNSUPPORTED (bf16
+///   on a CPU without native bf16).
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_new(
     encoder_path: *const c_char,

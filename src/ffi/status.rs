@@ -103,6 +103,7 @@ impl FfiError {
                 Error::Plugin { .. } => S::Plugin,
                 Error::Busy(_) => S::Busy,
                 Error::Limit { .. } => S::Limit,
+                Error::Unsupported { .. } => S::Unsupported,
             },
         }
     }

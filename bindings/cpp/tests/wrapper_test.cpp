@@ -257,6 +257,27 @@ int main(int argc, char** argv) {
       expect_error([&] { (void)session.classify_features(maps, bag.size(), ids); }, AMLMIL_STATUS_INVALID_ARGUMENT,
                    "appears earlier", "duplicate ids in classify_features");
     }
+    // --- bf16 on the CPU: runs where the CPU has native bf16, else refused naming why
+    {
+      std::ifstream cpuinfo("/proc/cpuinfo");
+      const std::string flags((std::istreambuf_iterator<char>(cpuinfo)), std::istreambuf_iterator<char>());
+      const bool native = contains(flags, " avx512_bf16") || contains(flags, " amx_bf16");
+      amlmil::SessionOptions bf16 = options;
+      bf16.precision(amlmil::Precision::bf16);
+      if (native) {
+        amlmil::Session s16(encoder, mil, bf16);
+        expect(s16.model_info().precision == "bf16" && session.model_info().precision == "fp32",
+               "model_info reports the precision in use");
+        const amlmil::Result a = session.classify(bag), b = s16.classify(bag);
+        float diff = 0;
+        for (std::size_t k = 0; k < 5; ++k) diff = std::max(diff, std::fabs(a.probabilities()[k] - b.probabilities()[k]));
+        expect(diff > 0 && diff < 0.05f, "bf16 probabilities within rounding of fp32's: " + std::to_string(diff));
+      }
+      ::setenv("AMLMIL_CPU_BF16", "0", 1);  // the detection forced off
+      expect_error([&] { amlmil::Session s(encoder, mil, bf16); }, AMLMIL_STATUS_UNSUPPORTED, "AMLMIL_CPU_BF16=0",
+                   "bf16 without native bf16");
+      ::unsetenv("AMLMIL_CPU_BF16");
+    }
     session.cancel();  // cancels only calls running now: none
     const amlmil::Result result = session.classify(bag);
     const CView c = c_classify(session.get(), bag.get());

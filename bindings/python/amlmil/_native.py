@@ -87,6 +87,7 @@ class ModelInfoC(ctypes.Structure):
         ("mil_sha256", ctypes.c_char_p),
         ("mil_tool", ctypes.c_char_p),
         ("device", ctypes.c_char_p),
+        ("precision", ctypes.c_char_p),
     ]
 
 

@@ -569,7 +569,7 @@ class SessionOptions:
     """``amlmil_session_options``; defaults come from ``amlmil_session_options_init``."""
 
     device: str = dataclasses.field(default_factory=_default("device"))  #: "auto", "cpu", "cuda", "cuda:N"
-    precision: Union[str, int] = dataclasses.field(default_factory=_default("precision"))  #: "fp32", "fp16", "bf16"
+    precision: Union[str, int] = dataclasses.field(default_factory=_default("precision"))  #: "fp32", "fp16" (CUDA), "bf16" (CUDA; CPUs with avx512_bf16/AMX)
     batch_size: int = dataclasses.field(default_factory=_default("batch_size"))
     num_threads: int = dataclasses.field(default_factory=_default("num_threads"))  #: 0 = libtorch's default
     channels_last: bool = dataclasses.field(default_factory=_default("channels_last"))
@@ -628,6 +628,7 @@ class ModelInfo:
     mil_sha256: str
     mil_tool: str
     device: str
+    precision: str  #: the encoder's arithmetic: "fp32", "fp16" or "bf16"
 
 
 class Session(_Owner):
@@ -774,6 +775,7 @@ class Session(_Owner):
             mil_sha256=text(raw.mil_sha256),
             mil_tool=text(raw.mil_tool),
             device=text(raw.device),
+            precision=text(raw.precision),
         )
 
     def cancel(self) -> None:

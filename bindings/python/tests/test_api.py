@@ -417,6 +417,32 @@ def test_model_info_and_feature_maps_round_trip(session, models):
     assert amlmil.training_cancel() is False
 
 
+BF16_REFUSED = r"""
+import sys, amlmil
+try:
+    amlmil.Session(sys.argv[1], sys.argv[2], options=amlmil.SessionOptions(device="cpu", precision="bf16"))
+except amlmil.AmlmilError as e:
+    print(e.status, e)
+"""
+
+
+def test_bf16_on_the_cpu_where_it_is_native_and_refused_naming_why_elsewhere(models):
+    flags = Path("/proc/cpuinfo").read_text().split()
+    native = ("avx512_bf16" in flags or "amx_bf16" in flags) and os.environ.get("AMLMIL_CPU_BF16") != "0"
+    imgs = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(5)]
+    if native:
+        bf16 = amlmil.Session(*models, options=amlmil.SessionOptions(device="cpu", precision="bf16"))
+        fp32 = amlmil.Session(*models, options=amlmil.SessionOptions(device="cpu"))
+        with bf16, fp32:
+            assert (bf16.model_info().precision, fp32.model_info().precision) == ("bf16", "fp32")
+            a, b = fp32.classify(imgs), bf16.classify(imgs)
+            diff = np.abs(a.probabilities - b.probabilities).max()
+            assert 0 < diff < 0.05, diff
+    env = {**os.environ, "AMLMIL_CPU_BF16": "0"}
+    out = subprocess.run([sys.executable, "-c", BF16_REFUSED, *map(str, models)], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"{int(amlmil.Status.UNSUPPORTED)} ") and "AMLMIL_CPU_BF16=0" in out, out
+
+
 def test_rust_plugin_through_options(models):
     plugin = Path(_native.library_path()).parent / "libamlmil_grey_world.so"
     assert plugin.exists(), plugin

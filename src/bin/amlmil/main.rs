@@ -41,6 +41,10 @@ enum Command {
     Info,
     /// Classify bags: each PATH is a folder with one patient's cell images.
     Predict(PredictArgs),
+    /// The diagnosis guard: classify bags at fp32 and at a reduced precision
+    /// and check that class, probabilities and top-attention cells agree (JSON;
+    /// exit status 1 when they do not).
+    CheckPrecision(CheckPrecisionArgs),
     /// Write a seeded, randomly initialised checkpoint.
     InitCheckpoint(InitArgs),
     /// Print a checkpoint's manifest (JSON).
@@ -103,9 +107,13 @@ struct BenchArgs {
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<usize>,
-    /// Also measure libtorch's f32 GEMM rate (1024×1024), the compute ceiling.
+    /// Also measure the compute ceilings: libtorch's f32 and bf16 GEMM rates
+    /// (1024³) and oneDNN's bf16 convolution at ResNet shapes.
     #[arg(long)]
     gemm: bool,
+    /// `fp32`, or `bf16` (on the CPU: the fused path, where the CPU has native bf16).
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -185,7 +193,8 @@ struct PredictArgs {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// `fp32`, `fp16` or `bf16` (reduced precision needs CUDA).
+    /// `fp32`, `fp16` or `bf16` (fp16 needs CUDA; bf16 runs on CUDA and on CPUs
+    /// with native bf16, avx512_bf16 or AMX).
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Cells per encoder batch.
@@ -207,6 +216,40 @@ struct PredictArgs {
     /// Configuration string for --plugin (JSON by convention).
     #[arg(long, default_value = "", requires = "plugin")]
     plugin_config: String,
+    /// Bag folders.
+    #[arg(required = true)]
+    bags: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CheckPrecisionArgs {
+    /// Encoder checkpoint (.safetensors).
+    #[arg(long)]
+    encoder: PathBuf,
+    /// Attention-MIL checkpoint (.safetensors).
+    #[arg(long)]
+    mil: PathBuf,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// The reduced precision to check against fp32: `bf16` or `fp16` (CUDA).
+    #[arg(long, default_value = "bf16")]
+    precision: String,
+    /// Cells per encoder batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Largest allowed difference of any class probability.
+    #[arg(long, default_value_t = amlmil::guard::GuardBounds::default().max_probability_diff)]
+    max_probability_diff: f32,
+    /// Cells compared per class ranking.
+    #[arg(long, default_value_t = amlmil::guard::GuardBounds::default().top_k)]
+    top_k: usize,
+    /// Of the top-k cells, how many must be among fp32's.
+    #[arg(long, default_value_t = amlmil::guard::GuardBounds::default().min_overlap)]
+    min_overlap: usize,
+    /// Write the JSON here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Bag folders.
     #[arg(required = true)]
     bags: Vec<PathBuf>,
@@ -257,6 +300,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Predict(args) => predict(args),
+        Command::CheckPrecision(args) => check_precision(args),
         Command::InitCheckpoint(args) => init_checkpoint(args),
         Command::Inspect { checkpoint } => Checkpoint::read(&checkpoint).map(|ck| {
             println!(
@@ -340,29 +384,69 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
         n as f64 / start.elapsed().as_secs_f64()
     };
     let line = |what: serde_json::Value| emit(&what.to_string());
+    let precision: Precision = args.precision.parse()?;
     if args.gemm {
         let n = 1024i64;
-        let a = Tensor::rand([n, n], (Kind::Float, device));
-        let b = Tensor::rand([n, n], (Kind::Float, device));
-        let per_s = timed(&mut || drop(a.mm(&b)));
-        line(
-            serde_json::json!({"impl": "libtorch_sgemm", "n": n, "threads": tch::get_num_threads(),
-            "gflop_per_s": (per_s * 2.0 * (n * n * n) as f64 / 1e9 * 10.0).round() / 10.0}),
-        );
+        for (name, kind) in [
+            ("libtorch_sgemm", Kind::Float),
+            ("libtorch_bf16_gemm", Kind::BFloat16),
+        ] {
+            let a = Tensor::rand([n, n], (kind, device));
+            let b = Tensor::rand([n, n], (kind, device));
+            let per_s = timed(&mut || drop(a.mm(&b)));
+            line(
+                serde_json::json!({"impl": name, "n": n, "threads": tch::get_num_threads(),
+                "gflop_per_s": (per_s * 2.0 * (n * n * n) as f64 / 1e9 * 10.0).round() / 10.0}),
+            );
+        }
+        if device == tch::Device::Cpu {
+            for (c, side, batch) in [(64, 36, 16), (128, 18, 32), (256, 9, 64), (512, 5, 128)] {
+                let per_s = conv_ceiling(c, side, batch, &timed)?;
+                let flop = 2.0 * (c * c * 9 * side * side * batch) as f64;
+                line(
+                    serde_json::json!({"impl": "onednn_bf16_conv3x3", "channels": c, "side": side,
+                    "batch": batch, "threads": tch::get_num_threads(),
+                    "gflop_per_s": (per_s * flop / 1e9 * 10.0).round() / 10.0}),
+                );
+            }
+        }
     }
     let x = Tensor::rand(
         [args.batch_size, 3, args.size, args.size],
         (Kind::Float, device),
     );
-    let layouts: &[&str] = if device == tch::Device::Cpu {
-        &["fused", "channels_last", "nchw"]
+    let layouts: &[&str] = match (device, precision) {
+        (tch::Device::Cpu, Precision::Fp32) => &["fused", "channels_last", "nchw"],
+        (tch::Device::Cpu, Precision::Bf16) => {
+            amlmil::device::cpu_bf16().map_err(|why| {
+                amlmil::Error::unsupported("precision", format!("bf16 on the CPU: {why}"))
+            })?;
+            &["fused"]
+        }
+        (tch::Device::Cpu, Precision::Fp16) => {
+            return Err(amlmil::Error::invalid(
+                "precision",
+                "fp16 is benchmarked on CUDA only",
+            ))
+        }
+        _ => &["nchw"],
+    };
+    if device != tch::Device::Cpu {
+        vs.set_kind(precision.kind());
+    }
+    let x = x.to_kind(if device == tch::Device::Cpu {
+        Kind::Float
     } else {
-        &["nchw"]
+        precision.kind()
+    });
+    let suffix = match precision {
+        Precision::Fp32 => String::new(),
+        p => format!("_{}", p.name()),
     };
     for layout in layouts {
         let per_s = match *layout {
             "fused" => {
-                let fused = FusedEncoder::new(&encoder)?;
+                let fused = FusedEncoder::new(&encoder, precision.kind())?;
                 timed(&mut || drop(fused.feature_map(&x)))
             }
             "channels_last" => {
@@ -385,13 +469,35 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
         };
         let rate = per_s * args.batch_size as f64;
         line(
-            serde_json::json!({"impl": format!("amlmil_{layout}"), "arch": arch.name(), "size": args.size,
+            serde_json::json!({"impl": format!("amlmil_{layout}{suffix}"), "precision": precision.name(),
+            "arch": arch.name(), "size": args.size,
             "batch": args.batch_size, "device": amlmil::device::device_name(device),
             "threads": tch::get_num_threads(), "cells_per_s": (rate * 10.0).round() / 10.0,
             "peak_rss_mb": peak_rss_mb()}),
         );
     }
     Ok(())
+}
+
+/// Calls per second of one oneDNN bf16 3×3 convolution `c → c` on
+/// `[batch, c, side, side]` with packed weights, blocked layout in and out: the
+/// fastest bf16 kernel at a ResNet layer's shape, the ceiling of the bf16 rows.
+fn conv_ceiling(
+    c: i64,
+    side: i64,
+    batch: i64,
+    timed: &dyn Fn(&mut dyn FnMut()) -> f64,
+) -> amlmil::Result<f64> {
+    use tch::{Device, Kind, Tensor};
+    let bf16 = Kind::BFloat16;
+    let x = Tensor::rand([batch, c, side, side], (Kind::Float, Device::Cpu)).f_to_mkldnn(bf16)?;
+    let w = (Tensor::rand([c, c, 3, 3], (Kind::Float, Device::Cpu)) * 0.01)
+        .f_to_mkldnn(bf16)?
+        .f_mkldnn_reorder_conv2d_weight([1, 1], [1, 1], [1, 1], 1, None::<&[i64]>)?;
+    let b = Tensor::zeros([c], (Kind::Float, Device::Cpu));
+    Ok(timed(&mut || {
+        drop(x.mkldnn_convolution(&w, Some(&b), [1, 1], [1, 1], [1, 1], 1))
+    }))
 }
 
 /// This process's peak resident memory (`VmHWM`) in MiB, or `None` off Linux.
@@ -539,6 +645,57 @@ fn cell_files(dir: &Path) -> amlmil::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A bag folder's image files (sorted) and the bag of their cells, ids = positions.
+fn load_bag(dir: &Path) -> amlmil::Result<(Vec<PathBuf>, Bag)> {
+    let files = cell_files(dir)?;
+    let mut bag = Bag::new();
+    for (i, f) in files.iter().enumerate() {
+        bag.add(i as u64, CellImage::open(f)?)?;
+    }
+    Ok((files, bag))
+}
+
+fn check_precision(args: CheckPrecisionArgs) -> amlmil::Result<()> {
+    use amlmil::guard::{check, GuardBounds};
+    let options = SessionOptions {
+        device: args.device.parse::<DeviceSpec>()?,
+        precision: args.precision.parse::<Precision>()?,
+        batch_size: args.batch_size,
+        ..Default::default()
+    };
+    let bounds = GuardBounds {
+        max_probability_diff: args.max_probability_diff,
+        top_k: args.top_k,
+        min_overlap: args.min_overlap,
+    };
+    let bags = args
+        .bags
+        .iter()
+        .map(|dir| Ok((dir.display().to_string(), load_bag(dir)?.1)))
+        .collect::<amlmil::Result<Vec<_>>>()?;
+    let report = check(&args.encoder, &args.mil, &options, &bags, &bounds)?;
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    match &args.out {
+        Some(path) => amlmil::io::write_atomic(path, json.as_bytes())?,
+        None => emit(&json),
+    }
+    if report.holds {
+        Ok(())
+    } else {
+        Err(amlmil::Error::Mismatch(format!(
+            "the diagnosis guard fails at {}: {} of {} bags keep their class, probabilities differ by up to {:.4} (bound {}), top-{} overlap down to {} (bound {})",
+            report.precision.name(),
+            report.same_class,
+            report.bags.len(),
+            report.max_probability_diff,
+            bounds.max_probability_diff,
+            bounds.top_k,
+            report.min_overlap,
+            bounds.min_overlap
+        )))
+    }
+}
+
 fn predict(args: PredictArgs) -> amlmil::Result<()> {
     let options = SessionOptions {
         device: args.device.parse::<DeviceSpec>()?,
@@ -556,11 +713,7 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
     }
     let mut reports = Vec::new();
     for dir in &args.bags {
-        let files = cell_files(dir)?;
-        let mut bag = Bag::new();
-        for (i, f) in files.iter().enumerate() {
-            bag.add(i as u64, CellImage::open(f)?)?;
-        }
+        let (files, bag) = load_bag(dir)?;
         let bar = progress_bar(bag.len(), "cells");
         bar.set_message(dir.display().to_string());
         let pred = session.classify(&bag, &mut |_, done, _| {
