@@ -1,7 +1,12 @@
 """The peers a user would pick instead of libamlmil, on the same weights and
 inputs: PyTorch eager (torchvision ResNet trunk, inference mode) in NCHW and
 channels-last layouts, TorchScript frozen with ``optimize_for_inference``, and
-ONNX Runtime (CPU) on the encoder ``amlmil export --format onnx`` wrote.
+ONNX Runtime (CPU) on the encoder ``amlmil export --format onnx`` wrote; at
+bf16, PyTorch eager under autocast and with bf16 weights (channels-last) and
+TorchScript frozen in bf16; ONNX Runtime int8 (static QDQ quantisation,
+per-channel weights, calibrated on 64 normalised inputs). Every peer takes the
+same f32 input batch, so a conversion to bf16 is part of its time, as it is of
+libamlmil's.
 
     python benches/peers.py ENCODER.safetensors ENCODER.onnx --threads 2 --batch 32 --seconds 10
 
@@ -45,7 +50,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--only", default="eager,channels_last,torchscript,onnxruntime")
+    p.add_argument("--only", default="eager,channels_last,torchscript,onnxruntime,"
+                   "eager_bf16_autocast,eager_bf16,torchscript_bf16,onnxruntime_int8")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     trunk = load_encoder(a.encoder)
@@ -54,8 +60,8 @@ def main():
     x = torch.randn(a.batch, 3, size, size)
     results = []
 
-    def emit(peer, cells_per_s):
-        line = {"impl": peer, "arch": arch, "size": size, "batch": a.batch, "threads": a.threads,
+    def emit(peer, cells_per_s, precision="fp32"):
+        line = {"impl": peer, "precision": precision, "arch": arch, "size": size, "batch": a.batch, "threads": a.threads,
                 "cells_per_s": round(cells_per_s, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
         results.append(line)
         print(json.dumps(line), flush=True)
@@ -68,6 +74,24 @@ def main():
             cl = load_encoder(a.encoder).to(memory_format=torch.channels_last)
             emit("pytorch_eager_channels_last",
                  rate(cl, x.contiguous(memory_format=torch.channels_last), a.batch, a.seconds))
+        cl_x = x.contiguous(memory_format=torch.channels_last)
+        if "eager_bf16_autocast" in only:
+            cl = load_encoder(a.encoder).to(memory_format=torch.channels_last)
+
+            def autocast(v):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return cl(v)
+            emit("pytorch_eager_bf16_autocast", rate(autocast, cl_x, a.batch, a.seconds), "bf16")
+        if "eager_bf16" in only:
+            b16 = load_encoder(a.encoder).to(torch.bfloat16).to(memory_format=torch.channels_last)
+            emit("pytorch_eager_bf16", rate(lambda v: b16(v.to(torch.bfloat16)), cl_x, a.batch, a.seconds), "bf16")
+    if "torchscript_bf16" in only:
+        with torch.no_grad():
+            b16 = load_encoder(a.encoder).eval().to(torch.bfloat16).to(memory_format=torch.channels_last)
+            scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(b16)))
+            cl_x = x.contiguous(memory_format=torch.channels_last)
+            emit("torchscript_frozen_optimized_bf16",
+                 rate(lambda v: scripted(v.to(torch.bfloat16)), cl_x, a.batch, a.seconds), "bf16")
     if "torchscript" in only:
         with torch.no_grad():
             scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(load_encoder(a.encoder).eval())))
@@ -82,6 +106,41 @@ def main():
         sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
         xn = x.numpy().astype(np.float32)
         emit("onnxruntime", rate(lambda v: sess.run(None, {"pixels": v}), xn, a.batch, a.seconds))
+    if "onnxruntime_int8" in only:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = a.threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(quantized(a.onnx, size), so, providers=["CPUExecutionProvider"])
+        xn = x.numpy().astype(np.float32)
+        emit("onnxruntime_int8", rate(lambda v: sess.run(None, {"pixels": v}), xn, a.batch, a.seconds), "int8")
+
+
+def quantized(onnx_path, size):
+    """The exported model statically quantised to int8 (QDQ, per-channel
+    weights, calibrated on 64 normal-distributed inputs), cached beside it."""
+    out = onnx_path.replace(".onnx", ".int8.onnx")
+    if os.path.exists(out):
+        return out
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            g = np.random.default_rng(0)
+            self.batches = iter([{"pixels": g.standard_normal((8, 3, size, size)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    pre = onnx_path.replace(".onnx", ".pre.onnx")
+    quant_pre_process(onnx_path, pre, skip_symbolic_shape=True)
+    quantize_static(pre, out + ".tmp", Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    os.replace(out + ".tmp", out)
+    return out
 
 
 if __name__ == "__main__":

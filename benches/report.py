@@ -1,7 +1,7 @@
-"""Merges the JSON lines of benches/run.sh into benches/results.json and prints
-the README's table (markdown).
+"""Merges the JSON lines of benches/run.sh (and the diagnosis guard's report)
+into benches/results.json and prints the README's tables (markdown).
 
-    python benches/report.py RESULTS.jsonl OUT.json
+    python benches/report.py RESULTS.jsonl OUT.json [GUARD.json]
 """
 import json
 import platform
@@ -28,17 +28,27 @@ def gflop_per_cell(arch, size=144):
 
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-gemm = max(r["gflop_per_s"] for r in rows if r.get("impl") == "libtorch_sgemm")
+rate = lambda name: max((r["gflop_per_s"] for r in rows if r.get("impl") == name), default=None)  # noqa: E731
+gemm = rate("libtorch_sgemm")
+bf16_gemm = rate("libtorch_bf16_gemm")
+bf16_conv = rate("onednn_bf16_conv3x3")
+# The ceiling each precision's rows are measured against: the fastest kernel
+# found at that precision (int8 has none measured here).
+ceiling = {"fp32": gemm, "bf16": max(v for v in (bf16_gemm, bf16_conv) if v is not None) if bf16_gemm else None}
 enc = {}
 for r in rows:
     if "cells_per_s" in r:
         key = (r["arch"], r["impl"])
         if key not in enc or r["cells_per_s"] > enc[key]["cells_per_s"]:
             enc[key] = r  # each implementation at its best batch
-summary = {"machine": platform.processor() or platform.machine(), "gemm_gflop_per_s": gemm, "encoders": {}, "bags": []}
-print(f"libtorch f32 GEMM (1024³, {rows[0].get('threads', '?')} threads): {gemm:.0f} GFLOP/s\n")
-print("| arch | implementation | batch | cells/s | × best peer | GFLOP/s | % of GEMM | peak RSS MB |")
-print("|---|---|---|---|---|---|---|---|")
+summary = {"machine": platform.processor() or platform.machine(), "gemm_gflop_per_s": gemm,
+           "bf16_gemm_gflop_per_s": bf16_gemm, "bf16_conv_gflop_per_s": bf16_conv,
+           "ceiling_gflop_per_s": ceiling, "encoders": {}, "bags": []}
+threads = rows[0].get("threads", "?")
+print(f"Ceilings ({threads} threads): libtorch f32 GEMM (1024³) {gemm:.0f} GFLOP/s; bf16 GEMM {bf16_gemm or 0:.0f}; "
+      f"fastest oneDNN bf16 3×3 convolution {bf16_conv or 0:.0f} GFLOP/s\n")
+print("| arch | implementation | precision | batch | cells/s | × best peer (any precision) | × best peer (same precision) | GFLOP/s | % of ceiling | peak RSS MB |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for arch in ["resnet18", "resnet34"]:
     mine = {k[1]: v for k, v in enc.items() if k[0] == arch}
     if not mine:
@@ -46,32 +56,65 @@ for arch in ["resnet18", "resnet34"]:
     g = gflop_per_cell(arch)
     peers = {k: v for k, v in mine.items() if not k.startswith("amlmil")}
     best_peer = max(peers.values(), key=lambda r: r["cells_per_s"]) if peers else None
-    summary["encoders"][arch] = {"gflop_per_cell": round(g, 3), "best_peer": best_peer and best_peer["impl"], "rows": []}
+    best_at = {}
+    for v in peers.values():
+        p = v.get("precision", "fp32")
+        if p not in best_at or v["cells_per_s"] > best_at[p]["cells_per_s"]:
+            best_at[p] = v
+    summary["encoders"][arch] = {"gflop_per_cell": round(g, 3), "best_peer": best_peer and best_peer["impl"],
+                                 "best_peer_per_precision": {p: v["impl"] for p, v in best_at.items()}, "rows": []}
     for name, r in sorted(mine.items(), key=lambda kv: -kv[1]["cells_per_s"]):
-        rate = r["cells_per_s"]
-        ratio = rate / best_peer["cells_per_s"] if best_peer else float("nan")
-        gf = rate * g
-        row = {**r, "ratio_to_best_peer": round(ratio, 3), "gflop_per_s": round(gf, 1), "fraction_of_gemm": round(gf / gemm, 3)}
+        cps = r["cells_per_s"]
+        precision = r.get("precision", "fp32")
+        ratio = cps / best_peer["cells_per_s"] if best_peer else float("nan")
+        same = best_at.get(precision)
+        ratio_same = cps / same["cells_per_s"] if same else float("nan")
+        gf = cps * g
+        top = ceiling.get(precision)
+        row = {**r, "precision": precision, "ratio_to_best_peer": round(ratio, 3), "ratio_to_best_peer_same_precision": round(ratio_same, 3),
+               "gflop_per_s": round(gf, 1), "fraction_of_ceiling": round(gf / top, 3) if top else None}
         summary["encoders"][arch]["rows"].append(row)
         rss = r.get("peak_rss_mb") or ""
-        print(f"| {arch} | {name} | {r['batch']} | {rate:.1f} | {ratio:.2f} | {gf:.0f} | {100 * gf / gemm:.0f} % | {rss} |")
+        share = f"{100 * gf / top:.0f} %" if top else ""
+        print(f"| {arch} | {name} | {precision} | {r['batch']} | {cps:.1f} | {ratio:.2f} | {ratio_same:.2f} | {gf:.0f} | {share} | {rss} |")
 bags = [r for r in rows if r.get("impl") == "amlmil_c_abi"]
 if bags:
     arch = "resnet18"
-    fused = enc.get((arch, "amlmil_fused"))
-    base = {r["mode"]: r["peak_rss_mb"] for r in bags if r["cells"] == 500 and r["pace_cells_per_s"] == 0}
-    print(f"\nencoder only (amlmil_fused, batch 16): {fused['cells_per_s']:.1f} cells/s\n")
-    print("| bag (resnet18, C ABI) | cells | add s | classify s | total s (min) | total ÷ encoder-only (min) | classify ÷ encoding | peak RSS MB | × 500-cell RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    only = {p: [r for r in rows if r.get("impl") == name and r.get("arch") == arch and r.get("batch") == 16]
+            for p, name in [("fp32", "amlmil_fused"), ("bf16", "amlmil_fused_bf16")]}
+    encoder_rate = {p: v[0]["cells_per_s"] for p, v in only.items() if v}
+    base = {(r.get("precision", "fp32"), r["mode"]): r["peak_rss_mb"] for r in bags if r["cells"] == 500 and r["pace_cells_per_s"] == 0}
+    print("\nencoder only (batch 16): " + ", ".join(f"{p} {v:.1f} cells/s" for p, v in encoder_rate.items()) + "\n")
+    print("| bag (resnet18, C ABI) | precision | cells | add s | classify s | total s (min) | total ÷ encoder-only (min) | classify ÷ encoding | peak RSS MB | × 500-cell RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in bags:
-        encoder_only = r["cells"] / fused["cells_per_s"]
-        rss_ratio = r["peak_rss_mb"] / base.get(r["mode"], r["peak_rss_mb"])
-        r = {**r, "encoder_only_s": round(encoder_only, 3), "ratio_total_to_encoder_only": round(r["total_s"] / encoder_only, 3),
+        precision = r.get("precision", "fp32")
+        encoder_only = r["cells"] / encoder_rate[precision]
+        rss_ratio = r["peak_rss_mb"] / base.get((precision, r["mode"]), r["peak_rss_mb"])
+        r = {**r, "precision": precision, "encoder_only_s": round(encoder_only, 3), "ratio_total_to_encoder_only": round(r["total_s"] / encoder_only, 3),
              "ratio_min_total_to_encoder_only": round(r["min_total_s"] / encoder_only, 3),
              "classify_fraction_of_encoding": round(r["classify_s"] / encoder_only, 3), "rss_ratio_to_500": round(rss_ratio, 2)}
         summary["bags"].append(r)
         pace = f" at {r['pace_cells_per_s']:.0f} cells/s" if r["pace_cells_per_s"] > 0 else ""
-        print(f"| {r['mode']}{pace} | {r['cells']} | {r['add_s']:.2f} | {r['classify_s']:.3f} | {r['total_s']:.2f} ({r['min_total_s']:.2f}) | "
+        print(f"| {r['mode']}{pace} | {precision} | {r['cells']} | {r['add_s']:.2f} | {r['classify_s']:.3f} | {r['total_s']:.2f} ({r['min_total_s']:.2f}) | "
               f"{r['ratio_total_to_encoder_only']:.2f} ({r['ratio_min_total_to_encoder_only']:.2f}) | {r['classify_fraction_of_encoding']:.3f} | "
               f"{r['peak_rss_mb']:.0f} | {rss_ratio:.2f} |")
+if len(sys.argv) > 3:
+    try:
+        guard = json.load(open(sys.argv[3]))
+    except (OSError, ValueError):
+        guard = None
+    if guard:
+        b = guard["bounds"]
+        summary["guard"] = {k: v for k, v in guard.items() if k != "bags"} | {"cells": sum(x["cells"] for x in guard["bags"]), "patients": len(guard["bags"])}
+        print(f"\nDiagnosis guard, bf16 vs fp32 ({len(guard['bags'])} patients, {summary['guard']['cells']} cells, trained encoder + head): "
+              f"{guard['same_class']} of {len(guard['bags'])} same class; probabilities within {guard['max_probability_diff']:.4f} "
+              f"(bound {b['max_probability_diff']}); top-{b['top_k']} attention overlap ≥ {guard['min_overlap']} (bound {b['min_overlap']}); "
+              f"{'holds' if guard['holds'] else 'FAILS'}")
+int8 = [r for r in rows if r.get("impl") == "onnxruntime_int8_guard"]
+if int8:
+    r = summary["int8_guard"] = int8[-1]
+    print(f"The same guard for onnxruntime_int8 ({r['patients']} patients): {r['same_class']} of {r['patients']} same class; "
+          f"probabilities within {r['max_probability_diff']:.4f}; top-10 attention overlap ≥ {r['min_overlap']}; "
+          f"{'holds' if r['holds'] else 'FAILS'}")
 json.dump(summary, open(sys.argv[2], "w"), indent=1)

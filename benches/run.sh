@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The inference benchmark: libamlmil beside the peers a user would pick instead
 # (PyTorch eager, frozen TorchScript, ONNX Runtime) on the same weights, thread
-# count and inputs, plus end-to-end bags through the C ABI and peak memory.
+# count and inputs, at fp32 and at bf16 (int8 for ONNX Runtime), the machine's
+# compute ceilings, end-to-end bags through the C ABI and peak memory, and the
+# diagnosis guard of bf16 on a trained encoder + head.
 # Writes benches/results.json and prints the README's tables.
 #
 #   bash benches/run.sh [THREADS] [SECONDS]     # defaults: all cores, 8 s per measurement
@@ -35,7 +37,10 @@ for arch in resnet18 resnet34; do
     # One process per measurement, so peak memory is each one's own.
     "$bin" bench --arch "$arch" --batch-size "$batch" --threads "$threads" --seconds "$secs" \
       $([ "$arch$batch" = resnet1816 ] && echo --gemm) | tee -a "$out" >&2
-    for peer in eager channels_last torchscript onnxruntime; do
+    "$bin" bench --arch "$arch" --batch-size "$batch" --threads "$threads" --seconds "$secs" \
+      --precision bf16 | tee -a "$out" >&2
+    for peer in eager channels_last torchscript onnxruntime \
+      eager_bf16_autocast eager_bf16 torchscript_bf16 onnxruntime_int8; do
       "$AMLMIL_PYTHON" benches/peers.py "$w/$arch.safetensors" "$w/$arch.onnx" --threads "$threads" \
         --batch "$batch" --seconds "$secs" --only "$peer" 2>/dev/null | tee -a "$out" >&2
     done
@@ -51,6 +56,8 @@ bag tiff 500 "$threads" 16 5
 bag pixels 500 "$threads" 16 5
 bag stream-tiff 500 "$threads" 16 5
 bag stream-pixels 500 "$threads" 16 5
+bag tiff 500 "$threads" 16 5 0 bf16
+bag stream-tiff 500 "$threads" 16 5 0 bf16
 # A scanner still segmenting: cells arrive at 60 % of the encoder's rate.
 rate=$(grep '"amlmil_fused"' "$out" | grep '"resnet18"' | grep '"batch":16' | sed 's/.*"cells_per_s":\([0-9.]*\).*/\1/')
 bag stream-tiff 500 "$threads" 16 3 "$(awk -v r="$rate" 'BEGIN { print r * 0.6 }')"
@@ -59,4 +66,27 @@ if [ "${BENCH_BIG:-1}" = 1 ]; then
   bag stream-pixels 20000 "$threads" 16 1
   bag pixels 20000 "$threads" 16 1
 fi
-"$AMLMIL_PYTHON" benches/report.py "$out" benches/results.json
+
+echo "== the diagnosis guard: bf16 against fp32 on a trained encoder + head, the 500 cells above" >&2
+g="$w/guard"
+if [ ! -f "$g/mil/runs/seed0_fold0/mil.safetensors" ]; then
+  # Trained on another synthetic cohort (25 patients), as tests/precision.rs does.
+  rm -rf "$g" && mkdir -p "$g"
+  "$bin" synth --out "$g/cohort" --patients-per-class 5 --cells 12..12 --size 144 --seed 5 > /dev/null
+  "$bin" pretrain --method supervised --preset cpu-small --dataset "$g/cohort" --output "$g/encoder" \
+    --epochs 2 --set '{"batch_size": 16, "device": "cpu", "image_size": 144, "supervised": {"crop": {"size": 128}}}' \
+    > /dev/null 2>&1
+  cat > "$g/mil.json" <<EOF
+{"dataset": "$g/cohort", "encoder": "$g/encoder/encoder.safetensors", "output": "$g/mil", "device": "cpu",
+ "training": {"accumulate": 1, "epochs": 30, "patience": 30, "standardize_features": true}}
+EOF
+  "$bin" train-mil --config "$g/mil.json" > /dev/null 2>&1
+fi
+"$bin" check-precision --encoder "$g/encoder/encoder.safetensors" --mil "$g/mil/runs/seed0_fold0/mil.safetensors" \
+  --device cpu --precision bf16 --batch-size 16 "$w"/cohort/data/*/* > "$w/guard.json" || true
+# The same guard for the int8 peer (ONNX Runtime, static quantisation calibrated on the training cohort).
+AMLMIL_LIBRARY="$PWD/target/debug/libamlmil.so" AMLMIL_CLI="$PWD/$bin" "$AMLMIL_PYTHON" benches/int8_guard.py \
+  "$g/encoder/encoder.safetensors" "$g/mil/runs/seed0_fold0/mil.safetensors" "$g/cohort" "$w"/cohort/data/*/* \
+  2>/dev/null | tee -a "$out" >&2
+
+"$AMLMIL_PYTHON" benches/report.py "$out" benches/results.json "$w/guard.json"

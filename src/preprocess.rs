@@ -15,6 +15,11 @@ pub fn to_input_batch(
     kind: Kind,
 ) -> Result<Tensor> {
     let plane = size as usize * size as usize;
+    // Each channel's 256 possible values, normalised once (the same formula per
+    // pixel would be two divisions each).
+    let lut: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|v| (v as f32 / 255.0 - norm.mean[c]) / norm.std[c])
+    });
     let mut data = vec![0f32; cells.len() * 3 * plane];
     for (cell, out) in cells.iter().zip(data.chunks_exact_mut(3 * plane)) {
         let resized;
@@ -24,10 +29,12 @@ pub fn to_input_batch(
             resized = cell.resized(size);
             resized.rgb()
         };
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
         for (i, px) in rgb.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * plane + i] = (px[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
-            }
+            r[i] = lut[0][px[0] as usize];
+            g[i] = lut[1][px[1] as usize];
+            b[i] = lut[2][px[2] as usize];
         }
     }
     let s = size as i64;

@@ -108,7 +108,7 @@ struct BenchArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Also measure the compute ceilings: libtorch's f32 and bf16 GEMM rates
-    /// (1024³) and oneDNN's bf16 convolution at ResNet shapes.
+    /// (1024³) and oneDNN's f32 and bf16 3×3 convolutions at ResNet shapes.
     #[arg(long)]
     gemm: bool,
     /// `fp32`, or `bf16` (on the CPU: the fused path, where the CPU has native bf16).
@@ -400,14 +400,16 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
             );
         }
         if device == tch::Device::Cpu {
-            for (c, side, batch) in [(64, 36, 16), (128, 18, 32), (256, 9, 64), (512, 5, 128)] {
-                let per_s = conv_ceiling(c, side, batch, &timed)?;
-                let flop = 2.0 * (c * c * 9 * side * side * batch) as f64;
-                line(
-                    serde_json::json!({"impl": "onednn_bf16_conv3x3", "channels": c, "side": side,
-                    "batch": batch, "threads": tch::get_num_threads(),
-                    "gflop_per_s": (per_s * flop / 1e9 * 10.0).round() / 10.0}),
-                );
+            let shapes = [(64, 36, 16), (128, 18, 32), (256, 9, 64), (512, 5, 128)];
+            for (name, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
+                for (c, side, batch) in shapes {
+                    let per_s = conv_ceiling(kind, c, side, batch, &timed)?;
+                    let flop = 2.0 * (c * c * 9 * side * side * batch) as f64;
+                    line(serde_json::json!({"impl": format!("onednn_{name}_conv3x3"),
+                        "channels": c, "side": side, "batch": batch,
+                        "threads": tch::get_num_threads(),
+                        "gflop_per_s": (per_s * flop / 1e9 * 10.0).round() / 10.0}));
+                }
             }
         }
     }
@@ -479,20 +481,21 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
     Ok(())
 }
 
-/// Calls per second of one oneDNN bf16 3×3 convolution `c → c` on
-/// `[batch, c, side, side]` with packed weights, blocked layout in and out: the
-/// fastest bf16 kernel at a ResNet layer's shape, the ceiling of the bf16 rows.
+/// Calls per second of one oneDNN 3×3 convolution `c → c` in `kind` (f32 or
+/// bf16) on `[batch, c, side, side]` with packed weights, blocked layout in and
+/// out: the fastest kernel at a ResNet layer's shape, the ceiling of that
+/// precision's rows.
 fn conv_ceiling(
+    kind: tch::Kind,
     c: i64,
     side: i64,
     batch: i64,
     timed: &dyn Fn(&mut dyn FnMut()) -> f64,
 ) -> amlmil::Result<f64> {
     use tch::{Device, Kind, Tensor};
-    let bf16 = Kind::BFloat16;
-    let x = Tensor::rand([batch, c, side, side], (Kind::Float, Device::Cpu)).f_to_mkldnn(bf16)?;
+    let x = Tensor::rand([batch, c, side, side], (Kind::Float, Device::Cpu)).f_to_mkldnn(kind)?;
     let w = (Tensor::rand([c, c, 3, 3], (Kind::Float, Device::Cpu)) * 0.01)
-        .f_to_mkldnn(bf16)?
+        .f_to_mkldnn(kind)?
         .f_mkldnn_reorder_conv2d_weight([1, 1], [1, 1], [1, 1], 1, None::<&[i64]>)?;
     let b = Tensor::zeros([c], (Kind::Float, Device::Cpu));
     Ok(timed(&mut || {
