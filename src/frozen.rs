@@ -349,7 +349,7 @@ impl FrozenEncoder {
 
 /// Reduced precision on the CPU: bf16 through the fused path on a CPU with
 /// native bf16, never fp16.
-fn check_cpu_precision(options: &EncoderOptions) -> Result<()> {
+pub fn check_cpu_precision(options: &EncoderOptions) -> Result<()> {
     match options.precision {
         Precision::Fp32 => Ok(()),
         Precision::Fp16 => Err(Error::invalid(

@@ -419,17 +419,12 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
     );
     let layouts: &[&str] = match (device, precision) {
         (tch::Device::Cpu, Precision::Fp32) => &["fused", "channels_last", "nchw"],
-        (tch::Device::Cpu, Precision::Bf16) => {
-            amlmil::device::cpu_bf16().map_err(|why| {
-                amlmil::Error::unsupported("precision", format!("bf16 on the CPU: {why}"))
+        (tch::Device::Cpu, _) => {
+            amlmil::frozen::check_cpu_precision(&SessionOptions {
+                precision,
+                ..Default::default()
             })?;
             &["fused"]
-        }
-        (tch::Device::Cpu, Precision::Fp16) => {
-            return Err(amlmil::Error::invalid(
-                "precision",
-                "fp16 is benchmarked on CUDA only",
-            ))
         }
         _ => &["nchw"],
     };
