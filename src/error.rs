@@ -93,6 +93,19 @@ impl Error {
         }
     }
 
+    /// Renames the argument of an [`Error::InvalidArgument`] — to name the
+    /// section or file it sits in (`training.epochs`, `run.toml (seed)`);
+    /// other errors pass unchanged.
+    pub fn map_arg(self, rename: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            Error::InvalidArgument { arg, reason } => Error::InvalidArgument {
+                arg: rename(&arg),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     /// Shorthand for [`Error::Unsupported`].
     pub fn unsupported(option: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Unsupported {

@@ -25,12 +25,7 @@ pub fn read_value(path: &Path) -> Result<Value> {
 
 /// Names `path` in an invalid-argument error about its contents.
 pub fn in_file(path: &Path, e: Error) -> Error {
-    match e {
-        Error::InvalidArgument { arg, reason } => {
-            Error::invalid(format!("{} ({arg})", path.display()), reason)
-        }
-        other => other,
-    }
+    e.map_arg(|arg| format!("{} ({arg})", path.display()))
 }
 
 /// Deserialises a merged settings value; an error names the key path that

@@ -346,12 +346,8 @@ impl ExperimentConfig {
         for over in [&self.pretrain.all, self.pretrain.of(method)] {
             crate::settings::merge(&mut v, Value::Object(over.clone()), None)?;
         }
-        crate::ssl::PretrainConfig::from_value(v).map_err(|e| match e {
-            Error::InvalidArgument { arg, reason } => {
-                Error::invalid(format!("pretrain.{} ({arg})", method.name()), reason)
-            }
-            other => other,
-        })
+        crate::ssl::PretrainConfig::from_value(v)
+            .map_err(|e| e.map_arg(|arg| format!("pretrain.{} ({arg})", method.name())))
     }
 
     /// The cross-validation of one encoder.

@@ -197,10 +197,7 @@ impl MethodConfig {
 
 /// Names a key of `method`'s section by its full path (`dino.crops.global.size`).
 pub(crate) fn in_section(method: &str, r: Result<()>) -> Result<()> {
-    r.map_err(|e| match e {
-        Error::InvalidArgument { arg, reason } => Error::invalid(format!("{method}.{arg}"), reason),
-        other => other,
-    })
+    r.map_err(|e| e.map_arg(|arg| format!("{method}.{arg}")))
 }
 
 /// The crops of a multi-crop section, by key inside the section.

@@ -168,14 +168,11 @@ impl MilTrainConfig {
             .unwrap_or("paper");
         let mut merged = serde_json::to_value(Self::preset(preset)?)
             .map_err(|e| Error::invalid("training", e.to_string()))?;
-        let in_training = |e| match e {
-            Error::InvalidArgument { arg, reason } if arg == "config" => {
-                Error::invalid("training", reason)
-            }
-            Error::InvalidArgument { arg, reason } => {
-                Error::invalid(format!("training.{arg}"), reason)
-            }
-            other => other,
+        let in_training = |e: Error| {
+            e.map_arg(|arg| match arg {
+                "config" => "training".to_owned(),
+                key => format!("training.{key}"),
+            })
         };
         let over = serde_json::Value::Object(overrides);
         crate::settings::merge(&mut merged, over, Some("MIL training")).map_err(in_training)?;

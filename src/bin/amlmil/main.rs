@@ -182,8 +182,9 @@ fn parse_range<T: std::str::FromStr + PartialOrd + Copy>(s: &str) -> Result<(T, 
     Ok((a, b))
 }
 
+/// The two checkpoints of a session and how it runs (`predict`, `check-precision`).
 #[derive(clap::Args)]
-struct PredictArgs {
+struct SessionArgs {
     /// Encoder checkpoint (.safetensors).
     #[arg(long)]
     encoder: PathBuf,
@@ -193,13 +194,30 @@ struct PredictArgs {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Cells per encoder batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+impl SessionArgs {
+    fn options(&self, precision: &str) -> amlmil::Result<SessionOptions> {
+        Ok(SessionOptions {
+            device: self.device.parse::<DeviceSpec>()?,
+            precision: precision.parse::<Precision>()?,
+            batch_size: self.batch_size,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    #[command(flatten)]
+    session: SessionArgs,
     /// `fp32`, `fp16` or `bf16` (fp16 needs CUDA; bf16 runs on CUDA and on CPUs
     /// with native bf16, avx512_bf16 or AMX).
     #[arg(long, default_value = "fp32")]
     precision: String,
-    /// Cells per encoder batch.
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
     /// Cells listed per class in the ranking.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
@@ -223,21 +241,11 @@ struct PredictArgs {
 
 #[derive(clap::Args)]
 struct CheckPrecisionArgs {
-    /// Encoder checkpoint (.safetensors).
-    #[arg(long)]
-    encoder: PathBuf,
-    /// Attention-MIL checkpoint (.safetensors).
-    #[arg(long)]
-    mil: PathBuf,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    session: SessionArgs,
     /// The reduced precision to check against fp32: `bf16` or `fp16` (CUDA).
     #[arg(long, default_value = "bf16")]
     precision: String,
-    /// Cells per encoder batch.
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
     /// Largest allowed difference of any class probability.
     #[arg(long, default_value_t = amlmil::guard::GuardBounds::default().max_probability_diff)]
     max_probability_diff: f32,
@@ -655,12 +663,7 @@ fn load_bag(dir: &Path) -> amlmil::Result<(Vec<PathBuf>, Bag)> {
 
 fn check_precision(args: CheckPrecisionArgs) -> amlmil::Result<()> {
     use amlmil::guard::{check, GuardBounds};
-    let options = SessionOptions {
-        device: args.device.parse::<DeviceSpec>()?,
-        precision: args.precision.parse::<Precision>()?,
-        batch_size: args.batch_size,
-        ..Default::default()
-    };
+    let options = args.session.options(&args.precision)?;
     let bounds = GuardBounds {
         max_probability_diff: args.max_probability_diff,
         top_k: args.top_k,
@@ -671,7 +674,8 @@ fn check_precision(args: CheckPrecisionArgs) -> amlmil::Result<()> {
         .iter()
         .map(|dir| Ok((dir.display().to_string(), load_bag(dir)?.1)))
         .collect::<amlmil::Result<Vec<_>>>()?;
-    let report = check(&args.encoder, &args.mil, &options, &bags, &bounds)?;
+    let (encoder, mil) = (&args.session.encoder, &args.session.mil);
+    let report = check(encoder, mil, &options, &bags, &bounds)?;
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     match &args.out {
         Some(path) => amlmil::io::write_atomic(path, json.as_bytes())?,
@@ -695,17 +699,12 @@ fn check_precision(args: CheckPrecisionArgs) -> amlmil::Result<()> {
 }
 
 fn predict(args: PredictArgs) -> amlmil::Result<()> {
-    let options = SessionOptions {
-        device: args.device.parse::<DeviceSpec>()?,
-        precision: args.precision.parse::<Precision>()?,
-        batch_size: args.batch_size,
-        ..Default::default()
-    };
+    let options = args.session.options(&args.precision)?;
     let plugin = match &args.plugin {
         Some(path) => Some(amlmil::plugin::RustPlugin::load(path, &args.plugin_config)?),
         None => None,
     };
-    let mut session = Session::new(&args.encoder, &args.mil, &options)?;
+    let mut session = Session::new(&args.session.encoder, &args.session.mil, &options)?;
     if let Some(p) = plugin {
         session = session.with_preprocessor(std::sync::Arc::new(p));
     }
