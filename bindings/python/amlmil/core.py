@@ -18,30 +18,35 @@ next progress report, which cancels the call, and ``KeyboardInterrupt`` is
 raised when it returns.
 """
 
+
 from __future__ import annotations
 
 import ctypes
 import dataclasses
-import enum
 import json
-import math
 import operator
-import os
-import sys
 import threading
-import _thread
-import atexit
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _native
-from ._native import PROGRESS_CALLBACK, LOG_CALLBACK, check, lib
-from .errors import AmlmilError, Cancelled, Status
+from ._native import check, lib
+from .errors import Cancelled, Status
+from ._plumbing import (  # noqa: F401 (Progress and ProgressCallback are re-exported)
+    ClassKey,
+    PathLike,
+    Progress,
+    ProgressCallback,
+    _cstr,
+    _Handle,
+    _Owner,
+    _Trampoline,
+    _u64,
+    _Using,
+)
 
-PathLike = Union[str, "os.PathLike[str]"]
-ClassKey = Union[int, str]
 
 __all__ = [
     "Progress",
@@ -49,246 +54,10 @@ __all__ = [
     "SessionOptions",
     "Session",
     "ModelInfo",
-    "training_cancel",
     "Bag",
     "Result",
     "RankedCell",
-    "LogLevel",
-    "version",
-    "abi_version",
-    "runtime_info",
-    "cuda_device_count",
-    "set_log_callback",
-    "cross_validate",
-    "train_mil",
-    "pretrain",
-    "experiment",
-    "extract_features",
-    "synth_cohort",
-    "dataset_check",
-    "import_model",
 ]
-
-
-# ---------------------------------------------------------------- arguments
-
-
-def _cstr(value: Any, name: str) -> bytes:
-    """A UTF-8 C string; refuses what C would misread (NUL bytes, non-UTF-8)."""
-    if isinstance(value, bytes):
-        raw = value
-    elif isinstance(value, (str, os.PathLike)):
-        text = os.fspath(value)
-        if isinstance(text, bytes):
-            raw = text
-        else:
-            try:
-                raw = text.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise ValueError(f"{name}: {text!r} is not valid UTF-8 (the C ABI takes UTF-8): {e}") from None
-    else:
-        raise TypeError(f"{name}: expected str or os.PathLike, got {type(value).__name__}")
-    if b"\0" in raw:
-        raise ValueError(f"{name}: contains a NUL byte")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{name}: not valid UTF-8 (the C ABI takes UTF-8): {e}") from None
-    return raw
-
-
-def _u64(value: Any, name: str) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
-    if not 0 <= v < 2**64:
-        raise ValueError(f"{name}: {v} is outside 0..2**64-1")
-    return v
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _config_json(config: Optional[Mapping[str, Any]], name: str = "config") -> Optional[bytes]:
-    if config is None:
-        return None
-    if not isinstance(config, Mapping):
-        raise TypeError(f"{name}: expected a dict, got {type(config).__name__}")
-    try:
-        return json.dumps(dict(config), default=_json_default).encode("utf-8")
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name}: cannot be written as JSON: {e}") from None
-
-
-# ----------------------------------------------------------------- progress
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """One progress report of a long call (``amlmil_progress``)."""
-
-    stage: str
-    done: int
-    total: int
-    epoch: Optional[int]  #: ``None`` where the library reports -1 (not applicable)
-    fold: Optional[int]  #: ``None`` where the library reports -1
-    loss: Optional[float]  #: ``None`` where the library reports NaN
-
-
-ProgressCallback = Callable[[Progress], Optional[bool]]
-
-
-_hook_lock = threading.Lock()
-_hook_installed = False
-
-
-def _install_unraisable_hook() -> None:
-    """A KeyboardInterrupt pending when the library calls the trampoline is raised
-    by Python at the function's entry, before its ``try`` can catch it; ctypes then
-    reports it to ``sys.unraisablehook`` instead of the caller. This hook (which
-    passes everything else on to the hook it replaced) hands such an exception to
-    its trampoline, so the call is cancelled at the next report and the exception
-    re-raised when the call returns."""
-    global _hook_installed
-    with _hook_lock:
-        if _hook_installed:
-            return
-        previous = sys.unraisablehook
-
-        def hook(unraisable):
-            owner = getattr(unraisable.object, "__self__", None)
-            if isinstance(owner, _Trampoline) and unraisable.exc_value is not None:
-                if owner.error is None:
-                    owner.error = unraisable.exc_value
-                return
-            previous(unraisable)
-
-        sys.unraisablehook = hook
-        _hook_installed = True
-
-
-class _Trampoline:
-    """The C progress callback of one call. Catches everything the Python side
-    raises (it must not unwind through C), turns it into a cancellation, and
-    keeps it for :meth:`finish` to re-raise."""
-
-    def __init__(self, callback: Optional[ProgressCallback]):
-        if callback is not None and not callable(callback):
-            raise TypeError(f"progress: expected a callable or None, got {type(callback).__name__}")
-        self.callback = callback
-        self.error: Optional[BaseException] = None
-        self.cancelled = False
-        self.calls = 0
-        _install_unraisable_hook()
-        self.c = PROGRESS_CALLBACK(self._call)
-
-    def _call(self, _user_data, p):  # runs on the calling thread, GIL held
-        try:
-            if self.error is not None or self.cancelled:
-                return 1
-            self.calls += 1
-            if self.callback is None:
-                return 0
-            q = p.contents
-            loss = float(q.loss)
-            report = Progress(
-                stage=(q.stage or b"").decode("utf-8", "replace"),
-                done=int(q.done),
-                total=int(q.total),
-                epoch=None if q.epoch < 0 else int(q.epoch),
-                fold=None if q.fold < 0 else int(q.fold),
-                loss=None if math.isnan(loss) else loss,
-            )
-            if self.callback(report):
-                self.cancelled = True
-                return 1
-            return 0
-        except BaseException as e:  # KeyboardInterrupt included
-            self.error = e
-            return 1
-
-    def finish(self, status: int, function: str) -> None:
-        """Raises what the call ended with: the callback's exception first."""
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
-        check(status, function)
-
-
-def _run(function: str, args_before: Sequence[Any], progress: Optional[ProgressCallback], args_after: Sequence[Any] = ()) -> str:
-    """Calls one of the JSON-in/JSON-out training entry points with a trampoline."""
-    tramp = _Trampoline(progress)
-    out = ctypes.c_void_p()
-    status = getattr(lib(), function)(*args_before, tramp.c, None, *args_after, ctypes.byref(out))
-    text = _native.take_string(out) if status == Status.OK else ""
-    tramp.finish(status, function)
-    return text
-
-
-# ------------------------------------------------------------------ handles
-
-
-class _Handle:
-    """An owned C pointer with a count of calls using it, so that it is never
-    freed under a running call."""
-
-    def __init__(self, ptr: int, free_name: str, what: str):
-        self._ptr: Optional[int] = ptr
-        self._free_name = free_name
-        self._what = what
-        self._lock = threading.Lock()
-        self._users = 0
-
-    def acquire(self) -> int:
-        with self._lock:
-            if self._ptr is None:
-                raise ValueError(f"the {self._what} is closed")
-            self._users += 1
-            return self._ptr
-
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-
-    def close(self) -> None:
-        with self._lock:
-            if self._users:
-                raise RuntimeError(f"cannot close the {self._what}: {self._users} call(s) on it are still running")
-            ptr, self._ptr = self._ptr, None
-        if ptr:
-            getattr(lib(), self._free_name)(ptr)
-
-    @property
-    def closed(self) -> bool:
-        return self._ptr is None
-
-
-class _Using:
-    def __init__(self, *handles: _Handle):
-        self.handles = handles
-
-    def __enter__(self):
-        got = []
-        try:
-            for h in self.handles:
-                got.append(h.acquire())
-        except BaseException:
-            for h in self.handles[: len(got)]:
-                h.release()
-            raise
-        return got
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.release()
 
 
 # -------------------------------------------------------------------- bag
@@ -316,36 +85,6 @@ def _pixels(pixels: Any, name: str, order: str = "rgb"):
         s0 = pixels.strides[0]
     length = s0 * (h - 1) + w * ch
     return pixels, pixels.ctypes.data, length, w, h, s0, _FORMATS[(order, ch)]
-
-
-class _Owner:
-    """A Python object owning one library handle (``self._h``): a context
-    manager; ``close()`` frees the handle (refused while calls on it run in
-    other threads), and so does garbage collection."""
-
-    _h: "_Handle"
-
-    def close(self) -> None:
-        self._h.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._h.closed
-
-    def __enter__(self: "_O") -> "_O":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self._h.close()
-        except Exception:
-            pass
-
-
-_O = TypeVar("_O", bound=_Owner)
 
 
 class Bag(_Owner):
@@ -783,165 +522,3 @@ class Session(_Owner):
         thread (they raise :class:`Cancelled`); later calls run normally."""
         with _Using(self._h) as (s,):
             lib().amlmil_session_cancel(s)
-
-
-# ------------------------------------------------------- module functions
-
-
-def training_cancel() -> bool:
-    """Cancels the training call running in this process, from any thread
-    (``amlmil_training_cancel``); True if one was running."""
-    return bool(lib().amlmil_training_cancel())
-
-
-def version() -> str:
-    """``amlmil_version()``, e.g. ``"0.1.0"``."""
-    return lib().amlmil_version().decode("utf-8")
-
-
-def abi_version() -> int:
-    """``amlmil_abi_version()`` of the loaded library."""
-    return int(lib().amlmil_abi_version())
-
-
-def cuda_device_count() -> int:
-    return int(lib().amlmil_cuda_device_count())
-
-
-def runtime_info() -> Dict[str, Any]:
-    """``amlmil_runtime_info``: versions, CUDA devices, libtorch threads."""
-    out = ctypes.c_void_p()
-    check(lib().amlmil_runtime_info(ctypes.byref(out)), "amlmil_runtime_info")
-    return json.loads(_native.take_string(out))
-
-
-def cross_validate(config: Mapping[str, Any], progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
-    """``amlmil_cross_validate``: JSON configuration in, report out."""
-    return json.loads(_run("amlmil_cross_validate", [_config_json(config)], progress))
-
-
-def train_mil(config: Mapping[str, Any], fold: int, progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
-    """``amlmil_train_mil``: one MIL head on fold ``fold`` of the first seed."""
-    f = _u64(fold, "fold")
-    if f >= 2**32:
-        raise ValueError(f"fold: {f} does not fit in 32 bits")
-    return json.loads(_run("amlmil_train_mil", [_config_json(config), f], progress))
-
-
-def pretrain(config: Mapping[str, Any], progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
-    """``amlmil_pretrain``: SimCLR, SwAV, DINO or supervised encoder pre-training."""
-    return json.loads(_run("amlmil_pretrain", [_config_json(config)], progress))
-
-
-def experiment(config: Mapping[str, Any], progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
-    """``amlmil_experiment``: the paper's experiment (resumable)."""
-    return json.loads(_run("amlmil_experiment", [_config_json(config)], progress))
-
-
-def extract_features(
-    dataset_dir: PathLike,
-    encoder_path: PathLike,
-    out_dir: PathLike,
-    *,
-    flips: bool = True,
-    device: str = "auto",
-    progress: Optional[ProgressCallback] = None,
-) -> Dict[str, Any]:
-    """``amlmil_extract_features``; returns the cache manifest."""
-    args = [
-        _cstr(dataset_dir, "dataset_dir"),
-        _cstr(encoder_path, "encoder_path"),
-        _cstr(out_dir, "out_dir"),
-        1 if flips else 0,
-        _cstr(device, "device"),
-    ]
-    return json.loads(_run("amlmil_extract_features", args, progress))
-
-
-def synth_cohort(out_dir: PathLike, config: Optional[Mapping[str, Any]] = None, progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
-    """``amlmil_synth_cohort``. This call cannot be cancelled: an exception raised by
-    ``progress`` is re-raised only after the whole cohort is written."""
-    return json.loads(_run("amlmil_synth_cohort", [_config_json(config), _cstr(out_dir, "out_dir")], progress))
-
-
-def dataset_check(dataset_dir: PathLike, *, skip: bool = False, check_images: bool = False) -> Dict[str, Any]:
-    """``amlmil_dataset_check``: ``{"summary": …, "issues": […]}``."""
-    out = ctypes.c_void_p()
-    check(
-        lib().amlmil_dataset_check(_cstr(dataset_dir, "dataset_dir"), 1 if skip else 0, 1 if check_images else 0, ctypes.byref(out)),
-        "amlmil_dataset_check",
-    )
-    return json.loads(_native.take_string(out))
-
-
-def import_model(source_path: PathLike, out_path: PathLike, options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """``amlmil_import``: a PyTorch-trained model to a libamlmil checkpoint."""
-    out = ctypes.c_void_p()
-    check(
-        lib().amlmil_import(_cstr(source_path, "source_path"), _cstr(out_path, "out_path"), _config_json(options, "options"), ctypes.byref(out)),
-        "amlmil_import",
-    )
-    return json.loads(_native.take_string(out))
-
-
-# --------------------------------------------------------------------- log
-
-
-class LogLevel(enum.IntEnum):
-    """``amlmil_log_level``."""
-
-    OFF = 0
-    ERROR = 1
-    WARN = 2
-    INFO = 3
-    DEBUG = 4
-    TRACE = 5
-
-
-LogCallback = Callable[[LogLevel, str, str], None]
-
-_log_lock = threading.Lock()
-# Every callback object ever installed stays referenced: a library thread may
-# still be inside an old one while a new one is installed.
-_log_installed: List[Any] = []
-
-
-def _log_trampoline(callback: LogCallback):
-    def call(_user_data, level, target, message):
-        try:
-            callback(LogLevel(level), (target or b"").decode("utf-8", "replace"), (message or b"").decode("utf-8", "replace"))
-        except KeyboardInterrupt:
-            _thread.interrupt_main()  # delivered again, to the main thread's next check
-        # Other exceptions leave through ctypes, which reports them with
-        # sys.unraisablehook; a log record cannot cancel anything.
-
-    return LOG_CALLBACK(call)
-
-
-def set_log_callback(callback: Optional[LogCallback], level: Union[LogLevel, int, str] = LogLevel.INFO) -> None:
-    """Routes the library's log records at or above ``level`` to
-    ``callback(level, target, message)``; ``None`` stops logging. The callback
-    may be called from any thread, concurrently."""
-    if isinstance(level, str):
-        try:
-            level = LogLevel[level.upper()]
-        except KeyError:
-            raise ValueError(f"level: expected one of {[l.name.lower() for l in LogLevel]}, got {level!r}") from None
-    lvl = LogLevel(operator.index(level))
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
-    with _log_lock:
-        c = _log_trampoline(callback) if callback is not None else LOG_CALLBACK()
-        if callback is not None:
-            _log_installed.append(c)
-        check(lib().amlmil_set_log_callback(c, None, int(lvl) if callback is not None else 0), "amlmil_set_log_callback")
-
-
-@atexit.register
-def _stop_logging() -> None:
-    # Library threads must not call into a finalising interpreter.
-    if _log_installed and _native._lib is not None:
-        try:
-            _native._lib.amlmil_set_log_callback(LOG_CALLBACK(), None, 0)
-        except Exception:
-            pass
