@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
+sys.path.insert(0, os.path.dirname(__file__))
 import amlmil  # noqa: E402
 
 
@@ -36,8 +37,7 @@ def normalised(imgs, mean, std):
 def main():
     encoder, mil, calibration, bags = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from peers import quantize
 
     session = amlmil.Session(encoder, mil, options=amlmil.SessionOptions(device="cpu"))
     manifest = session.info["encoder"]
@@ -48,16 +48,7 @@ def main():
     subprocess.run([cli, "export", encoder, "--format", "onnx", "--out", str(work / "e.onnx")], check=True, capture_output=True)
     calib = [f for c in sorted((Path(calibration) / "data").iterdir()) for f in sorted(c.iterdir())]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"pixels": normalised(images(p), mean, std)} for p in calib])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quant_pre_process(str(work / "e.onnx"), str(work / "pre.onnx"), skip_symbolic_shape=True)
-    quantize_static(str(work / "pre.onnx"), str(work / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize(str(work / "e.onnx"), str(work / "int8.onnx"), (normalised(images(p), mean, std) for p in calib))
     int8 = ort.InferenceSession(str(work / "int8.onnx"), providers=["CPUExecutionProvider"])
     same, prob, overlap = 0, 0.0, 10
     for bag in bags:

@@ -119,28 +119,35 @@ def main():
 
 
 def quantized(onnx_path, size):
-    """The exported model statically quantised to int8 (QDQ, per-channel
-    weights, calibrated on 64 normal-distributed inputs), cached beside it."""
+    """The exported model statically quantised to int8, calibrated on 64
+    normal-distributed inputs, cached beside it."""
     out = onnx_path.replace(".onnx", ".int8.onnx")
-    if os.path.exists(out):
-        return out
+    if not os.path.exists(out):
+        g = np.random.default_rng(0)
+        quantize(onnx_path, out, (g.standard_normal((8, 3, size, size)).astype(np.float32) for _ in range(8)))
+    return out
+
+
+def quantize(onnx_path, out, batches):
+    """Static QDQ quantisation of ``onnx_path`` to int8 (per-channel weights,
+    uint8 activations) calibrated on ``batches`` of normalised input, written
+    to ``out``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            g = np.random.default_rng(0)
-            self.batches = iter([{"pixels": g.standard_normal((8, 3, size, size)).astype(np.float32)} for _ in range(8)])
+            self.batches = iter(batches)
 
         def get_next(self):
-            return next(self.batches, None)
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixels": batch}
 
-    pre = onnx_path.replace(".onnx", ".pre.onnx")
+    pre = out.replace(".onnx", ".pre.onnx")
     quant_pre_process(onnx_path, pre, skip_symbolic_shape=True)
     quantize_static(pre, out + ".tmp", Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     os.replace(out + ".tmp", out)
-    return out
 
 
 if __name__ == "__main__":

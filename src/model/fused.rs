@@ -137,11 +137,6 @@ impl FusedEncoder {
         Ok(FusedEncoder { stem, blocks, kind })
     }
 
-    /// Element type the encoder computes in (`Float` or `BFloat16`).
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-
     /// Last feature map `[N, 512, h, w]` (dense NCHW, f32, CPU) for normalised
     /// `[N, 3, H, W]` f32 input on the CPU.
     pub fn feature_map(&self, xs: &Tensor) -> Result<Tensor> {
@@ -225,12 +220,7 @@ fn check_kind(kind: Kind) -> Result<()> {
     }
 }
 
-/// A dense CPU tensor (any float type) in oneDNN's layout as `kind`.
+/// A dense f32 CPU tensor in oneDNN's layout as `kind`.
 fn to_blocked(x: &Tensor, kind: Kind) -> Result<Tensor> {
-    let x = if x.kind() == Kind::Float {
-        x.f_contiguous()?
-    } else {
-        x.f_to_kind(Kind::Float)?.f_contiguous()?
-    };
-    Ok(x.f_to_mkldnn(kind)?)
+    Ok(x.f_contiguous()?.f_to_mkldnn(kind)?)
 }
