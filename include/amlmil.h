@@ -555,7 +555,10 @@ uint32_t amlmil_cuda_device_count(void);
 
 /**
  * Runtime facts as JSON: library and ABI version, libtorch version, CUDA device
- * count, libtorch threads.
+ * count, libtorch threads, the CPU's native bf16 (`cpu_bf16`: its instruction
+ * set or null) and what the NVIDIA driver says of each GPU (`cuda_driver`:
+ * driver CUDA version; per device name, memory, compute capability and
+ * multiprocessors; or `unavailable` with the reason).
  *
  * @param[out] out_json library-owned string; free with `amlmil_string_free`.
  */

@@ -89,5 +89,10 @@ pub fn runtime_info() -> serde_json::Value {
         "cuda_device_count": device::cuda_device_count(),
         "cuda_linked": cfg!(amlmil_cuda_linked),
         "num_threads": tch::get_num_threads(),
+        "cpu_bf16": device::cpu_bf16().ok(),
+        "cuda_driver": match device::cuda_driver_info() {
+            Ok(info) => serde_json::to_value(info).unwrap_or_default(),
+            Err(why) => serde_json::json!({"unavailable": why}),
+        },
     })
 }

@@ -1,6 +1,8 @@
 //! Where models run: the device a user names (`auto`, `cpu`, `cuda`, `cuda:N`),
 //! checked against the GPUs libtorch sees, and the encoder's arithmetic. In
 //! configuration files a device is the same string the CLI and the C ABI take.
+//! What the NVIDIA driver says of each GPU (name, memory, compute capability)
+//! comes from [`driver`].
 use std::fmt;
 use std::str::FromStr;
 
@@ -8,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
 use crate::error::{Error, Result};
+
+mod driver;
+pub use driver::{cuda_driver_info, CudaDeviceInfo, CudaDriverInfo};
 
 /// Where to run: `auto` (first GPU if any, else CPU), `cpu`, `cuda` or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
