@@ -326,6 +326,51 @@ fn resume_is_exact_for_every_method() {
     resumes_exactly("supervised", json!({}));
 }
 
+/// Activation checkpointing changes memory, not training: for every method, 6
+/// steps with and without it give the same losses and encoder weights (within
+/// float reassociation: the recomputed convolutions may sum in another order).
+#[test]
+fn activation_checkpointing_trains_the_same_encoder() {
+    let read = |path: &Path| {
+        let (_, t) = amlmil::checkpoint::Checkpoint::read_encoder(path).unwrap();
+        t
+    };
+    for method in ["simclr", "swav", "dino", "supervised"] {
+        let (plain, checkpointed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let base = json!({"steps_per_epoch": 3, "max_cells": 96});
+        let a = pretrain(
+            &config(method, plain.path(), base.clone()).unwrap(),
+            &mut quiet,
+        )
+        .unwrap();
+        let mut on = base;
+        on["activation_checkpointing"] = json!(true);
+        let b = pretrain(
+            &config(method, checkpointed.path(), on).unwrap(),
+            &mut quiet,
+        )
+        .unwrap();
+        assert_eq!(a.step_losses.len(), 6);
+        for (x, y) in a.step_losses.iter().zip(&b.step_losses) {
+            assert!(
+                (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+                "{method}: losses {x} vs {y}"
+            );
+        }
+        let (ta, tb) = (
+            read(&plain.path().join("encoder.safetensors")),
+            read(&checkpointed.path().join("encoder.safetensors")),
+        );
+        assert_eq!(ta.len(), tb.len());
+        for (name, x) in &ta {
+            let y = &tb[name];
+            let scale = x.abs().max().double_value(&[]).max(1e-6);
+            let d = (x - y).abs().max().double_value(&[]) / scale;
+            assert!(d < 1e-4, "{method}: `{name}` differs by {d:e} (relative)");
+        }
+    }
+}
+
 #[test]
 fn bad_configurations_name_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -121,7 +121,10 @@ mod tests {
             }
             // No driver (this project's CI machines): libtorch sees no GPU either.
             Err(why) => {
-                assert!(why.contains("libcuda") || why.contains("CUDA driver"), "{why}");
+                assert!(
+                    why.contains("libcuda") || why.contains("CUDA driver"),
+                    "{why}"
+                );
                 assert_eq!(crate::device::cuda_device_count(), 0);
             }
         }

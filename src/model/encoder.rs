@@ -5,9 +5,13 @@
 //! between PyTorch and this library without renaming. The classification `fc` layer
 //! is absent: an encoder ends at the last feature map (512×5×5 for a 144 px cell),
 //! which the attention-MIL head consumes, and its global average (512-d).
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
+
+use crate::model::recompute::Recompute;
 
 /// Encoder architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +140,8 @@ pub struct Encoder {
     pub(super) conv1: nn::Conv2D,
     pub(super) bn1: nn::BatchNorm,
     pub(super) stages: Vec<Vec<BasicBlock>>,
+    /// Activation checkpointing of training passes ([`Encoder::with_recompute`]).
+    pub(super) recompute: Option<Arc<Recompute>>,
 }
 
 impl Encoder {
@@ -174,7 +180,81 @@ impl Encoder {
             conv1: conv(p / "conv1", 3, 64, 7, 2, 3),
             bn1: batch_norm(p / "bn1", 64, momentum),
             stages,
+            recompute: None,
         }
+    }
+
+    /// Checkpoints this encoder's training passes with `recompute`: passes in
+    /// training mode with gradients enabled keep only each segment's input, and
+    /// [`Encoder::backward_recomputed`] completes their backward pass after the
+    /// loss's ([`crate::model::recompute`]). Evaluation and no-grad passes are
+    /// unchanged.
+    pub fn with_recompute(mut self, recompute: Arc<Recompute>) -> Self {
+        self.recompute = Some(recompute);
+        self
+    }
+
+    /// Back-propagates the checkpointed passes since the last call (after the
+    /// loss's `backward`); a no-op without checkpointing.
+    pub fn backward_recomputed(&self) -> crate::Result<()> {
+        match &self.recompute {
+            Some(r) => r.backward(self),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets checkpointed passes that will not be back-propagated.
+    pub fn clear_recomputed(&self) {
+        if let Some(r) = &self.recompute {
+            r.clear();
+        }
+    }
+
+    /// The checkpointing segments: the stem, then every basic block.
+    pub(super) fn segments(&self) -> usize {
+        1 + self.stages.iter().map(Vec::len).sum::<usize>()
+    }
+
+    fn block(&self, mut i: usize) -> &BasicBlock {
+        for stage in &self.stages {
+            if i < stage.len() {
+                return &stage[i];
+            }
+            i -= stage.len();
+        }
+        panic!("block index out of range")
+    }
+
+    /// Segment `i` ([`Encoder::segments`]) applied to its input.
+    pub(super) fn segment(&self, i: usize, xs: &Tensor, train: bool) -> Tensor {
+        if i == 0 {
+            xs.apply(&self.conv1)
+                .apply_t(&self.bn1, train)
+                .relu()
+                .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+        } else {
+            self.block(i - 1).forward_t(xs, train)
+        }
+    }
+
+    /// The batch-norm running statistics segment `i` updates in training mode.
+    pub(super) fn segment_running_stats(&self, i: usize) -> Vec<Tensor> {
+        let bns: Vec<&nn::BatchNorm> = if i == 0 {
+            vec![&self.bn1]
+        } else {
+            let b = self.block(i - 1);
+            let mut v = vec![&b.bn1, &b.bn2];
+            v.extend(b.downsample.as_ref().map(|(_, bn)| bn));
+            v
+        };
+        bns.iter()
+            .flat_map(|bn| {
+                [
+                    bn.running_mean.shallow_clone(),
+                    bn.running_var.shallow_clone(),
+                ]
+            })
+            .collect()
     }
 
     pub fn arch(&self) -> EncoderArch {
@@ -183,18 +263,17 @@ impl Encoder {
 
     /// Last feature map, `[N, 512, h, w]`, for normalised `[N, 3, H, W]` input.
     pub fn feature_map(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut ys = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for stage in &self.stages {
-            for block in stage {
-                ys = block.forward_t(&ys, train);
-            }
+        if let Some(r) = self.recompute.as_ref().filter(|_| train && grad_enabled()) {
+            return r.forward(self, xs, train);
         }
-        ys
+        (0..self.segments()).fold(xs.shallow_clone(), |ys, i| self.segment(i, &ys, train))
     }
+}
+
+/// Whether libtorch records autograd graphs here (not inside `no_grad`).
+fn grad_enabled() -> bool {
+    let probe = Tensor::ones([1], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    (&probe * 1.0).requires_grad()
 }
 
 /// Global average of a feature map: `[N, C, h, w]` → `[N, C]` (torchvision's `avgpool` + flatten).

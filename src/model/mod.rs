@@ -2,8 +2,10 @@
 pub mod encoder;
 pub mod fused;
 pub mod mil;
+pub mod recompute;
 
 pub use encoder::{pool_features, Encoder, EncoderArch};
 pub use fused::{FusedCellNet, FusedEncoder};
 pub use mil::{AttentionMil, CellNet, MilConfig, MilHeadConfig, MilOutput};
+pub use recompute::Recompute;
 pub mod init;

@@ -111,6 +111,13 @@ pub struct PretrainConfig {
     /// (ignored, with a warning, on the CPU).
     #[serde(default)]
     pub mixed_precision: bool,
+    /// Activation checkpointing of the encoder ([`crate::model::recompute`]):
+    /// keeps only each block's input through the forward pass and recomputes
+    /// the rest during the backward pass; the same gradients for about a third
+    /// more compute and a fraction of the activation memory (large batches on
+    /// one GPU).
+    #[serde(default)]
+    pub activation_checkpointing: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sgd: Option<SgdConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +171,7 @@ impl PretrainConfig {
             keep_every: if small { 0 } else { 50 },
             decode_threads: 0,
             mixed_precision: false,
+            activation_checkpointing: false,
             patients: None,
             monitor: MonitorConfig::default(),
             sgd: Some(SgdConfig::default()),

@@ -13,7 +13,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{Encoder, EncoderArch};
+use crate::model::{Encoder, EncoderArch, Recompute};
 use crate::ssl::method::{BuildContext, Learner, Method, StepAt, StepLoss, Student};
 use crate::ssl::optim::{AdamW, GradScaler, Param, Sgd};
 use crate::ssl::seed::init_seeded;
@@ -33,9 +33,13 @@ impl Model {
         device: Device,
         num_types: usize,
         labels: &[i64],
+        recompute: Option<Recompute>,
     ) -> Result<Self> {
         let encoder_vs = VarStore::new(device);
-        let encoder = Encoder::new(&encoder_vs.root(), architecture);
+        let mut encoder = Encoder::new(&encoder_vs.root(), architecture);
+        if let Some(r) = recompute {
+            encoder = encoder.with_recompute(std::sync::Arc::new(r));
+        }
         init_seeded(&encoder_vs, seed)?;
         let head_vs = VarStore::new(device);
         let learner = method.build(&BuildContext {
@@ -94,7 +98,14 @@ impl Model {
         cells: &Tensor,
         at: StepAt,
     ) -> Result<StepLoss> {
+        self.encoder.clear_recomputed();
         self.learner.loss(&self.encoder, views, cells, at)
+    }
+
+    /// Completes the backward pass through a checkpointed encoder (after the
+    /// loss's; a no-op without checkpointing).
+    pub(super) fn backward_recomputed(&self) -> Result<()> {
+        self.encoder.backward_recomputed()
     }
 
     /// What follows the optimiser step (DINO: the teacher's EMA).
@@ -175,9 +186,10 @@ impl Optimizer {
     }
 
     /// Zeroes the gradients, back-propagates `loss` (scaled in mixed precision)
-    /// and returns whether the gradients, unscaled, are finite, so that a step
-    /// may follow (always true in fp32).
-    pub(super) fn backward(&mut self, loss: &Tensor) -> Result<bool> {
+    /// and then `model`'s checkpointed encoder passes, and returns whether the
+    /// gradients, unscaled, are finite, so that a step may follow (always true
+    /// in fp32).
+    pub(super) fn backward(&mut self, loss: &Tensor, model: &Model) -> Result<bool> {
         match &mut self.rule {
             Rule::Sgd(o) => o.zero_grad(),
             Rule::AdamW(o) => o.zero_grad(),
@@ -185,10 +197,12 @@ impl Optimizer {
         match &self.scaler {
             Some(scaler) => {
                 scaler.scale_loss(loss)?.f_backward()?;
+                model.backward_recomputed()?;
                 scaler.unscale(self.params())
             }
             None => {
                 loss.f_backward()?;
+                model.backward_recomputed()?;
                 Ok(true)
             }
         }

@@ -33,7 +33,7 @@ use tch::{Device, Tensor};
 
 use crate::dataset::{Dataset, OpenOptions};
 use crate::error::{Error, Result};
-use crate::model::{Encoder, EncoderArch};
+use crate::model::{Encoder, EncoderArch, Recompute};
 use crate::ssl::data::{produce_batches, Batch, PREFETCH_BATCHES};
 use crate::ssl::dino::clip_gradients;
 use crate::ssl::method::{Method, StepAt};
@@ -170,6 +170,7 @@ pub fn pretrain_method(
         .steps_per_epoch
         .unwrap_or((n / config.batch_size) as u64);
     let num_types = cells.types.as_ref().map_or(0, Vec::len);
+    let amp = config.mixed_precision && device.is_cuda();
     let model = Model::new(
         method,
         config.architecture,
@@ -177,8 +178,8 @@ pub fn pretrain_method(
         device,
         num_types,
         &cells.labels,
+        config.activation_checkpointing.then(|| Recompute::new(amp)),
     )?;
-    let amp = config.mixed_precision && device.is_cuda();
     if config.mixed_precision && !amp {
         log::warn!(
             "mixed_precision applies on CUDA only: training in fp32 on {}",
@@ -532,7 +533,7 @@ impl Run<'_> {
                 self.method_name, self.meta.epochs_completed
             )));
         }
-        let finite = self.optimizer.backward(&out.loss)?;
+        let finite = self.optimizer.backward(&out.loss, &self.model)?;
         let clip = self.model.learner().clip_grad();
         if finite && clip > 0.0 {
             let params: Vec<Tensor> = self
