@@ -2,7 +2,7 @@
  * bag_bench.c — end-to-end bag latency of libamlmil through its C ABI, as a
  * scanner's software sees it (benches/run.sh builds and runs it).
  *
- *   bag_bench ENCODER MIL CELLS.bin MODE N THREADS BATCH REPEATS [PACE_CELLS_PER_S [PRECISION]]
+ *   bag_bench ENCODER MIL CELLS.bin MODE N THREADS BATCH REPEATS [PACE_CELLS_PER_S [PRECISION [DEVICE]]]
  *
  * CELLS.bin: a uint32 count, then per cell a uint32 TIFF length and the TIFF
  * bytes, then the same cells as 144x144 RGB pixels (count * 144*144*3 bytes).
@@ -13,7 +13,7 @@
  * from a scanner still segmenting). The bag is built and classified REPEATS
  * times on one session; prints one JSON line with the median and minimum add,
  * classify and total seconds and the process's peak resident memory.
- * PRECISION: fp32 (default) or bf16.
+ * PRECISION: fp32 (default), bf16 or fp16 (CUDA). DEVICE: cpu (default), cuda, cuda:N.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -58,7 +58,7 @@ static double median(double *v, size_t n) {
 
 int main(int argc, char **argv) {
   if (argc < 9) {
-    fprintf(stderr, "usage: %s ENCODER MIL CELLS.bin MODE N THREADS BATCH REPEATS [PACE [PRECISION]]\n", argv[0]);
+    fprintf(stderr, "usage: %s ENCODER MIL CELLS.bin MODE N THREADS BATCH REPEATS [PACE [PRECISION [DEVICE]]]\n", argv[0]);
     return 2;
   }
   const char *mode = argv[4];
@@ -66,6 +66,7 @@ int main(int argc, char **argv) {
   size_t repeats = strtoul(argv[8], NULL, 10);
   double pace = argc > 9 ? atof(argv[9]) : 0.0;
   const char *precision = argc > 10 ? argv[10] : "fp32";
+  const char *device = argc > 11 ? argv[11] : "cpu";
   int stream = strncmp(mode, "stream-", 7) == 0;
   int pixels = strcmp(mode + (stream ? 7 : 0), "pixels") == 0;
   if (repeats == 0) repeats = 1;
@@ -94,10 +95,12 @@ int main(int argc, char **argv) {
 
   amlmil_session_options o;
   amlmil_session_options_init(&o);
-  o.device = "cpu";
+  o.device = device;
   o.num_threads = (uint32_t)atoi(argv[6]);
   o.batch_size = (uint32_t)atoi(argv[7]);
-  o.precision = strcmp(precision, "bf16") == 0 ? AMLMIL_PRECISION_BF16 : AMLMIL_PRECISION_FP32;
+  o.precision = strcmp(precision, "bf16") == 0   ? AMLMIL_PRECISION_BF16
+                : strcmp(precision, "fp16") == 0 ? AMLMIL_PRECISION_FP16
+                                                 : AMLMIL_PRECISION_FP32;
   amlmil_session *s = NULL;
   amlmil_bag *bag = NULL;
   amlmil_result *r = NULL;
@@ -137,11 +140,11 @@ int main(int argc, char **argv) {
   double min_total = total_s[0];
   for (size_t i = 1; i < repeats; i++)
     if (total_s[i] < min_total) min_total = total_s[i];
-  printf("{\"impl\": \"amlmil_c_abi\", \"precision\": \"%s\", \"mode\": \"%s\", \"cells\": %zu, \"threads\": %s, \"batch\": %s, "
+  printf("{\"impl\": \"amlmil_c_abi\", \"device\": \"%s\", \"precision\": \"%s\", \"mode\": \"%s\", \"cells\": %zu, \"threads\": %s, \"batch\": %s, "
          "\"repeats\": %zu, \"pace_cells_per_s\": %.1f, \"session_s\": %.3f, \"add_s\": %.3f, "
          "\"classify_s\": %.3f, \"total_s\": %.3f, \"min_total_s\": %.3f, \"peak_rss_mb\": %.1f, "
          "\"predicted\": %zu}\n",
-         precision, mode, n, argv[6], argv[7], repeats, pace, t_session, median(add_s, repeats),
+         device, precision, mode, n, argv[6], argv[7], repeats, pace, t_session, median(add_s, repeats),
          median(classify_s, repeats), median(total_s, repeats), min_total,
          (double)ru.ru_maxrss / 1024.0, predicted);
   free(add_s);

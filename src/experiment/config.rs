@@ -1,6 +1,7 @@
-//! Configuration of the paper's experiment and its three presets: `quick` (the
+//! Configuration of the paper's experiment and its four presets: `quick` (the
 //! main job's, minutes on two cores), `cpu-small` (all five encoders, 5 folds ×
-//! 3 seeds on a CPU) and `paper` (the paper's schedule, GPU scale).
+//! 3 seeds on a CPU), `gpu-short` (the paper's resolution and recipe shrunk to
+//! minutes on one large GPU) and `paper` (the paper's schedule, GPU scale).
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -93,7 +94,7 @@ impl PretrainOverrides {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentConfig {
-    /// `quick`, `cpu-small` or `paper`.
+    /// `quick`, `cpu-small`, `gpu-short` or `paper`.
     pub preset: String,
     /// Output directory; every stage's results live under it and resume from it.
     pub output: PathBuf,
@@ -210,6 +211,40 @@ impl ExperimentConfig {
                 umap_cells: 1000,
                 seed: 0,
             },
+            // The paper's resolution and recipes (144 px, the `paper` pre-training
+            // presets, the four-convolution g) shrunk to about six minutes on one
+            // H100: fewer and smaller patients, batch 256 in mixed precision, a
+            // few epochs, one seed. The epochs are an estimate from FLOPs;
+            // scripts/gpu-check.sh re-sizes them from the step costs it measures
+            // on the card it runs on.
+            "gpu-short" => ExperimentConfig {
+                preset: name.into(),
+                output: PathBuf::new(),
+                dataset: None,
+                cohort: cohort(20, (100, 200), 144, 0.05, 2),
+                pretrain_dataset: None,
+                pretrain_cohort: cohort(12, (150, 250), 144, 0.1, 1002),
+                encoders: ENCODERS.iter().map(|s| s.to_string()).collect(),
+                pretrain_preset: "paper".into(),
+                pretrain_protocol: PretrainProtocol::Disjoint,
+                pretrain: PretrainOverrides::from_json(json!({
+                    "all": {"batch_size": 256, "mixed_precision": true, "warmup_epochs": 1,
+                            "keep_every": 0, "monitor": {"probe_every_epochs": 0}},
+                    "supervised": {"epochs": 4},
+                    "simclr": {"epochs": 8},
+                    "swav": {"epochs": 8, "swav": {"queue_length": 512, "queue_start_epoch": 2}},
+                    "dino": {"epochs": 5, "dino": {"warmup_teacher_temperature_epochs": 1,
+                                                   "freeze_last_layer_epochs": 1}},
+                })),
+                training: json!({"preset": "paper", "standardize_features": true, "epochs": 30}),
+                folds: 5,
+                seeds: vec![0],
+                device: DeviceSpec::Auto,
+                gallery_cells: 8,
+                probe_cells: 2000,
+                umap_cells: 2000,
+                seed: 0,
+            },
             // The paper's schedule: 144 px, batch 512, the references' epochs,
             // the four-convolution g; GPU scale.
             "paper" => ExperimentConfig {
@@ -232,12 +267,12 @@ impl ExperimentConfig {
                 umap_cells: 2000,
                 seed: 0,
             },
-            other => {
-                return Err(Error::invalid(
-                    "preset",
-                    format!("`{other}` is not an experiment preset (quick, cpu-small, paper)"),
-                ))
-            }
+            other => return Err(Error::invalid(
+                "preset",
+                format!(
+                    "`{other}` is not an experiment preset (quick, cpu-small, gpu-short, paper)"
+                ),
+            )),
         };
         c.output = PathBuf::new();
         Ok(c)
@@ -399,7 +434,7 @@ mod tests {
 
     #[test]
     fn presets_validate_and_overrides_merge() {
-        for p in ["quick", "cpu-small", "paper"] {
+        for p in ["quick", "cpu-small", "gpu-short", "paper"] {
             let c = ExperimentConfig::from_value(json!({"preset": p, "output": "o"})).unwrap();
             assert_eq!(c.preset, p);
             assert_ne!(c.cohort.seed, c.pretrain_cohort.seed);

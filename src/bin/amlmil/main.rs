@@ -434,7 +434,8 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
             })?;
             &["fused"]
         }
-        _ => &["nchw"],
+        // cuDNN's tensor-core kernels favour NHWC in fp16/bf16: measure both.
+        _ => &["nchw", "channels_last"],
     };
     if device != tch::Device::Cpu {
         vs.set_kind(precision.kind());
