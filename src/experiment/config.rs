@@ -267,12 +267,14 @@ impl ExperimentConfig {
                 umap_cells: 2000,
                 seed: 0,
             },
-            other => return Err(Error::invalid(
-                "preset",
-                format!(
+            other => {
+                return Err(Error::invalid(
+                    "preset",
+                    format!(
                     "`{other}` is not an experiment preset (quick, cpu-small, gpu-short, paper)"
                 ),
-            )),
+                ))
+            }
         };
         c.output = PathBuf::new();
         Ok(c)
