@@ -13,6 +13,9 @@ use crate::ssl::SslMethod;
 use crate::synth::CohortConfig;
 use crate::training::MilTrainConfig;
 
+/// The experiment's presets ([`ExperimentConfig::preset`]).
+pub const PRESETS: [&str; 4] = ["quick", "cpu-small", "gpu-short", "paper"];
+
 /// The encoders an experiment compares, in report order.
 pub const ENCODERS: [&str; 5] = ["supervised", "simclr", "swav", "dino", "random"];
 
@@ -271,8 +274,9 @@ impl ExperimentConfig {
                 return Err(Error::invalid(
                     "preset",
                     format!(
-                    "`{other}` is not an experiment preset (quick, cpu-small, gpu-short, paper)"
-                ),
+                        "`{other}` is not an experiment preset ({})",
+                        PRESETS.join(", ")
+                    ),
                 ))
             }
         };
@@ -436,7 +440,7 @@ mod tests {
 
     #[test]
     fn presets_validate_and_overrides_merge() {
-        for p in ["quick", "cpu-small", "gpu-short", "paper"] {
+        for p in PRESETS {
             let c = ExperimentConfig::from_value(json!({"preset": p, "output": "o"})).unwrap();
             assert_eq!(c.preset, p);
             assert_ne!(c.cohort.seed, c.pretrain_cohort.seed);
