@@ -117,6 +117,12 @@ struct BenchArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Instead of inference: one training forward and backward pass of the
+    /// encoder with and without activation checkpointing — seconds, and on the
+    /// CPU the memory the forward pass's autograd graph holds (resident-set
+    /// growth; set `MALLOC_MMAP_THRESHOLD_=65536` so freed buffers leave it).
+    #[arg(long)]
+    training_memory: bool,
 }
 
 #[derive(clap::Args)]
@@ -425,6 +431,10 @@ fn bench(args: BenchArgs) -> amlmil::Result<()> {
         [args.batch_size, 3, args.size, args.size],
         (Kind::Float, device),
     );
+    if args.training_memory {
+        drop(_guard);
+        return training_memory(arch, &x, device, &timed, &line);
+    }
     let layouts: &[&str] = match (device, precision) {
         (tch::Device::Cpu, Precision::Fp32) => &["fused", "channels_last", "nchw"],
         (tch::Device::Cpu, _) => {
@@ -508,6 +518,66 @@ fn conv_ceiling(
 }
 
 /// This process's peak resident memory (`VmHWM`) in MiB, or `None` off Linux.
+/// `amlmil bench --training-memory`: a training pass of a fresh encoder on `x`
+/// with and without activation checkpointing.
+fn training_memory(
+    arch: EncoderArch,
+    x: &tch::Tensor,
+    device: tch::Device,
+    timed: &dyn Fn(&mut dyn FnMut()) -> f64,
+    line: &dyn Fn(serde_json::Value),
+) -> amlmil::Result<()> {
+    use amlmil::model::{Encoder, Recompute};
+    use tch::nn::ModuleT;
+    let rss_mb = || {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: f64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(f64::NAN);
+        pages * 4096.0 / 1048576.0
+    };
+    for checkpointing in [false, true] {
+        let vs = tch::nn::VarStore::new(device);
+        let mut encoder = Encoder::new(&vs.root(), arch);
+        if checkpointing {
+            encoder = encoder.with_recompute(std::sync::Arc::new(Recompute::new(false)));
+        }
+        let step = || -> amlmil::Result<()> {
+            let loss = encoder
+                .forward_t(x, true)
+                .f_square()?
+                .f_mean(tch::Kind::Float)?;
+            loss.f_backward()?;
+            encoder.backward_recomputed()
+        };
+        step()?;
+        let before = rss_mb();
+        let features = encoder.forward_t(x, true);
+        let graph_mb = rss_mb() - before;
+        drop(features);
+        encoder.clear_recomputed();
+        let mut failed = None;
+        let per_s = timed(&mut || {
+            if let Err(e) = step() {
+                failed.get_or_insert(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        line(
+            serde_json::json!({"impl": "amlmil_training_pass", "arch": arch.name(),
+            "activation_checkpointing": checkpointing, "size": x.size()[2], "batch": x.size()[0],
+            "device": amlmil::device::device_name(device),
+            "forward_graph_mb": (device == tch::Device::Cpu).then(|| graph_mb.round()),
+            "step_s": (1000.0 / per_s).round() / 1000.0}),
+        );
+    }
+    Ok(())
+}
+
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = status
