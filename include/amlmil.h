@@ -398,6 +398,12 @@ typedef struct {
    * attention, softmax and classifiers always run in fp32).
    */
   const char *precision;
+  /**
+   * Attention-MIL heads in the MIL checkpoint: 1, or K ≥ 2 for an ensemble
+   * of cross-validation runs (`amlmil_ensemble`), whose class probabilities
+   * and per-class attention are the means of its heads'.
+   */
+  uint32_t num_heads;
 } amlmil_model_info;
 
 /**
@@ -1062,6 +1068,26 @@ amlmil_status amlmil_train_mil(const char *config_json,
                                amlmil_progress_callback progress,
                                void *user_data,
                                char **out_report_json);
+
+/**
+ * Writes the heads of a cross-validation's finished runs (folds × seeds) as one
+ * MIL checkpoint — the deployable model of `amlmil_cross_validate` or
+ * `amlmil_experiment`. A session loaded with it averages the heads' class
+ * probabilities and, per class, their attention over the cells
+ * (`amlmil_model_info.num_heads` reports K). The runs must share the encoder
+ * file, the classes and the head's design.
+ *
+ * @param config_json JSON object: `cv_dir` (the cross-validation's `output`),
+ *   `out` (the checkpoint to write, atomically), `seeds` (optional: only these
+ *   seeds' runs). Unknown keys are errors.
+ * @param[out] out_report_json `{"out", "heads", "encoder_file_sha256",
+ *   "members": [{"run", "seed", "fold", "best_validation_loss",
+ *   "test_macro_f1", "mil_sha256"}], "mean_test_macro_f1"}` (library-owned;
+ *   `amlmil_string_free`). Untouched on failure.
+ * @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT (no finished runs, a bad key);
+ *   _MISMATCH when runs differ in encoder, classes or head design; _IO.
+ */
+amlmil_status amlmil_ensemble(const char *config_json, char **out_report_json);
 
 /**
  * Encodes every cell of `dataset_dir` with the encoder checkpoint into the

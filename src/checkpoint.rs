@@ -116,6 +116,36 @@ pub struct MilManifest {
     pub input_size: i64,
     pub feature_map: [i64; 3],
     pub provenance: Provenance,
+    /// Present when the checkpoint holds K ≥ 2 heads deployed together (the
+    /// runs of a cross-validation; [`crate::model::MilHeads`]); absent for one head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<Ensemble>,
+}
+
+/// The heads of an ensemble MIL checkpoint and where they came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ensemble {
+    /// Number of heads K (≥ 2); head `k`'s tensors are named `heads.k.…`.
+    pub heads: usize,
+    /// The run each head came from, in head order.
+    pub members: Vec<EnsembleMember>,
+}
+
+/// One head of an ensemble: its cross-validation run and that run's scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleMember {
+    /// The run's folder name (`seed0_fold3`).
+    pub run: String,
+    pub seed: u64,
+    pub fold: usize,
+    /// Lowest validation loss of the run (what early stopping chose the head by).
+    pub best_validation_loss: f64,
+    /// Macro F1 on the run's held-out test fold.
+    pub test_macro_f1: f64,
+    /// Content SHA-256 of the run's own checkpoint.
+    pub mil_sha256: Option<String>,
 }
 
 impl MilManifest {
@@ -133,7 +163,13 @@ impl MilManifest {
             classes,
             input_size,
             provenance,
+            ensemble: None,
         }
+    }
+
+    /// Number of heads in the checkpoint (1 unless it is an ensemble).
+    pub fn head_count(&self) -> usize {
+        self.ensemble.as_ref().map_or(1, |e| e.heads)
     }
 }
 

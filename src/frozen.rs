@@ -18,7 +18,7 @@ use crate::cell_image::CellImage;
 use crate::checkpoint::{self, Checkpoint, EncoderManifest, MilManifest};
 use crate::device::{DeviceSpec, Precision};
 use crate::error::{Error, Result};
-use crate::model::{AttentionMil, Encoder, FusedEncoder};
+use crate::model::{Encoder, FusedEncoder, MilHeads};
 use crate::preprocess::to_input_batch;
 use crate::Progress;
 
@@ -420,8 +420,9 @@ pub fn load_encoder(path: &Path, device: Device) -> Result<(Encoder, EncoderMani
     Ok((encoder, manifest, vs))
 }
 
-/// Builds an attention-MIL head from a checkpoint file, checking manifest and tensors.
-pub fn load_mil(path: &Path, device: Device) -> Result<(AttentionMil, MilManifest, VarStore)> {
+/// Builds the attention-MIL head(s) of a checkpoint file (one head, or the K heads of an
+/// ensemble), checking manifest and tensors.
+pub fn load_mil(path: &Path, device: Device) -> Result<(MilHeads, MilManifest, VarStore)> {
     let (manifest, tensors) = Checkpoint::read_mil(path)?;
     manifest
         .config
@@ -437,33 +438,57 @@ pub fn load_mil(path: &Path, device: Device) -> Result<(AttentionMil, MilManifes
             ),
         ));
     }
+    let count = manifest.head_count();
+    if let Some(e) = &manifest.ensemble {
+        if e.heads < 2 || e.members.len() != e.heads {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "manifest ensemble: {} heads with {} members (an ensemble has K >= 2 heads, one member each)",
+                    e.heads,
+                    e.members.len()
+                ),
+            ));
+        }
+        if e.heads > MAX_HEADS {
+            return Err(Error::checkpoint(
+                path,
+                format!("manifest ensemble: {} heads, at most {MAX_HEADS}", e.heads),
+            ));
+        }
+    }
     // Checked before the head is built: the manifest alone could declare a head of
     // any size, and building it allocates every variable.
-    for (name, shape) in manifest.config.parameter_shapes() {
-        match tensors.get(&name) {
-            None => {
-                return Err(Error::checkpoint(
+    for k in 0..count {
+        let prefix = MilHeads::prefix(k, count);
+        for (name, shape) in manifest.config.parameter_shapes() {
+            let name = format!("{prefix}{name}");
+            match tensors.get(&name) {
+                None => return Err(Error::checkpoint(
                     path,
                     format!(
                         "tensor `{name}` is missing (the manifest's config needs shape {shape:?})"
                     ),
-                ))
+                )),
+                Some(t) if t.size() != shape => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!(
+                            "tensor `{name}` has shape {:?}, the manifest's config needs {shape:?}",
+                            t.size()
+                        ),
+                    ))
+                }
+                Some(_) => {}
             }
-            Some(t) if t.size() != shape => {
-                return Err(Error::checkpoint(
-                    path,
-                    format!(
-                        "tensor `{name}` has shape {:?}, the manifest's config needs {shape:?}",
-                        t.size()
-                    ),
-                ))
-            }
-            Some(_) => {}
         }
     }
     let mut vs = VarStore::new(Device::Cpu);
-    let mil = AttentionMil::new(&vs.root(), manifest.config.clone());
+    let mil = MilHeads::new(&vs.root(), &manifest.config, count);
     checkpoint::load_into(&mut vs, tensors, path, &[])?;
     vs.set_device(device);
     Ok((mil, manifest, vs))
 }
+
+/// Most heads one MIL checkpoint may hold (5 folds × 20 seeds).
+pub const MAX_HEADS: usize = 100;

@@ -18,7 +18,7 @@ use crate::cell_image::CellImage;
 use crate::checkpoint::{EncoderManifest, MilManifest};
 use crate::error::{Error, Result};
 use crate::frozen::{load_mil, EncoderOptions, Flip, Frozen, FrozenEncoder};
-use crate::model::{pool_features, AttentionMil, FusedCellNet};
+use crate::model::{pool_features, FusedCellNet, MilHeads};
 use crate::plugin::{self, Preprocessor};
 use crate::Progress;
 
@@ -103,9 +103,11 @@ fn finite_host(t: &Tensor) -> Result<Vec<f32>> {
 /// A loaded encoder + MIL head on one device.
 pub struct Session {
     encoder: FrozenEncoder,
-    mil: Frozen<AttentionMil>,
-    /// The head's four-convolution `g` packed for oneDNN (fused CPU sessions).
-    fused_g: Option<FusedCellNet>,
+    /// The checkpoint's head, or the heads of an ensemble.
+    mil: Frozen<MilHeads>,
+    /// Each head's four-convolution `g` packed for oneDNN (fused CPU sessions;
+    /// empty otherwise).
+    fused_g: Vec<FusedCellNet>,
     mil_manifest: MilManifest,
     _mil_vars: VarStore,
     /// Run on each batch of cells before encoding ([`crate::plugin`]).
@@ -149,11 +151,14 @@ impl Session {
             )));
         }
         mil_vs.freeze();
-        let fused_g = match mil.four_conv_layers() {
-            Some(convs) if encoder.is_fused() => {
-                Some(FusedCellNet::new(convs, encoder.precision().kind())?)
-            }
-            _ => None,
+        let fused_g = match encoder.is_fused() {
+            true => mil
+                .heads()
+                .iter()
+                .filter_map(|h| h.four_conv_layers())
+                .map(|convs| FusedCellNet::new(convs, encoder.precision().kind()))
+                .collect::<Result<Vec<_>>>()?,
+            false => Vec::new(),
         };
         if options.warm_up {
             let [c, h, w] = mil_manifest.feature_map;
@@ -161,9 +166,12 @@ impl Session {
                 [encoder.batch_size() as i64, c, h, w],
                 (Kind::Float, encoder.device()),
             )?;
-            let _ = match &fused_g {
-                Some(g) => g.instances(&maps)?,
-                None => tch::no_grad(|| mil.instances(&maps, false)),
+            let _ = match fused_g.is_empty() {
+                false => fused_g
+                    .iter()
+                    .map(|g| g.instances(&maps))
+                    .collect::<Result<Vec<_>>>()?,
+                true => vec![tch::no_grad(|| mil.instances(&maps, false))],
             };
         }
         log::info!(
@@ -312,7 +320,7 @@ impl Session {
         self.classify_instances(&z, &ids)
     }
 
-    /// Instance vectors `z` `[N, k′]` (the head's `g` of each cell's feature map),
+    /// Instance vectors `z` `[N, K·k′]` (each head's `g` of each cell's feature map, side by side),
     /// encoded batch by batch.
     pub fn instances(&self, cells: &[CellImage], progress: Progress) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
@@ -363,17 +371,23 @@ impl Session {
 
     /// The head's `g` on feature maps (fused when the session is).
     fn cell_instances(&self, maps: &Tensor) -> Result<Tensor> {
-        match &self.fused_g {
-            Some(g) => g.instances(maps),
-            None => Ok(self.mil.0.instances(maps, false)),
+        if self.fused_g.is_empty() {
+            return Ok(self.mil.0.instances(maps, false));
         }
+        let per_head = self
+            .fused_g
+            .iter()
+            .map(|g| g.instances(maps))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.mil.0.combine_instances(per_head.into_iter()))
     }
 
-    /// The attention pooling and classifiers on instance vectors `z` `[N, k′]`
+    /// The attention pooling and classifiers (averaged over an ensemble's heads,
+    /// [`MilHeads`]) on instance vectors `z` `[N, K·k′]`
     /// (from [`Session::instances`]) of cells with the given ids.
     pub fn classify_instances(&self, z: &Tensor, cell_ids: &[u64]) -> Result<BagPrediction> {
         let _guard = tch::no_grad_guard();
-        let k = self.mil_manifest.config.head.instance_dim;
+        let k = self.mil.0.instance_width();
         let n = cell_ids.len() as i64;
         if n == 0 {
             return Err(Error::EmptyBag("bag".into()));
@@ -384,7 +398,7 @@ impl Session {
                 format!("shape {:?}, expected [{n}, {k}] for {n} cells", z.size()),
             ));
         }
-        let out = self.mil.0.forward_instances(z);
+        let out = self.mil.0.forward_instances(z)?;
         let cpu = |t: &Tensor| -> Result<Vec<f32>> {
             Ok(Vec::<f32>::try_from(
                 t.to_device(Device::Cpu)

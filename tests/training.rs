@@ -778,3 +778,138 @@ fn c_abi_refuses_a_second_training_call_and_cancels_from_another_thread() {
     assert_eq!(status, amlmil::ffi::amlmil_status::Cancelled);
     assert_eq!(amlmil_training_cancel(), 0, "the slot is free again");
 }
+
+/// `amlmil ensemble` / `amlmil_ensemble`: the five heads of a cross-validation
+/// as one checkpoint. A session with it gives the mean of the five sessions'
+/// probabilities and attention; streaming bags and feature maps follow; the C
+/// entry point and `model_info` report it; mismatched runs are refused.
+#[test]
+fn a_cross_validation_deploys_as_one_ensemble() {
+    use amlmil::{Bag, DeviceSpec, Session, SessionOptions, StreamingBag};
+    let s = setup();
+    let out = s.root.join("cv-ensemble");
+    let report = cross_validate(&cv_config(&out, small_training()), &mut |_| true).unwrap();
+    let file = s.root.join("ensemble.safetensors");
+    let r = amlmil::training::ensemble(&out, None, &file).unwrap();
+    assert_eq!(r.heads, 5);
+    let runs: Vec<String> = report
+        .runs
+        .iter()
+        .map(|run| run.dir.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let members: Vec<&str> = r.members.iter().map(|m| m.run.as_str()).collect();
+    assert_eq!(members, runs);
+    let options = SessionOptions {
+        device: DeviceSpec::Cpu,
+        batch_size: 4,
+        ..Default::default()
+    };
+    let ensemble = std::sync::Arc::new(Session::new(&s.encoder, &file, &options).unwrap());
+    assert_eq!(ensemble.mil_manifest().head_count(), 5);
+    let singles: Vec<Session> = report
+        .runs
+        .iter()
+        .map(|run| Session::new(&s.encoder, &run.dir.join("mil.safetensors"), &options).unwrap())
+        .collect();
+    let cells = common::cells(9, 64, 5);
+    let mut bag = Bag::new();
+    for (i, c) in cells.iter().enumerate() {
+        bag.add(i as u64, c.clone()).unwrap();
+    }
+    let e = ensemble.classify(&bag, &mut |_, _, _| true).unwrap();
+    let each: Vec<_> = singles
+        .iter()
+        .map(|x| x.classify(&bag, &mut |_, _, _| true).unwrap())
+        .collect();
+    let mean = |f: &dyn Fn(&amlmil::BagPrediction) -> &Vec<f32>| -> Vec<f32> {
+        (0..f(&each[0]).len())
+            .map(|i| each.iter().map(|p| f(p)[i]).sum::<f32>() / 5.0)
+            .collect()
+    };
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+    assert!(close(&e.probabilities, &mean(&|p| &p.probabilities)));
+    assert!(close(&e.attention, &mean(&|p| &p.attention)));
+    assert!(close(&e.attention_raw, &mean(&|p| &p.attention_raw)));
+    let softmax: Vec<f32> = {
+        let z: f32 = e.logits.iter().map(|l| l.exp()).sum();
+        e.logits.iter().map(|l| l.exp() / z).collect()
+    };
+    assert!(close(&softmax, &e.probabilities));
+    // Heads that disagree: the ensemble is none of them.
+    assert!(each
+        .iter()
+        .any(|p| !close(&p.probabilities, &e.probabilities)));
+    // Streaming and feature maps go through the same K heads.
+    let mut stream = StreamingBag::new(ensemble.clone()).unwrap();
+    for (i, c) in cells.iter().enumerate() {
+        stream.add(i as u64, c.clone()).unwrap();
+    }
+    let st = stream.classify(&mut |_, _, _| true).unwrap();
+    assert!(close(&st.probabilities, &e.probabilities) && close(&st.attention, &e.attention));
+    let maps = ensemble.feature_maps(&cells, &mut |_, _, _| true).unwrap();
+    let ids: Vec<u64> = (0..9).collect();
+    let f = ensemble.classify_feature_maps(&maps, &ids).unwrap();
+    assert!(close(&f.probabilities, &e.probabilities));
+
+    // The C entry point writes the same heads; bad input is named.
+    let c_out = s.root.join("ensemble-c.safetensors");
+    let config =
+        CString::new(serde_json::json!({"cv_dir": out, "out": c_out, "seeds": [0]}).to_string())
+            .unwrap();
+    let mut json: *mut c_char = std::ptr::null_mut();
+    let st = unsafe { amlmil::ffi::amlmil_ensemble(config.as_ptr(), &mut json) };
+    assert_eq!(st, amlmil::ffi::amlmil_status::Ok);
+    let text = unsafe { CStr::from_ptr(json) }.to_str().unwrap().to_owned();
+    unsafe { amlmil::ffi::amlmil_string_free(json) };
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["heads"],
+        5
+    );
+    let (_, a) = amlmil::checkpoint::Checkpoint::read_mil(&file).unwrap();
+    let (_, b) = amlmil::checkpoint::Checkpoint::read_mil(&c_out).unwrap();
+    assert_eq!(a.len(), b.len());
+    assert_eq!(
+        a.len(),
+        5 * amlmil::model::MilConfig::default().num_classes as usize * 4 + 5 * 6
+    );
+    let bad =
+        CString::new(serde_json::json!({"cv_dir": out, "out": c_out, "seed": [1]}).to_string())
+            .unwrap();
+    let st = unsafe { amlmil::ffi::amlmil_ensemble(bad.as_ptr(), &mut json) };
+    assert_eq!(st, amlmil::ffi::amlmil_status::InvalidArgument);
+    let e =
+        amlmil::training::ensemble(&out, Some(&[7]), &s.root.join("none.safetensors")).unwrap_err();
+    assert!(
+        e.to_string().contains("no finished runs of seeds [7]"),
+        "{e}"
+    );
+
+    // A run trained on another encoder file is refused, naming it.
+    let other = s.root.join("cv-mixed");
+    copy_dir(&out, &other);
+    let record = other.join("runs/seed0_fold3/run.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    v["encoder_file_sha256"] = "0".repeat(64).into();
+    std::fs::write(&record, v.to_string()).unwrap();
+    let e =
+        amlmil::training::ensemble(&other, None, &s.root.join("mixed.safetensors")).unwrap_err();
+    assert!(
+        matches!(e, Error::Mismatch(_)) && e.to_string().contains("seed0_fold3"),
+        "{e}"
+    );
+    assert!(!s.root.join("mixed.safetensors").exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
+    }
+}

@@ -582,6 +582,7 @@ struct ModelInfo {
   std::string mil_tool;                    ///< Tool that wrote the head.
   std::string device;                      ///< "cpu" or "cuda:N".
   std::string precision;                   ///< The encoder's arithmetic: "fp32", "fp16" or "bf16".
+  std::uint32_t num_heads = 1;             ///< MIL heads: 1, or K >= 2 for an ensemble (ensemble()).
 };
 
 class Session {
@@ -671,6 +672,7 @@ class Session {
     m.mil_tool = raw.mil_tool;
     m.device = raw.device;
     m.precision = raw.precision;
+    m.num_heads = raw.num_heads;
     return m;
   }
 
@@ -827,6 +829,19 @@ inline std::string train_mil(const std::string& config_json, std::uint32_t fold,
   detail::OwnedString report;
   bridge.finish(
       amlmil_train_mil(config_json.c_str(), fold, bridge.callback(), bridge.user_data(), report.out()));
+  return report.str();
+}
+
+/**
+ * @brief Writes a cross-validation's heads as one deployable MIL checkpoint
+ * (amlmil_ensemble): sessions loaded with it average the heads' probabilities
+ * and per-class attention.
+ * @param config_json JSON object with `cv_dir`, `out` and optionally `seeds` (see amlmil.h).
+ * @return the report as JSON (heads, the run of each, their scores).
+ */
+inline std::string ensemble(const std::string& config_json) {
+  detail::OwnedString report;
+  detail::check(amlmil_ensemble(config_json.c_str(), report.out()));
   return report.str();
 }
 

@@ -53,11 +53,15 @@ pub struct amlmil_model_info {
     /// Arithmetic of the encoder in use: `"fp32"`, `"fp16"` or `"bf16"` (the
     /// attention, softmax and classifiers always run in fp32).
     pub precision: *const c_char,
+    /// Attention-MIL heads in the MIL checkpoint: 1, or K ≥ 2 for an ensemble
+    /// of cross-validation runs (`amlmil_ensemble`), whose class probabilities
+    /// and per-class attention are the means of its heads'.
+    pub num_heads: u32,
 }
 
 /// Each field of `amlmil_model_info` with its byte range: a caller's size
 /// must not end inside one.
-const FIELDS: [(&str, usize, usize); 16] = {
+const FIELDS: [(&str, usize, usize); 17] = {
     macro_rules! fields {
         ($($f:ident: $t:ty),* $(,)?) => {
             [$((
@@ -84,6 +88,7 @@ const FIELDS: [(&str, usize, usize); 16] = {
         mil_tool: *const c_char,
         device: *const c_char,
         precision: *const c_char,
+        num_heads: u32,
     )
 };
 
@@ -177,6 +182,7 @@ pub unsafe extern "C" fn amlmil_session_model_info(
             mil_tool: strings.mil_tool.as_ptr(),
             device: strings.device.as_ptr(),
             precision: strings.precision.as_ptr(),
+            num_heads: s.mil_manifest().head_count() as u32,
         };
         let min = FIELDS
             .iter()

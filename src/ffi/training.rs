@@ -90,6 +90,36 @@ pub unsafe extern "C" fn amlmil_train_mil(
     )
 }
 
+/// Writes the heads of a cross-validation's finished runs (folds × seeds) as one
+/// MIL checkpoint — the deployable model of `amlmil_cross_validate` or
+/// `amlmil_experiment`. A session loaded with it averages the heads' class
+/// probabilities and, per class, their attention over the cells
+/// (`amlmil_model_info.num_heads` reports K). The runs must share the encoder
+/// file, the classes and the head's design.
+///
+/// @param config_json JSON object: `cv_dir` (the cross-validation's `output`),
+///   `out` (the checkpoint to write, atomically), `seeds` (optional: only these
+///   seeds' runs). Unknown keys are errors.
+/// @param[out] out_report_json `{"out", "heads", "encoder_file_sha256",
+///   "members": [{"run", "seed", "fold", "best_validation_loss",
+///   "test_macro_f1", "mil_sha256"}], "mean_test_macro_f1"}` (library-owned;
+///   `amlmil_string_free`). Untouched on failure.
+/// @return AMLMIL_STATUS_OK; _INVALID_ARGUMENT (no finished runs, a bad key);
+///   _MISMATCH when runs differ in encoder, classes or head design; _IO.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_ensemble(
+    config_json: *const c_char,
+    out_report_json: *mut *mut c_char,
+) -> amlmil_status {
+    json_call(
+        "amlmil_ensemble",
+        config_json,
+        out_report_json,
+        training::ensemble::EnsembleConfig::parse,
+        |config| config.run(),
+    )
+}
+
 /// Encodes every cell of `dataset_dir` with the encoder checkpoint into the
 /// feature cache `out_dir` (four flip variants when `flips` is non-zero),
 /// resuming a previous extraction of the same encoder.

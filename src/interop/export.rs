@@ -70,7 +70,19 @@ pub fn export(
     // The same checks a session makes, so a broken checkpoint is refused here, not in PyTorch.
     match kind {
         "encoder" => drop(load_encoder(src, Device::Cpu)?),
-        _ => drop(load_mil(src, Device::Cpu)?),
+        _ => {
+            let (heads, _, _) = load_mil(src, Device::Cpu)?;
+            if heads.len() > 1 {
+                return Err(Error::invalid(
+                    "src",
+                    format!(
+                        "{} is an ensemble of {} MIL heads; PyTorch's AttentionMil holds one: export the checkpoints of the runs it lists",
+                        src.display(),
+                        heads.len()
+                    ),
+                ));
+            }
+        }
     }
     let command = match (format, kind) {
         (ExportFormat::Pth, _) => "to-pth",

@@ -473,7 +473,8 @@ fn finished_run(
         return None;
     }
     let run: RunSummary = serde_json::from_value(v["run"].clone()).ok()?;
-    let (mil, _, _vars) = crate::frozen::load_mil(&dir.join("mil.safetensors"), device).ok()?;
+    let (heads, _, _vars) = crate::frozen::load_mil(&dir.join("mil.safetensors"), device).ok()?;
+    let mil = heads.into_single()?;
     Some((
         mil,
         TrainedSummary {

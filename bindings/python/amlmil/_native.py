@@ -88,6 +88,7 @@ class ModelInfoC(ctypes.Structure):
         ("mil_tool", ctypes.c_char_p),
         ("device", ctypes.c_char_p),
         ("precision", ctypes.c_char_p),
+        ("num_heads", ctypes.c_uint32),
     ]
 
 
@@ -176,6 +177,7 @@ PROTOTYPES = {
     "amlmil_train_mil": (c_status, [_cp, _u32, PROGRESS_CALLBACK, _vp, _out]),
     "amlmil_extract_features": (c_status, [_cp, _cp, _cp, _u32, _cp, PROGRESS_CALLBACK, _vp, _out]),
     "amlmil_experiment": (c_status, [_cp, PROGRESS_CALLBACK, _vp, _out]),
+    "amlmil_ensemble": (c_status, [_cp, _out]),
 }
 
 _lock = threading.Lock()

@@ -368,6 +368,7 @@ class ModelInfo:
     mil_tool: str
     device: str
     precision: str  #: the encoder's arithmetic: "fp32", "fp16" or "bf16"
+    num_heads: int = 1  #: MIL heads: 1, or K >= 2 for an ensemble (:func:`amlmil.ensemble`)
 
 
 class Session(_Owner):
@@ -515,6 +516,7 @@ class Session(_Owner):
             mil_tool=text(raw.mil_tool),
             device=text(raw.device),
             precision=text(raw.precision),
+            num_heads=raw.num_heads,
         )
 
     def cancel(self) -> None:

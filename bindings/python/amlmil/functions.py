@@ -13,10 +13,11 @@ import ctypes
 import enum
 import json
 import operator
+import os
 import threading
 import _thread
 import atexit
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import _native
 from ._native import LOG_CALLBACK, check, lib
@@ -39,6 +40,7 @@ __all__ = [
     "synth_cohort",
     "dataset_check",
     "import_model",
+    "ensemble",
 ]
 
 
@@ -138,6 +140,19 @@ def import_model(source_path: PathLike, out_path: PathLike, options: Optional[Ma
         lib().amlmil_import(_cstr(source_path, "source_path"), _cstr(out_path, "out_path"), _config_json(options, "options"), ctypes.byref(out)),
         "amlmil_import",
     )
+    return json.loads(_native.take_string(out))
+
+
+def ensemble(cv_dir: PathLike, out_path: PathLike, seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """``amlmil_ensemble``: a cross-validation's heads (folds × seeds, or only
+    ``seeds``') as one deployable MIL checkpoint; sessions average the heads'
+    probabilities and per-class attention. Returns the report (heads, the run
+    of each and its scores)."""
+    config: Dict[str, Any] = {"cv_dir": os.fspath(cv_dir), "out": os.fspath(out_path)}
+    if seeds is not None:
+        config["seeds"] = [_u64(s, "seeds") for s in seeds]
+    out = ctypes.c_void_p()
+    check(lib().amlmil_ensemble(_config_json(config), ctypes.byref(out)), "amlmil_ensemble")
     return json.loads(_native.take_string(out))
 
 

@@ -371,6 +371,31 @@ def test_train_mil_end_to_end(cohort, models, tmp_path):
         amlmil.cross_validate(dict(config, output=tmp_path / "cv"), progress=lambda p: p.stage == "train")
 
 
+def test_ensemble_of_a_cross_validation(cohort, models, tmp_path):
+    out, _ = cohort
+    cv = tmp_path / "cv"
+    config = {"dataset": out, "encoder": models[0], "output": cv, "folds": 3, "seeds": [0], "device": "cpu", "gallery_cells": 2,
+              "training": {"preset": "paper", "cell_net": {"type": "pooled"}, "epochs": 2}}
+    amlmil.cross_validate(config)
+    report = amlmil.ensemble(cv, tmp_path / "ens.safetensors", seeds=[0])
+    assert report["heads"] == 3 and [m["fold"] for m in report["members"]] == [0, 1, 2]
+    files = cell_files(bag_dirs(out)[0])
+    results = []
+    for mil in [tmp_path / "ens.safetensors"] + [cv / "runs" / f"seed0_fold{f}" / "mil.safetensors" for f in range(3)]:
+        with amlmil.Session(models[0], mil, device="cpu") as s:
+            with amlmil.Bag() as bag:
+                for i, f in enumerate(files):
+                    bag.add_file(i, f)
+                results.append((s.model_info().num_heads, s.classify(bag)))
+    assert [n for n, _ in results] == [3, 1, 1, 1]
+    ens, heads = results[0][1], [r for _, r in results[1:]]
+    assert np.allclose(ens.probabilities, np.mean([h.probabilities for h in heads], axis=0), atol=1e-5)
+    for k in range(len(ens.classes)):
+        assert np.allclose(ens.attention(k), np.mean([h.attention(k) for h in heads], axis=0), atol=1e-5)
+    with pytest.raises(amlmil.AmlmilError, match="no finished runs"):
+        amlmil.ensemble(cv, tmp_path / "none.safetensors", seeds=[5])
+
+
 def test_example_program(models, cohort, session):
     d = bag_dirs(cohort[0])[1]
     out = subprocess.run([sys.executable, str(REPO / "examples/python/classify.py"), str(models[0]), str(models[1]), str(d)], capture_output=True, text=True, check=True).stdout

@@ -68,6 +68,9 @@ enum Command {
     TrainMil(TrainArgs),
     /// Cross-validate the attention-MIL head: folds x seeds, metrics, plots, attention.
     Cv(CvArgs),
+    /// Write a cross-validation's heads (folds x seeds) as one deployable MIL
+    /// checkpoint: sessions average their probabilities and attention (JSON report).
+    Ensemble(train::EnsembleArgs),
     /// The paper's experiment in one command: cohorts, pre-training of every encoder,
     /// k-NN probe, MIL cross-validation per encoder, and report.md/.html/.json.
     Experiment(ExperimentCmdArgs),
@@ -328,6 +331,7 @@ fn main() -> ExitCode {
         Command::Pretrain(args) => train::pretrain_cmd(args),
         Command::Probe(args) => train::probe(args),
         Command::TrainMil(args) => train::train_mil(args),
+        Command::Ensemble(args) => train::ensemble(args),
         Command::Cv(args) => train::cv(args),
         Command::Experiment(args) => train::experiment_cmd(args),
         Command::Dataset(cmd) => dataset(cmd),

@@ -170,6 +170,33 @@ pub(crate) struct TrainArgs {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct EnsembleArgs {
+    /// The cross-validation's output folder (`amlmil cv --output`, or an
+    /// experiment's `cv/<encoder>`).
+    #[arg(long = "from")]
+    from: PathBuf,
+    /// The MIL checkpoint to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Only these seeds' runs, comma-separated (default: every finished run).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+}
+
+/// `amlmil ensemble`: the cross-validation's heads as one checkpoint; prints the report.
+pub(crate) fn ensemble(args: EnsembleArgs) -> amlmil::Result<()> {
+    let report = amlmil::training::ensemble(&args.from, args.seeds.as_deref(), &args.out)?;
+    emit(&serde_json::to_string_pretty(&report).unwrap_or_default());
+    eprintln!(
+        "wrote {} ({} heads; their held-out macro F1 averages {:.3})",
+        report.out.display(),
+        report.heads,
+        report.mean_test_macro_f1
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub(crate) struct CvArgs {
     #[command(flatten)]
     experiment: ExperimentArgs,
