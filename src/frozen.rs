@@ -464,12 +464,14 @@ pub fn load_mil(path: &Path, device: Device) -> Result<(MilHeads, MilManifest, V
         for (name, shape) in manifest.config.parameter_shapes() {
             let name = format!("{prefix}{name}");
             match tensors.get(&name) {
-                None => return Err(Error::checkpoint(
-                    path,
-                    format!(
+                None => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!(
                         "tensor `{name}` is missing (the manifest's config needs shape {shape:?})"
                     ),
-                )),
+                    ))
+                }
                 Some(t) if t.size() != shape => {
                     return Err(Error::checkpoint(
                         path,

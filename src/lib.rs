@@ -27,6 +27,7 @@ pub mod classes;
 pub mod dataset;
 pub mod device;
 pub mod error;
+pub mod evaluation;
 pub mod experiment;
 pub mod features;
 pub mod ffi;

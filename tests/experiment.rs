@@ -122,6 +122,26 @@ fn tiny_experiment_runs_resumes_after_cancellation_and_writes_every_artefact() {
         let f1 = e["cv"]["summary"]["macro_f1"]["mean"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&f1));
         assert!(e["probe"]["encoder"]["accuracy"].as_f64().is_some());
+        // The deployable model: the encoder and the ensemble of every run's head.
+        let runs = e["cv"]["runs"].as_array().unwrap().len();
+        assert_eq!(
+            e["deploy"]["heads"].as_u64(),
+            Some(runs as u64),
+            "{}",
+            e["deploy"]
+        );
+        let name = e["name"].as_str().unwrap();
+        let dir = out.join("deploy").join(name);
+        let session = amlmil::Session::new(
+            &dir.join("encoder.safetensors"),
+            &dir.join("mil.safetensors"),
+            &amlmil::SessionOptions {
+                device: amlmil::DeviceSpec::Cpu,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(session.mil_manifest().head_count(), runs);
     }
 
     // report.md: Table 1 has a row per encoder whose cells parse as "m ± s".

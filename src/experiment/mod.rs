@@ -107,6 +107,39 @@ pub struct EncoderResult {
     pub pretraining: serde_json::Value,
     pub probe: ProbeComparison,
     pub cv: CvReport,
+    /// The deployable model: `deploy/<encoder>/encoder.safetensors` and the
+    /// ensemble of every cross-validation head, `deploy/<encoder>/mil.safetensors`
+    /// (`None` under the per-fold protocol, whose runs have encoders of their own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
+}
+
+/// An encoder and the ensemble of its cross-validation heads, ready for a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deploy {
+    pub encoder: PathBuf,
+    pub mil: PathBuf,
+    pub heads: usize,
+    /// Mean held-out macro F1 of the heads' runs (the cross-validated estimate).
+    pub mean_test_macro_f1: f64,
+}
+
+/// Writes `deploy/<name>/`: a copy of the encoder and the ensemble of the
+/// cross-validation's heads (each atomically).
+fn deploy(out: &Path, name: &str, encoder: &Path, cv: &CvReport) -> Result<Deploy> {
+    let dir = out.join("deploy").join(name);
+    create_dir(&dir)?;
+    let enc = dir.join("encoder.safetensors");
+    let bytes = std::fs::read(encoder).map_err(|e| Error::io("cannot read", encoder, e))?;
+    write_atomic(&enc, &bytes)?;
+    let mil = dir.join("mil.safetensors");
+    let report = crate::training::ensemble(&cv.output, None, &mil)?;
+    Ok(Deploy {
+        encoder: enc,
+        mil,
+        heads: report.heads,
+        mean_test_macro_f1: report.mean_test_macro_f1,
+    })
 }
 
 /// Wall time of one stage for one encoder (or for the whole experiment).
@@ -215,6 +248,10 @@ pub fn run_experiment(
         let probe = run.probe(name, &checkpoint, &mil_ds)?;
         run.items_done += 1;
         let cv = run.cv(name, &checkpoint, &fold_checkpoints, &dataset)?;
+        let deploy = match fold_checkpoints.is_empty() {
+            true => Some(deploy(out, name, &checkpoint, &cv)?),
+            false => None,
+        };
         encoders.push(EncoderResult {
             name: name.clone(),
             checkpoint,
@@ -222,6 +259,7 @@ pub fn run_experiment(
             pretraining,
             probe,
             cv,
+            deploy,
         });
     }
     let embedding = run.embedding(&mil_ds, &encoders)?;

@@ -6,7 +6,9 @@
 //! precomputed features work unchanged; the outputs are combined as
 //!
 //! * probabilities: the mean of the heads' class probabilities;
-//! * logits: `ln` of those probabilities (so their softmax gives them back);
+//! * logits: `ln` of those probabilities (so their softmax gives them back),
+//!   a probability that underflowed to 0 taken as the smallest normal f32 so
+//!   that the logits stay finite;
 //! * attention: for every class, the mean of the heads' attention over the
 //!   cells (each head's row sums to 1, so the mean's does too); raw attention:
 //!   the mean of the heads' scores before their softmax.
@@ -134,7 +136,7 @@ fn combine(mut outs: Vec<MilOutput>) -> MilOutput {
     };
     let probabilities = mean(&|o| &o.probabilities);
     MilOutput {
-        logits: probabilities.log(),
+        logits: probabilities.clamp_min(f32::MIN_POSITIVE as f64).log(),
         probabilities,
         attention_raw: mean(&|o| &o.attention_raw),
         attention: mean(&|o| &o.attention),
@@ -197,6 +199,17 @@ mod tests {
         // The heads are distinct (seeded apart), so the mean is not any one of them.
         assert!(!close(&singles[0].probabilities, &singles[1].probabilities));
         assert!(three.forward_instances(&z.narrow(1, 0, 6)).is_err());
+
+        // Probabilities that underflowed to 0 in every head keep finite logits.
+        let zero = |p: [f32; 3]| MilOutput {
+            logits: Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+            probabilities: Tensor::from_slice(&p),
+            attention_raw: Tensor::zeros([3, 1], (Kind::Float, Device::Cpu)),
+            attention: Tensor::ones([3, 1], (Kind::Float, Device::Cpu)),
+        };
+        let c = combine(vec![zero([1.0, 0.0, 0.0]), zero([0.5, 0.5, 0.0])]);
+        assert_eq!(i64::try_from(c.logits.isfinite().all()).unwrap(), 1);
+        assert!(close(&c.logits.softmax(0, Kind::Float), &c.probabilities));
 
         let vs1 = nn::VarStore::new(Device::Cpu);
         let one = MilHeads::new(&vs1.root(), &config(), 1);

@@ -41,6 +41,9 @@ enum Command {
     Info,
     /// Classify bags: each PATH is a folder with one patient's cell images.
     Predict(PredictArgs),
+    /// Classify every patient of a labelled data set and score the model:
+    /// macro F1, accuracy, ROC AUC (JSON; one line per patient on standard error).
+    Evaluate(EvaluateArgs),
     /// The diagnosis guard: classify bags at fp32 and at a reduced precision
     /// and check that class, probabilities and top-attention cells agree (JSON;
     /// exit status 1 when they do not).
@@ -220,6 +223,78 @@ impl SessionArgs {
 }
 
 #[derive(clap::Args)]
+struct EvaluateArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+    /// A labelled data set (`metadata.csv` + `data/<label>/<patient>/`).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// `fp32`, `fp16` or `bf16`, as for `predict`.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// Write the JSON here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `amlmil evaluate`: one line per patient and the metrics on standard error,
+/// the JSON report on standard output (or `--out`).
+fn evaluate(args: EvaluateArgs) -> amlmil::Result<()> {
+    use amlmil::dataset::{Dataset, OpenOptions};
+    let session = Session::new(
+        &args.session.encoder,
+        &args.session.mil,
+        &args.session.options(&args.precision)?,
+    )?;
+    let (dataset, _) = Dataset::open(&args.dataset, &OpenOptions::fail())?;
+    let bar = progress_bar(dataset.patients().len(), "patients");
+    let e = amlmil::evaluation::evaluate(&session, &dataset, &mut |done, _| {
+        bar.set_position(done as u64);
+        true
+    })?;
+    bar.finish_and_clear();
+    for p in &e.patients {
+        let best = p.probabilities.iter().cloned().fold(0f32, f32::max);
+        eprintln!(
+            "{:<12} {:<14} -> {:<14} p={best:.2}{}",
+            p.patient,
+            p.label,
+            p.predicted,
+            if p.label == p.predicted {
+                ""
+            } else {
+                "  (wrong)"
+            }
+        );
+    }
+    let cross_validated = session
+        .mil_manifest()
+        .provenance
+        .details
+        .get("mean_test_macro_f1")
+        .and_then(|v| v.as_f64());
+    eprintln!(
+        "{} patients: macro F1 {:.3}, accuracy {:.3}{} ({} head{}){}",
+        e.patients.len(),
+        e.macro_f1,
+        e.accuracy,
+        e.roc_auc
+            .map_or(String::new(), |a| format!(", ROC AUC {a:.3}")),
+        e.heads,
+        if e.heads == 1 { "" } else { "s" },
+        cross_validated.map_or(String::new(), |f| format!(
+            "; its heads' cross-validated macro F1 was {f:.3}"
+        ))
+    );
+    let json = serde_json::to_string_pretty(&e).unwrap_or_default();
+    match &args.out {
+        Some(path) => amlmil::io::write_atomic(path, json.as_bytes())?,
+        None => emit(&json),
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
 struct PredictArgs {
     #[command(flatten)]
     session: SessionArgs,
@@ -317,6 +392,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Predict(args) => predict(args),
+        Command::Evaluate(args) => evaluate(args),
         Command::CheckPrecision(args) => check_precision(args),
         Command::InitCheckpoint(args) => init_checkpoint(args),
         Command::Inspect { checkpoint } => Checkpoint::read(&checkpoint).map(|ck| {
