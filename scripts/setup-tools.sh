@@ -2,7 +2,8 @@
 # Installs (Debian/Ubuntu, as root) the system tools the build, the packaging and
 # the documentation need, only those missing: binutils (readelf), gcc, g++,
 # pkg-config, cmake, doxygen, patchelf, valgrind (with glibc's debugging
-# symbols, which memcheck wants for the loader). `apt-get update` runs only when
+# symbols, which memcheck wants for the loader) and chromium (headless, for the
+# test that renders the cytologist's HTML page). `apt-get update` runs only when
 # something has to be installed. Safe to run on every build.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ need cmake cmake
 need doxygen doxygen
 need patchelf patchelf
 need valgrind valgrind
+need chromium chromium
 if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libc6-dbg >/dev/null 2>&1; then
   missing+=(libc6-dbg)
 fi

@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-# C/C++ compilers, readelf, pkg-config, cmake, doxygen, patchelf and valgrind for
-# the example, packaging, documentation and memcheck tests (apt-installs only
-# what is missing).
+# C/C++ compilers, readelf, pkg-config, cmake, doxygen, patchelf, valgrind and
+# chromium for the example, packaging, documentation, memcheck and HTML-page
+# tests (apt-installs only what is missing).
 bash scripts/setup-tools.sh
 # `cargo test` does not link the cdylib; the C/C++ example and export tests need
 # target/debug/libamlmil.so, so build it (same profile) first. Plain `cargo test`

@@ -33,6 +33,7 @@ pub mod features;
 pub mod ffi;
 pub mod frozen;
 pub mod guard;
+pub mod html;
 pub mod inference;
 pub mod interop;
 pub mod io;

@@ -22,7 +22,11 @@
 //! 5. **embedding** — 2-D UMAP (umap-learn in the set-up Python, else PCA, said
 //!    in the report) of the probe cells' features, per encoder;
 //! 6. **report** — `report.md`, `report.html`, `report.json` and `figures/`
-//!    ([`report`]).
+//!    ([`report`]);
+//! 7. **deploy** — after each encoder's cv, `deploy/<name>/encoder.safetensors` and the
+//!    ensemble of its cross-validation heads, `deploy/<name>/mil.safetensors`
+//!    ([`crate::training::ensemble`]; rewritten on every run, not under the
+//!    per-fold protocol).
 //!
 //! No leakage, as in the paper: the MIL test patients' cells are never seen by
 //! an encoder in pre-training. The paper pre-trains its SSL encoders inside

@@ -311,6 +311,11 @@ struct PredictArgs {
     /// Write the JSON here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write one self-contained HTML page for the cytologist: per bag the
+    /// subtype, probability bars, top-attention cell tiles per class, the
+    /// whole bag sorted by attention (a toggle per class) and the model's provenance.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Preprocessing plugin (a shared library built against `amlmil-plugin`,
     /// e.g. target/debug/libamlmil_grey_world.so) run on the cells before encoding.
     #[arg(long)]
@@ -860,6 +865,7 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
         session = session.with_preprocessor(std::sync::Arc::new(p));
     }
     let mut reports = Vec::new();
+    let mut for_page = Vec::new();
     for dir in &args.bags {
         let (files, bag) = load_bag(dir)?;
         let bar = progress_bar(bag.len(), "cells");
@@ -909,6 +915,26 @@ fn predict(args: PredictArgs) -> amlmil::Result<()> {
             report["attention_raw"] = serde_json::json!(pred.attention_raw);
         }
         reports.push(report);
+        if args.html.is_some() {
+            let name = dir.file_name().map_or_else(
+                || dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            for_page.push((name, bag, pred));
+        }
+    }
+    if let Some(path) = &args.html {
+        let bags: Vec<amlmil::html::PageBag> = for_page
+            .iter()
+            .map(|(name, bag, prediction)| amlmil::html::PageBag {
+                name: name.clone(),
+                bag,
+                prediction,
+            })
+            .collect();
+        let page = amlmil::html::page(&session, &bags, args.top_k)?;
+        amlmil::io::write_atomic(path, page.as_bytes())?;
+        eprintln!("wrote {}", path.display());
     }
     let json = serde_json::to_string_pretty(&reports).unwrap_or_default();
     match args.out {
