@@ -878,6 +878,32 @@ amlmil_status amlmil_result_top_cells(const amlmil_result *result,
 amlmil_status amlmil_result_to_json(const amlmil_result *result, char **out_json);
 
 /**
+ * One self-contained HTML page for the person who acts on the result: the
+ * predicted subtype, every class's probability as a bar, the `top_k` cells
+ * with the most attention for each class as image tiles, the whole bag sorted
+ * by attention with a toggle per class, the session's provenance (checkpoint
+ * hashes, precision, device, heads of an ensemble) and the standing warning
+ * that this is research software. Cell images are embedded (JPEG data URIs).
+ *
+ * @param session the session that classified the bag.
+ * @param bag the classified bag, holding its images (a streaming bag does not
+ *   keep them and is refused).
+ * @param result the bag's result.
+ * @param name the bag's title on the page (the patient); NULL = "bag".
+ * @param top_k tiles per class (0 = 5).
+ * @param[out] out_html receives a library-owned string; free it with
+ *   `amlmil_string_free`. Untouched on failure.
+ * @return AMLMIL_STATUS_OK; _NULL_ARGUMENT; _INVALID_ARGUMENT for a streaming
+ *   bag, a name that is not UTF-8, or a result with cells the bag lacks.
+ */
+amlmil_status amlmil_result_to_html(const amlmil_session *session,
+                                    const amlmil_bag *bag,
+                                    const amlmil_result *result,
+                                    const char *name,
+                                    uint32_t top_k,
+                                    char **out_html);
+
+/**
  * Fills the first `size` bytes of `options` (the caller's
  * `sizeof(amlmil_session_options)`) with this library's defaults and sets
  * `struct_size` to the part written: a library newer than the caller's header

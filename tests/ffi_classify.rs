@@ -649,3 +649,51 @@ fn model_info_class_names_and_feature_maps_round_trip_through_classify_features(
         amlmil_session_free(s);
     }
 }
+
+/// `amlmil_result_to_html`: the cytologist's page of a plain bag, its name
+/// escaped; NULL arguments and streaming bags (which keep no images) refused
+/// naming the argument, the output untouched.
+#[test]
+fn a_result_becomes_the_cytologists_page() {
+    let s = session();
+    let cells = common::cells(5, 144, 21);
+    let bag = bag_with(&cells, 40);
+    unsafe {
+        let mut r = ptr::null_mut();
+        assert_eq!(
+            amlmil_session_classify(s, bag, None, ptr::null_mut(), &mut r),
+            amlmil_status::Ok
+        );
+        let mut html: *mut c_char = ptr::null_mut();
+        let name = c("patient <7>");
+        assert_eq!(
+            amlmil_result_to_html(s, bag, r, name.as_ptr(), 2, &mut html),
+            amlmil_status::Ok,
+            "{}",
+            last_error()
+        );
+        let page = CStr::from_ptr(html).to_str().unwrap().to_owned();
+        amlmil_string_free(html);
+        assert!(page.starts_with("<!DOCTYPE html>") && page.contains("patient &lt;7&gt;"));
+        assert!(page.contains("Research software"));
+        assert_eq!(page.matches("data:image/jpeg;base64,").count(), 5 + 5 * 2);
+        let mut untouched: *mut c_char = ptr::null_mut();
+        expect(
+            amlmil_result_to_html(s, ptr::null(), r, ptr::null(), 0, &mut untouched),
+            amlmil_status::NullArgument,
+            "bag",
+        );
+        let mut streamed = ptr::null_mut();
+        assert_eq!(amlmil_bag_new(&mut streamed), amlmil_status::Ok);
+        assert_eq!(amlmil_bag_stream(streamed, s), amlmil_status::Ok);
+        expect(
+            amlmil_result_to_html(s, streamed, r, ptr::null(), 0, &mut untouched),
+            amlmil_status::InvalidArgument,
+            "streaming bag",
+        );
+        assert!(untouched.is_null());
+        amlmil_bag_free(streamed);
+        amlmil_result_free(r);
+        amlmil_bag_free(bag);
+    }
+}

@@ -805,6 +805,24 @@ inline std::vector<float> Session::feature_maps(const Bag& bag, const ProgressFn
 }
 
 /**
+ * @brief One self-contained HTML page of a result for the cytologist
+ * (amlmil_result_to_html): subtype, probability bars, top-attention cell tiles
+ * per class, the bag sorted by attention, provenance and the research-software warning.
+ * @param session the session that classified @p bag.
+ * @param bag the classified bag (a plain one: a streaming bag keeps no images).
+ * @param result its result.
+ * @param name the bag's title on the page.
+ * @param top_k tiles per class.
+ * @return the page.
+ */
+inline std::string to_html(const Session& session, const Bag& bag, const Result& result,
+                           const std::string& name = "bag", std::uint32_t top_k = 5) {
+  detail::OwnedString html;
+  detail::check(amlmil_result_to_html(session.get(), bag.get(), result.get(), name.c_str(), top_k, html.out()));
+  return html.str();
+}
+
+/**
  * @brief Cross-validates the attention-MIL head (amlmil_cross_validate).
  * @param config_json JSON object with `dataset`, `encoder`, `output`, ... (see amlmil.h).
  * @param progress optional; stages "extract", "train", "report"; may cancel.

@@ -265,3 +265,60 @@ pub unsafe extern "C" fn amlmil_result_to_json(
         Ok(())
     })
 }
+
+/// One self-contained HTML page for the person who acts on the result: the
+/// predicted subtype, every class's probability as a bar, the `top_k` cells
+/// with the most attention for each class as image tiles, the whole bag sorted
+/// by attention with a toggle per class, the session's provenance (checkpoint
+/// hashes, precision, device, heads of an ensemble) and the standing warning
+/// that this is research software. Cell images are embedded (JPEG data URIs).
+///
+/// @param session the session that classified the bag.
+/// @param bag the classified bag, holding its images (a streaming bag does not
+///   keep them and is refused).
+/// @param result the bag's result.
+/// @param name the bag's title on the page (the patient); NULL = "bag".
+/// @param top_k tiles per class (0 = 5).
+/// @param[out] out_html receives a library-owned string; free it with
+///   `amlmil_string_free`. Untouched on failure.
+/// @return AMLMIL_STATUS_OK; _NULL_ARGUMENT; _INVALID_ARGUMENT for a streaming
+///   bag, a name that is not UTF-8, or a result with cells the bag lacks.
+#[no_mangle]
+pub unsafe extern "C" fn amlmil_result_to_html(
+    session: *const super::session::amlmil_session,
+    bag: *const super::bag::amlmil_bag,
+    result: *const amlmil_result,
+    name: *const c_char,
+    top_k: u32,
+    out_html: *mut *mut c_char,
+) -> amlmil_status {
+    guard(|| {
+        let session = arg_ref(session, "session")?;
+        let bag = arg_ref(bag, "bag")?;
+        let r = arg_ref(result, "result")?;
+        let out = out_ptr(out_html, "out_html")?;
+        let name = match name.is_null() {
+            true => "bag",
+            false => super::boundary::arg_str(name, "name")?,
+        };
+        let cells = bag.inner.read();
+        let super::bag::BagCells::Plain(plain) = &*cells else {
+            return Err(Error::invalid(
+                "bag",
+                "a streaming bag does not keep its cell images; build the page from a plain bag",
+            )
+            .into());
+        };
+        let page = crate::html::page(
+            session.core(),
+            &[crate::html::PageBag {
+                name: name.to_owned(),
+                bag: plain,
+                prediction: &r.prediction,
+            }],
+            if top_k == 0 { 5 } else { top_k as usize },
+        )?;
+        *out = super::boundary::into_c_string(page);
+        Ok(())
+    })
+}

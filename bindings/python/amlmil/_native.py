@@ -178,6 +178,7 @@ PROTOTYPES = {
     "amlmil_extract_features": (c_status, [_cp, _cp, _cp, _u32, _cp, PROGRESS_CALLBACK, _vp, _out]),
     "amlmil_experiment": (c_status, [_cp, PROGRESS_CALLBACK, _vp, _out]),
     "amlmil_ensemble": (c_status, [_cp, _out]),
+    "amlmil_result_to_html": (c_status, [_vp, _vp, _vp, _cp, _u32, _out]),
 }
 
 _lock = threading.Lock()

@@ -441,6 +441,27 @@ class Session(_Owner):
             if temporary:
                 b.close()
 
+    def html(self, bag: Bag, name: str = "bag", top_k: int = 5) -> str:
+        """Classifies a plain :class:`Bag` and returns the cytologist's page
+        (``amlmil_result_to_html``): one self-contained HTML document with the
+        subtype, probability bars, top-attention cell tiles per class, the bag
+        sorted by attention, the provenance and the research-software warning."""
+        if not isinstance(bag, Bag):
+            raise TypeError(f"bag: expected amlmil.Bag, got {type(bag).__name__}")
+        k = _u64(top_k, "top_k")
+        if k >= 2**32:
+            raise ValueError(f"top_k: {k} does not fit in 32 bits")
+        c_name = _cstr(name, "name")
+        out = ctypes.c_void_p()
+        with _Using(self._h, bag._h) as (s, bp):
+            check(lib().amlmil_session_classify(s, bp, _native.PROGRESS_CALLBACK(), None, ctypes.byref(out)), "amlmil_session_classify")
+            try:
+                page = ctypes.c_void_p()
+                check(lib().amlmil_result_to_html(s, bp, out.value, c_name, k, ctypes.byref(page)), "amlmil_result_to_html")
+                return _native.take_string(page)
+            finally:
+                lib().amlmil_result_free(out.value)
+
     def embed(self, bag: Union[Bag, Sequence[npt.NDArray[np.uint8]]], progress: Optional[ProgressCallback] = None) -> npt.NDArray[np.float32]:
         """Pooled encoder features of every cell: an ``(N, feature_dim)`` float32 array."""
         return self._encode_into(bag, progress, self._feature_dim, "amlmil_session_embed")

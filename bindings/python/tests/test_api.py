@@ -396,6 +396,23 @@ def test_ensemble_of_a_cross_validation(cohort, models, tmp_path):
         amlmil.ensemble(cv, tmp_path / "none.safetensors", seeds=[5])
 
 
+def test_html_page_of_a_bag(session, cohort):
+    files = cell_files(bag_dirs(cohort[0])[0])
+    with amlmil.Bag() as bag:
+        for i, f in enumerate(files):
+            bag.add_file(i, f)
+        page = session.html(bag, name="patient <1>", top_k=2)
+        with amlmil.Bag() as streamed:
+            streamed.stream(session)
+            streamed.add_file(0, files[0])
+            with pytest.raises(amlmil.AmlmilError, match="streaming bag"):
+                session.html(streamed)
+    assert page.startswith("<!DOCTYPE html>") and "Research software" in page
+    assert "patient &lt;1&gt;" in page
+    # Every cell once in the grid, two tiles for each of the five classes.
+    assert page.count("data:image/jpeg;base64,") == len(files) + 5 * 2
+
+
 def test_example_program(models, cohort, session):
     d = bag_dirs(cohort[0])[1]
     out = subprocess.run([sys.executable, str(REPO / "examples/python/classify.py"), str(models[0]), str(models[1]), str(d)], capture_output=True, text=True, check=True).stdout
