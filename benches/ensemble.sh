@@ -17,7 +17,7 @@ repeats="${2:-5}"
 w=target/bench-ensemble
 mkdir -p "$w"
 bin=target/debug/amlmil
-"$bin" init-checkpoint encoder --arch resnet18 --seed 1 --out "$w/resnet18.safetensors" > /dev/null
+"$bin" init-checkpoint encoder --arch resnet18 --seed 1 --out "$w/resnet18.safetensors" > /dev/null 2>&1
 if [ ! -f "$w/cells.bin" ]; then
   "$bin" synth --out "$w/cohort" --patients-per-class 1 --cells 100..100 --size 144 --seed 7 > /dev/null
   "$AMLMIL_PYTHON" benches/prepare_cells.py "$w/cohort" "$w/cells.bin" 100
@@ -28,7 +28,7 @@ cc -O2 -std=c11 -Iinclude benches/bag_bench.c -Ltarget/debug -lamlmil \
 for k in $(seq 0 14); do
   run="$w/cv/runs/seed0_fold$k"
   mkdir -p "$run"
-  "$bin" init-checkpoint mil --seed "$((100 + k))" --out "$run/mil.safetensors" > /dev/null
+  "$bin" init-checkpoint mil --seed "$((100 + k))" --out "$run/mil.safetensors" > /dev/null 2>&1
   printf '{"status": "complete", "run": {"seed": 0, "fold": %d, "macro_f1": 0.0}, "best_validation_loss": 0.0, "encoder_file_sha256": "bench"}\n' \
     "$k" > "$run/run.json"
 done

@@ -318,9 +318,16 @@ fn fused_sessions_equal_plain_sessions() {
     for (i, c) in cells.into_iter().enumerate() {
         bag.add(i as u64, c).unwrap();
     }
-    for (i, cell_net) in [CellNet::default(), CellNet::Scemila, CellNet::Pooled]
-        .into_iter()
-        .enumerate()
+    // The three `g`s, then an ensemble of three four-convolution heads (the
+    // fused path runs them as one network with grouped convolutions).
+    for (i, (cell_net, heads)) in [
+        (CellNet::default(), 1),
+        (CellNet::Scemila, 1),
+        (CellNet::Pooled, 1),
+        (CellNet::default(), 3),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mil = dir.path().join(format!("mil{i}.safetensors"));
         let config = MilConfig {
@@ -330,7 +337,10 @@ fn fused_sessions_equal_plain_sessions() {
             },
             ..MilConfig::default()
         };
-        common::write_mil(&mil, &config, 144, 33 + i as u64);
+        match heads {
+            1 => common::write_mil(&mil, &config, 144, 33 + i as u64),
+            k => write_ensemble(&mil, &config, k, 40),
+        }
         let run = |fused: bool, warm_up: bool| {
             let o = SessionOptions {
                 fused,
@@ -362,6 +372,39 @@ fn fused_sessions_equal_plain_sessions() {
         }
         assert_eq!(run(true, false), fused, "warm-up changed a result");
     }
+}
+
+/// A MIL checkpoint of `k` seeded heads of `config` (an ensemble, as
+/// `amlmil ensemble` writes one) for 144 px cells.
+fn write_ensemble(path: &std::path::Path, config: &MilConfig, k: usize, seed: u64) {
+    let vs = VarStore::new(Device::Cpu);
+    let _heads = amlmil::model::MilHeads::new(&vs.root(), config, k);
+    tch::manual_seed(seed as i64);
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let _ = v.uniform_(-0.05, 0.05);
+        }
+    });
+    let mut manifest = checkpoint::MilManifest::new(
+        config.clone(),
+        common::classes(),
+        144,
+        checkpoint::Provenance::new("mil-ensemble", None),
+    );
+    manifest.ensemble = Some(checkpoint::Ensemble {
+        heads: k,
+        members: (0..k)
+            .map(|f| checkpoint::EnsembleMember {
+                run: format!("seed0_fold{f}"),
+                seed: 0,
+                fold: f,
+                best_validation_loss: 1.0,
+                test_macro_f1: 0.5,
+                mil_sha256: None,
+            })
+            .collect(),
+    });
+    checkpoint::save(path, &Manifest::Mil(manifest), &vs).unwrap();
 }
 
 /// A flipped bit anywhere in a checkpoint is refused, naming the file; a file
