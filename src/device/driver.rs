@@ -40,8 +40,17 @@ pub fn cuda_driver_info() -> Result<CudaDriverInfo, String> {
     // which are those every CUDA program runs; the symbols below are the
     // driver API's stable C entry points with these exact signatures.
     unsafe {
-        let lib = libloading::Library::new("libcuda.so.1")
-            .map_err(|e| format!("no NVIDIA driver ({e})"))?;
+        // Loaded once and never unloaded: the driver keeps threads and state
+        // after cuInit that must not outlive its code.
+        static LIB: std::sync::OnceLock<Result<libloading::Library, String>> =
+            std::sync::OnceLock::new();
+        let lib = LIB
+            .get_or_init(|| {
+                libloading::Library::new("libcuda.so.1")
+                    .map_err(|e| format!("no NVIDIA driver ({e})"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
         let sym = |name: &str| format!("libcuda.so.1 has no {name}");
         let init: libloading::Symbol<unsafe extern "C" fn(u32) -> CuResult> =
             lib.get(b"cuInit\0").map_err(|_| sym("cuInit"))?;

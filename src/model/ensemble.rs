@@ -27,10 +27,10 @@ pub struct MilHeads {
 }
 
 impl MilHeads {
-    /// `count` heads of `config` under `p` (one head: at `p` itself, as a
-    /// single-head checkpoint names its tensors; more: under `heads.k`).
+    /// `count` heads of `config` under `p` (one head — also for `count` 0 — at
+    /// `p` itself, as a single-head checkpoint names its tensors; more: under `heads.k`).
     pub fn new(p: &nn::Path, config: &MilConfig, count: usize) -> Self {
-        let heads = match count {
+        let heads = match count.max(1) {
             1 => vec![AttentionMil::new(p, config.clone())],
             n => (0..n)
                 .map(|k| AttentionMil::new(&(p / "heads" / k), config.clone()))
