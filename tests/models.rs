@@ -407,6 +407,43 @@ fn write_ensemble(path: &std::path::Path, config: &MilConfig, k: usize, seed: u6
     checkpoint::save(path, &Manifest::Mil(manifest), &vs).unwrap();
 }
 
+/// An ensemble checkpoint whose manifest disagrees with itself is refused,
+/// naming the file: heads without one member each, or a missing head.
+#[test]
+fn inconsistent_ensemble_manifests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = &common::fixture().encoder;
+    let config = MilConfig::default();
+    let path = dir.path().join("ensemble.safetensors");
+    write_ensemble(&path, &config, 2, 3);
+    let (mut manifest, tensors) = Checkpoint::read_mil(&path).unwrap();
+    let o = SessionOptions {
+        batch_size: 4,
+        ..cpu()
+    };
+    assert!(Session::new(enc, &path, &o).is_ok());
+    let write = |m: &checkpoint::MilManifest, skip: &str| {
+        let bad = dir.path().join("bad.safetensors");
+        let json = serde_json::to_string(&Manifest::Mil(m.clone())).unwrap();
+        let meta = std::collections::HashMap::from([("amlmil".to_owned(), json)]);
+        let refs: Vec<(&str, &Tensor)> = tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with(skip))
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        checkpoint::write_tensors(&bad, &refs, Some(meta)).unwrap();
+        Session::new(enc, &bad, &o).unwrap_err().to_string()
+    };
+    let e = write(&manifest, "heads.1.");
+    assert!(e.contains("heads.1.") && e.contains("missing"), "{e}");
+    manifest.ensemble.as_mut().unwrap().members.pop();
+    let e = write(&manifest, "none");
+    assert!(
+        e.contains("2 heads with 1 members") && e.contains("bad.safetensors"),
+        "{e}"
+    );
+}
+
 /// A flipped bit anywhere in a checkpoint is refused, naming the file; a file
 /// written before checksums (no `amlmil.sha256`) still loads.
 #[test]
