@@ -242,9 +242,11 @@ fn assert_whole(out: &Path) -> usize {
 /// Keys whose values are wall times or say how this run came about, not
 /// what it computed; and the checkpoint checksum, which covers the metadata
 /// and so the output path (the tensors are compared directly), as do the
-/// feature cache's encoder hashes (checked against the encoder file instead).
-const VOLATILE: [&str; 10] = [
+/// feature cache's encoder hashes (checked against the encoder file instead)
+/// and an ensemble's record of each run's checkpoint checksum.
+const VOLATILE: [&str; 11] = [
     "amlmil.sha256",
+    "mil_sha256",
     "encoder_file_sha256",
     "key",
     "seconds",
