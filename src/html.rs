@@ -30,7 +30,8 @@ pub struct PageBag<'a> {
     pub prediction: &'a BagPrediction,
 }
 
-fn escape(t: &str) -> String {
+/// Text made safe inside HTML elements and attribute values.
+pub(crate) fn escape(t: &str) -> String {
     t.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

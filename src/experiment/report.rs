@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use super::{ExperimentReport, PretrainProtocol, Stage};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
+use crate::html::escape;
 use crate::io::write_atomic;
 use crate::metrics::{self, Bars, MeanSd, ScatterPanel, Summary, PR_AUC_DEFINITION};
 use crate::training::attention::is_abnormal;
@@ -71,13 +72,6 @@ fn md(blocks: &[Block]) -> String {
         }
     }
     s
-}
-
-fn escape(t: &str) -> String {
-    t.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// `**bold**` and `` `code` `` of the Markdown paragraphs, as HTML.
