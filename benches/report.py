@@ -1,5 +1,5 @@
 """Merges the JSON lines of benches/run.sh (and the diagnosis guard's report)
-into benches/results.json and prints the README's tables (markdown).
+into benches/results.json and prints the tables of docs/performance.md (markdown).
 
     python benches/report.py RESULTS.jsonl OUT.json [GUARD.json]
 """

@@ -4,7 +4,7 @@
 # count and inputs, at fp32 and at bf16 (int8 for ONNX Runtime), the machine's
 # compute ceilings, end-to-end bags through the C ABI and peak memory, and the
 # diagnosis guard of bf16 on a trained encoder + head.
-# Writes benches/results.json and prints the README's tables.
+# Writes benches/results.json and prints the tables of docs/performance.md.
 #
 #   bash benches/run.sh [THREADS] [SECONDS]     # defaults: all cores, 8 s per measurement
 #   BENCH_BIG=0 bash benches/run.sh             # skip the 20,000-cell bags (~4 min)

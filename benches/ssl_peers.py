@@ -1,4 +1,4 @@
-"""A peer for the README's pre-training comparisons (not a test): lightly 1.6's
+"""A peer for the pre-training comparisons of docs/training.md (not a test): lightly 1.6's
 SimCLR, SwAV and DINO, pre-trained on the same cells as ``amlmil pretrain`` with
 the same budget, and scored with OUR k-NN probe (``amlmil probe``) so the numbers
 sit beside the library's.

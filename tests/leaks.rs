@@ -68,7 +68,7 @@ fn new_session() -> *mut amlmil_session {
 }
 
 /// Runs `step(i)` for `n` iterations; returns (baseline after warm-up, peak
-/// after it, final) resident set in MiB, printing progress for the README.
+/// after it, final) resident set in MiB, printing progress for docs/reliability.md.
 fn measure(what: &str, n: usize, mut step: impl FnMut(usize)) -> (f64, f64, f64) {
     let started = std::time::Instant::now();
     let mut base = 0.0;

@@ -1,6 +1,7 @@
-//! Every program the README shows in full is a file the tests build and run:
-//! a line `<!-- program: PATH -->` must be followed by a fenced code block whose
-//! content is byte-identical to PATH.
+//! Every program the README or a page of `docs/` shows in full is a file the
+//! tests build and run: a line `<!-- program: PATH -->` (PATH relative to the
+//! repository) must be followed by a fenced code block whose content is
+//! byte-identical to PATH.
 use std::path::PathBuf;
 
 fn root() -> PathBuf {
@@ -42,18 +43,36 @@ fn programs(text: &str) -> Vec<(String, Option<String>)> {
 
 #[test]
 fn readme_programs_are_the_files_the_tests_run() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let found = programs(&readme);
-    for (path, block) in &found {
-        let block = block.as_ref().unwrap_or_else(|| {
-            panic!("README: `<!-- program: {path} -->` is not followed by a closed ``` block")
-        });
-        let file = std::fs::read_to_string(root().join(path))
-            .unwrap_or_else(|e| panic!("README shows {path}, which cannot be read: {e}"));
-        assert!(
-            *block == file,
-            "README's copy of {path} differs from the file; paste the file into the block"
-        );
+    let mut pages = vec!["README.md".to_owned()];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    let mut shown = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(root().join(page)).unwrap();
+        for (path, block) in programs(&text) {
+            let block = block.unwrap_or_else(|| {
+                panic!("{page}: `<!-- program: {path} -->` is not followed by a closed ``` block")
+            });
+            let file = std::fs::read_to_string(root().join(&path))
+                .unwrap_or_else(|e| panic!("{page} shows {path}, which cannot be read: {e}"));
+            assert!(
+                block == file,
+                "{page}'s copy of {path} differs from the file; paste the file into the block"
+            );
+            shown.push(path);
+        }
+    }
+    // The README's front door shows one program per language in full.
+    for path in [
+        "examples/c/minimal.c",
+        "examples/cpp/minimal.cpp",
+        "examples/python/classify.py",
+    ] {
+        assert!(shown.iter().any(|p| p == path), "no page shows {path}");
     }
 }
 

@@ -415,7 +415,7 @@ impl ExperimentConfig {
     }
 }
 
-/// SimCLR at CPU scale (measured on the `quick` cohorts, README "The
+/// SimCLR at CPU scale (measured on the `quick` cohorts, docs/training.md "The
 /// experiment"): global crops of 40–100 % of the cell image (the leukocyte
 /// stays in both views), τ 0.2 and base lr 1.2 × B/256; with 552 steps its
 /// k-NN probe beat the random encoder, with 184 it did not.
@@ -429,7 +429,7 @@ fn cpu_simclr(epochs: u64) -> Value {
 
 /// The paper's MIL recipe with the pooled `g` (64 px cells give 2×2 maps),
 /// standardised features and lr 0.05: without standardisation the heads on
-/// self-supervised features never left a constant prediction (README).
+/// self-supervised features never left a constant prediction (docs/training.md).
 fn cpu_training() -> Value {
     json!({"preset": "paper", "cell_net": {"type": "pooled"}, "standardize_features": true, "learning_rate": 0.05})
 }

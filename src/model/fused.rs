@@ -5,7 +5,7 @@
 //!
 //! Same function as [`Encoder::feature_map`] in evaluation mode, to float
 //! rounding (tests hold it within 1e-4); about 1.3× faster on the 2-core
-//! development machine (README "Performance"). Batch norm folding:
+//! development machine (docs/performance.md). Batch norm folding:
 //! `w' = w·γ/√(σ²+ε)`, `b' = β − μ·γ/√(σ²+ε)`, in f64.
 //!
 //! **bf16.** Built with `Kind::BFloat16` (on a CPU with native bf16, see

@@ -213,7 +213,7 @@ impl PretrainConfig {
                     ..Default::default()
                 };
                 if small {
-                    // Measured on the synthetic cohort (README, "Self-supervised
+                    // Measured on the synthetic cohort (docs/training.md, "Self-supervised
                     // pre-training of the encoder"):
                     // with the paper's settings at this scale (batch 16–32, a
                     // few hundred steps, 32–64 px) the head drifts to uniform
@@ -224,7 +224,7 @@ impl PretrainConfig {
                     // Colour views stay on and a stain jitter is added: with
                     // colour and greyscale off, both views share the patient's
                     // stain and DINO learnt to tell patients apart (patient
-                    // probe 0.43, effective rank 16 of 512), README.
+                    // probe 0.43, effective rank 16 of 512), docs/training.md.
                     c.base_learning_rate = 0.01;
                     dino.hidden_dim = 512;
                     dino.bottleneck_dim = 128;

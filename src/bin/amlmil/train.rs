@@ -134,7 +134,7 @@ pub(crate) struct ExtractArgs {
 #[derive(clap::Args)]
 pub(crate) struct ExperimentArgs {
     /// JSON or TOML file with `dataset`, `encoder`, `output`, `features`, `folds`,
-    /// `seeds`, `device`, `training` (see README); flags below override it.
+    /// `seeds`, `device`, `training` (see docs/training.md); flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long)]
