@@ -709,8 +709,8 @@ amlmil_status amlmil_dataset_check(const char *dataset_dir,
 
 /**
  * Converts a PyTorch-trained model to a libamlmil checkpoint: a ResNet18/34
- * encoder from torchvision, VISSL, DINO, SwAV or lightly layouts, or SCEMILA's
- * attention-MIL head. Safetensors files are read directly; pickled files
+ * encoder from torchvision, VISSL, DINO, SwAV or lightly layouts, a ViT from
+ * DINOv2's or timm's (DinoBloom), or SCEMILA's attention-MIL head. Safetensors files are read directly; pickled files
  * (`.pth`, `.pt`, `.ckpt`, …) need the Python side (`bindings/python`, a
  * Python with torch in `options.python` or `$AMLMIL_PYTHON`).
  *
@@ -719,7 +719,9 @@ amlmil_status amlmil_dataset_check(const char *dataset_dir,
  *   checks out (nothing is left behind on failure).
  * @param options_json NULL for the defaults, or a JSON object: `source`
  *   ("auto" | "torchvision" | "vissl" | "dino" | "swav" | "lightly" |
- *   "scemila"), `branch` ("teacher" | "student"), `prefix`, `input_size` (144),
+ *   "scemila" | "dinov2" | "timm"), `branch` ("teacher" | "student"),
+ *   `prefix`, `input_size` (144 for a ResNet; a ViT's learnt grid × patch),
+ *   `vit_features` ("cls" | "cls_mean"),
  *   `normalization` ({"mean": [r,g,b], "std": [r,g,b]}, ImageNet's), `classes`
  *   or `class_conversion` (SCEMILA), `python`. Unknown keys are errors.
  * @param[out] out_report_json what was written: kind, source, prefix,

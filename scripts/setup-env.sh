@@ -7,7 +7,7 @@ set -euo pipefail
 
 TORCH_VERSION=2.11.0
 # Reference packages are pinned: parity tests compare against these exact versions.
-REQUIREMENTS="torch==$TORCH_VERSION torchvision==0.26.0 safetensors==0.8.0 numpy==2.4.6 scikit-learn==1.9.1 pytest==9.2.0 umap-learn==0.5.12 onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 lightly==1.6.0"
+REQUIREMENTS="torch==$TORCH_VERSION torchvision==0.26.0 safetensors==0.8.0 numpy==2.4.6 scikit-learn==1.9.1 pytest==9.2.0 umap-learn==0.5.12 onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 lightly==1.6.0 timm==1.0.31"
 CACHE_ROOT="${AMLMIL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amlmil}"
 VENV="${AMLMIL_VENV:-$CACHE_ROOT/venv-torch-$TORCH_VERSION}"
 STAMP="$VENV/.amlmil-ready"

@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-use crate::model::{EncoderArch, MilConfig};
+use crate::model::{EncoderArch, MilConfig, VitConfig};
 
 /// Version of the manifest layout written by this library.
 pub const FORMAT_VERSION: u32 = 1;
@@ -83,13 +83,24 @@ pub struct EncoderManifest {
     /// Side of the square input in pixels (144 for the AML cells).
     pub input_size: i64,
     pub normalization: Normalization,
-    /// `[channels, height, width]` of the last feature map.
+    /// `[channels, height, width]` of the last feature map (`[D′, 1, 1]` for a
+    /// ViT: the features it hands the MIL head).
     pub feature_map: [i64; 3],
     pub provenance: Provenance,
+    /// The transformer's shape and feature choice, for a ViT architecture
+    /// (absent for ResNets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vit: Option<VitConfig>,
 }
 
 impl EncoderManifest {
+    /// The manifest of a ResNet, or of a ViT of `architecture`'s preset size
+    /// with position embeddings for `input_size`.
     pub fn new(architecture: EncoderArch, input_size: i64, provenance: Provenance) -> Self {
+        if let Some(mut vit) = VitConfig::preset(architecture) {
+            vit.pos_grid = vit.grid(input_size).max(1);
+            return Self::new_vit(architecture, vit, input_size, provenance);
+        }
         let side = architecture.feature_side(input_size);
         EncoderManifest {
             format_version: FORMAT_VERSION,
@@ -98,6 +109,25 @@ impl EncoderManifest {
             normalization: Normalization::default(),
             feature_map: [architecture.feature_dim(), side, side],
             provenance,
+            vit: None,
+        }
+    }
+
+    /// The manifest of a ViT encoder of shape `vit`.
+    pub fn new_vit(
+        architecture: EncoderArch,
+        vit: VitConfig,
+        input_size: i64,
+        provenance: Provenance,
+    ) -> Self {
+        EncoderManifest {
+            format_version: FORMAT_VERSION,
+            architecture,
+            input_size,
+            normalization: Normalization::default(),
+            feature_map: [vit.feature_dim(), 1, 1],
+            provenance,
+            vit: Some(vit),
         }
     }
 }
@@ -574,9 +604,15 @@ pub fn write_random_encoder(
             format!("{input_size} px is below the 32 px minimum"),
         ));
     }
-    let (_, vs) = crate::model::init::random_encoder(arch, seed);
     let manifest =
         EncoderManifest::new(arch, input_size, Provenance::new("random-init", Some(seed)));
+    let vs = match &manifest.vit {
+        Some(vit) => {
+            vit.validate(arch, input_size)?;
+            crate::model::init::random_vit(vit, seed).1
+        }
+        None => crate::model::init::random_encoder(arch, seed).1,
+    };
     save(path, &Manifest::Encoder(manifest.clone()), &vs)?;
     Ok(manifest)
 }

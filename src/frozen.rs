@@ -18,7 +18,7 @@ use crate::cell_image::CellImage;
 use crate::checkpoint::{self, Checkpoint, EncoderManifest, MilManifest};
 use crate::device::{DeviceSpec, Precision};
 use crate::error::{Error, Result};
-use crate::model::{Encoder, FusedEncoder, MilHeads};
+use crate::model::{Encoder, EncoderNet, FusedEncoder, MilHeads, Vit};
 use crate::preprocess::to_input_batch;
 use crate::Progress;
 
@@ -148,6 +148,8 @@ enum Backend {
     Plain(Box<Frozen<Encoder>>),
     /// Batch norm folded, oneDNN layout (CPU, f32).
     Fused(FusedEncoder),
+    /// A vision transformer, in the precision of the session.
+    Vit(Box<Frozen<Vit>>),
 }
 
 /// A frozen encoder on one device, ready to turn cells into feature maps.
@@ -178,7 +180,7 @@ impl FrozenEncoder {
         if let Some(n) = options.num_threads.filter(|n| *n > 0) {
             tch::set_num_threads(n as i32);
         }
-        let (encoder, manifest, mut vs) = load_encoder(path, device)?;
+        let (net, manifest, mut vs) = load_encoder(path, device)?;
         let max_bytes = options
             .max_batch_bytes
             .unwrap_or_else(default_max_batch_bytes);
@@ -197,7 +199,7 @@ impl FrozenEncoder {
                 ),
             ));
         }
-        let fused = options.fused && device == Device::Cpu;
+        let fused = options.fused && device == Device::Cpu && !manifest.architecture.is_vit();
         // The fused path folds from the f32 weights and rounds once to its own
         // precision; inputs stay f32. Elsewhere the module runs in `precision`.
         let kind = if fused {
@@ -207,7 +209,10 @@ impl FrozenEncoder {
         };
         vs.set_kind(kind);
         vs.freeze();
-        let channels_last = options.channels_last && device == Device::Cpu && !fused;
+        let channels_last = options.channels_last
+            && device == Device::Cpu
+            && !fused
+            && !manifest.architecture.is_vit();
         if channels_last {
             tch::no_grad(|| {
                 for (_, mut v) in vs.variables() {
@@ -222,13 +227,15 @@ impl FrozenEncoder {
             // Inputs of one shape: let cuDNN pick the fastest algorithm once.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let (backend, vs) = if fused {
-            // The packed copies are all the fused path reads: free the module's weights.
-            let packed = FusedEncoder::new(&encoder, options.precision.kind())?;
-            drop(encoder);
-            (Backend::Fused(packed), VarStore::new(Device::Cpu))
-        } else {
-            (Backend::Plain(Box::new(Frozen(encoder))), vs)
+        let (backend, vs) = match net {
+            EncoderNet::Vit(vit) => (Backend::Vit(Box::new(Frozen(vit))), vs),
+            EncoderNet::ResNet(encoder) if fused => {
+                // The packed copies are all the fused path reads: free the module's weights.
+                let packed = FusedEncoder::new(&encoder, options.precision.kind())?;
+                drop(encoder);
+                (Backend::Fused(packed), VarStore::new(Device::Cpu))
+            }
+            EncoderNet::ResNet(encoder) => (Backend::Plain(Box::new(Frozen(encoder))), vs),
         };
         let frozen = FrozenEncoder {
             backend,
@@ -257,6 +264,7 @@ impl FrozenEncoder {
         let _guard = tch::no_grad_guard();
         match &self.backend {
             Backend::Fused(f) => f.feature_map(x),
+            Backend::Vit(v) => Ok(v.0.feature_map(x).f_to_kind(Kind::Float)?.contiguous()),
             Backend::Plain(e) => {
                 let x = if self.channels_last {
                     to_channels_last(x)
@@ -372,8 +380,12 @@ pub fn to_channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
-/// Builds an encoder from a checkpoint file, checking manifest and tensors.
-pub fn load_encoder(path: &Path, device: Device) -> Result<(Encoder, EncoderManifest, VarStore)> {
+/// Builds an encoder (a ResNet or a ViT) from a checkpoint file, checking
+/// manifest and tensors.
+pub fn load_encoder(
+    path: &Path,
+    device: Device,
+) -> Result<(EncoderNet, EncoderManifest, VarStore)> {
     let (manifest, tensors) = Checkpoint::read_encoder(path)?;
     // The 32 px floor of `init-checkpoint`; above a cell image's largest side the
     // input batch alone would be gigabytes (and the side arithmetic overflows).
@@ -387,15 +399,37 @@ pub fn load_encoder(path: &Path, device: Device) -> Result<(Encoder, EncoderMani
             ),
         ));
     }
-    let side = manifest.architecture.feature_side(manifest.input_size);
-    let expect = [manifest.architecture.feature_dim(), side, side];
+    let arch = manifest.architecture;
+    let expect = match (&manifest.vit, arch.is_vit()) {
+        (Some(vit), true) => {
+            vit.validate(arch, manifest.input_size)
+                .map_err(|e| Error::checkpoint(path, format!("manifest: {e}")))?;
+            [vit.feature_dim(), 1, 1]
+        }
+        (None, false) => {
+            let side = arch.feature_side(manifest.input_size);
+            [arch.feature_dim(), side, side]
+        }
+        (None, true) => {
+            return Err(Error::checkpoint(
+                path,
+                format!("manifest: {} needs a `vit` configuration", arch.name()),
+            ))
+        }
+        (Some(_), false) => {
+            return Err(Error::checkpoint(
+                path,
+                format!("manifest: a `vit` configuration with {}", arch.name()),
+            ))
+        }
+    };
     if manifest.feature_map != expect {
         return Err(Error::checkpoint(
             path,
             format!(
                 "manifest says feature_map {:?}, but {} at {} px gives {:?}",
                 manifest.feature_map,
-                manifest.architecture.name(),
+                arch.name(),
                 manifest.input_size,
                 expect
             ),
@@ -414,10 +448,52 @@ pub fn load_encoder(path: &Path, device: Device) -> Result<(Encoder, EncoderMani
         ));
     }
     let mut vs = VarStore::new(Device::Cpu);
-    let encoder = Encoder::new(&vs.root(), manifest.architecture);
+    let net = match &manifest.vit {
+        Some(vit) => {
+            // Checked before the model is built: the manifest alone could declare
+            // a transformer of any size, and building it allocates every variable.
+            check_shapes(path, &tensors, &vit.parameter_shapes(), "")?;
+            EncoderNet::Vit(Vit::new(&vs.root(), vit.clone()))
+        }
+        None => EncoderNet::ResNet(Encoder::new(&vs.root(), arch)),
+    };
     checkpoint::load_into(&mut vs, tensors, path, &[".num_batches_tracked"])?;
     vs.set_device(device);
-    Ok((encoder, manifest, vs))
+    Ok((net, manifest, vs))
+}
+
+/// Refuses the first of `shapes` (named after `prefix`) that `tensors` lacks or
+/// holds with another shape, before a model of those shapes is allocated.
+fn check_shapes(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, Tensor>,
+    shapes: &[(String, Vec<i64>)],
+    prefix: &str,
+) -> Result<()> {
+    for (name, shape) in shapes {
+        let name = format!("{prefix}{name}");
+        match tensors.get(&name) {
+            None => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor `{name}` is missing (the manifest's config needs shape {shape:?})"
+                    ),
+                ))
+            }
+            Some(t) if t.size() != *shape => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor `{name}` has shape {:?}, the manifest's config needs {shape:?}",
+                        t.size()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Builds the attention-MIL head(s) of a checkpoint file (one head, or the K heads of an
@@ -459,31 +535,9 @@ pub fn load_mil(path: &Path, device: Device) -> Result<(MilHeads, MilManifest, V
     }
     // Checked before the head is built: the manifest alone could declare a head of
     // any size, and building it allocates every variable.
+    let shapes = manifest.config.parameter_shapes();
     for k in 0..count {
-        let prefix = MilHeads::prefix(k, count);
-        for (name, shape) in manifest.config.parameter_shapes() {
-            let name = format!("{prefix}{name}");
-            match tensors.get(&name) {
-                None => {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!(
-                        "tensor `{name}` is missing (the manifest's config needs shape {shape:?})"
-                    ),
-                    ))
-                }
-                Some(t) if t.size() != shape => {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!(
-                            "tensor `{name}` has shape {:?}, the manifest's config needs {shape:?}",
-                            t.size()
-                        ),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
+        check_shapes(path, &tensors, &shapes, &MilHeads::prefix(k, count))?;
     }
     let mut vs = VarStore::new(Device::Cpu);
     let mil = MilHeads::new(&vs.root(), &manifest.config, count);

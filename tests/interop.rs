@@ -368,7 +368,7 @@ fn wrong_truncated_and_mislabelled_files_are_refused_and_nothing_is_written() {
         (
             "tv18_fc.pth",
             ImportOptions {
-                input_size: 0,
+                input_size: Some(0),
                 ..options(ImportSource::Auto)
             },
             &["input_size"],

@@ -137,7 +137,7 @@ fn candidates(source: ImportSource, branch: DinoBranch) -> Vec<(String, Naming)>
             }
             all.into_iter().map(|(p, n, _)| (p, n)).collect()
         }
-        ImportSource::Scemila => Vec::new(),
+        ImportSource::Scemila | ImportSource::Dinov2 | ImportSource::Timm => Vec::new(),
     }
 }
 
@@ -302,7 +302,7 @@ pub(super) fn import(
             .details
             .insert("branch".into(), options.branch.name().into());
     }
-    let mut manifest = EncoderManifest::new(arch, options.input_size, provenance);
+    let mut manifest = EncoderManifest::new(arch, options.resnet_input_size(), provenance);
     manifest.normalization = options.normalization;
     checkpoint::save(out, &Manifest::Encoder(manifest), &vs)?;
     let (ignored, ignored_count) = ignored_names(ignored);

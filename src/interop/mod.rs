@@ -5,7 +5,8 @@
 //! Rooms: [`python`] runs the Python side (`bindings/python/amlmil`) that reads
 //! pickled PyTorch files without running their code and writes `.pth` / ONNX;
 //! [`encoder`] finds a ResNet trunk in a file's tensors under the layouts of
-//! torchvision, VISSL, DINO, SwAV and lightly; [`scemila`] maps SCEMILA's
+//! torchvision, VISSL, DINO, SwAV and lightly; [`vit`] a vision transformer in
+//! DINOv2's or timm's layout (DinoBloom); [`scemila`] maps SCEMILA's
 //! attention-MIL `AMiL`; [`export`] writes the other direction. Every file is
 //! checked against the architecture before anything is written, errors name the
 //! tensor as the source file spells it, and outputs go through a temporary file
@@ -14,6 +15,7 @@ pub mod encoder;
 pub mod export;
 pub mod python;
 pub mod scemila;
+pub mod vit;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use tch::Tensor;
 
 use crate::checkpoint::{self, Normalization};
 use crate::error::{Error, Result};
+use crate::model::VitFeatures;
 
 pub use export::{export, ExportFormat, ExportReport};
 
@@ -47,10 +50,15 @@ pub enum ImportSource {
     Lightly,
     /// SCEMILA's attention-MIL `AMiL` (whole pickled module or its `state_dict`).
     Scemila,
+    /// A DINOv2-layout ViT: a hub backbone, or a training checkpoint's
+    /// `teacher`/`student` `backbone.` (DinoBloom's files).
+    Dinov2,
+    /// A timm `vit_*_patch14_dinov2` (`reg_token`, packed SwiGLU `mlp.fc1`).
+    Timm,
 }
 
 impl ImportSource {
-    pub const ALL: [ImportSource; 7] = [
+    pub const ALL: [ImportSource; 9] = [
         ImportSource::Auto,
         ImportSource::Torchvision,
         ImportSource::Vissl,
@@ -58,6 +66,8 @@ impl ImportSource {
         ImportSource::Swav,
         ImportSource::Lightly,
         ImportSource::Scemila,
+        ImportSource::Dinov2,
+        ImportSource::Timm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +79,8 @@ impl ImportSource {
             ImportSource::Swav => "swav",
             ImportSource::Lightly => "lightly",
             ImportSource::Scemila => "scemila",
+            ImportSource::Dinov2 => "dinov2",
+            ImportSource::Timm => "timm",
         }
     }
 }
@@ -118,8 +130,13 @@ pub struct ImportOptions {
     /// Take the model from under this name prefix (e.g. `model.encoder.`) instead of
     /// the source's known prefixes.
     pub prefix: Option<String>,
-    /// Side of the square input the encoder sees (144 px for the AML cells).
-    pub input_size: i64,
+    /// Side of the square input the encoder sees: by default 144 px (the AML
+    /// cells) for a ResNet, and for a ViT the size its position embeddings
+    /// were learnt at (224 for DinoBloom; DINOv2's hub models: 518).
+    pub input_size: Option<i64>,
+    /// ViT only: what the MIL head is fed, the class token (`cls`, default) or
+    /// the class token and the mean patch token (`cls_mean`).
+    pub vit_features: VitFeatures,
     /// Input normalisation the encoder was trained with (ImageNet's by default).
     pub normalization: Normalization,
     /// SCEMILA only: class names in output order.
@@ -136,7 +153,8 @@ impl Default for ImportOptions {
             source: ImportSource::Auto,
             branch: DinoBranch::Teacher,
             prefix: None,
-            input_size: 144,
+            input_size: None,
+            vit_features: VitFeatures::Cls,
             normalization: Normalization::default(),
             classes: Vec::new(),
             class_conversion: None,
@@ -147,10 +165,10 @@ impl Default for ImportOptions {
 
 impl ImportOptions {
     fn validate(&self) -> Result<()> {
-        if !(32..=4096).contains(&self.input_size) {
+        if let Some(s) = self.input_size.filter(|s| !(32..=4096).contains(s)) {
             return Err(Error::invalid(
                 "input_size",
-                format!("must be 32..=4096 px, got {}", self.input_size),
+                format!("must be 32..=4096 px, got {s}"),
             ));
         }
         let n = &self.normalization;
@@ -172,6 +190,11 @@ impl ImportOptions {
         }
         Ok(())
     }
+
+    /// The input size of a ResNet or a SCEMILA head: the user's, else 144 px.
+    fn resnet_input_size(&self) -> i64 {
+        self.input_size.unwrap_or(144)
+    }
 }
 
 /// What an import wrote.
@@ -183,7 +206,7 @@ pub struct ImportReport {
     pub source: ImportSource,
     /// Name prefix the model was taken from.
     pub prefix: String,
-    /// `resnet18` / `resnet34`, or `attention_mil`.
+    /// `resnet18` / `resnet34`, `vit_s14` … `vit_g14`, or `attention_mil`.
     pub architecture: String,
     /// Tensors written.
     pub tensors: usize,
@@ -241,15 +264,19 @@ pub fn import(src: &Path, out: &Path, options: &ImportOptions) -> Result<ImportR
         ));
     }
     let source = read_source(src, options.python.as_deref())?;
-    let scemila = match options.source {
-        ImportSource::Scemila => true,
-        ImportSource::Auto => {
-            scemila::find_prefix(&source.tensors, options.prefix.as_deref()).is_some()
-        }
-        _ => false,
+    let (scemila, vit) = match options.source {
+        ImportSource::Scemila => (true, false),
+        ImportSource::Dinov2 | ImportSource::Timm => (false, true),
+        ImportSource::Auto => (
+            scemila::find_prefix(&source.tensors, options.prefix.as_deref()).is_some(),
+            vit::is_vit(&source.tensors, options.prefix.as_deref()),
+        ),
+        _ => (false, false),
     };
     let report = if scemila {
         scemila::import(src, source, out, options)?
+    } else if vit {
+        vit::import(src, source, out, options)?
     } else {
         encoder::import(src, source, out, options)?
     };

@@ -196,7 +196,7 @@ pub(super) fn import(
             classifier_dim: d("classifiers.0.0.weight", 0, 2)?,
         },
         in_channels: d("g.0.weight", 1, 4)?,
-        in_side: EncoderArch::ResNet18.feature_side(options.input_size),
+        in_side: EncoderArch::ResNet18.feature_side(options.resnet_input_size()),
         num_classes: d("attention.2.weight", 0, 2)?,
     };
     config.validate().map_err(|e| {
@@ -239,7 +239,7 @@ pub(super) fn import(
     checkpoint::load_into_named(&mut vs, head, src, &[], &source_name)?;
 
     let provenance = imported_provenance(src, ImportSource::Scemila, &prefix);
-    let manifest = MilManifest::new(config, classes, options.input_size, provenance);
+    let manifest = MilManifest::new(config, classes, options.resnet_input_size(), provenance);
     checkpoint::save(out, &Manifest::Mil(manifest), &vs)?;
     let (ignored, ignored_count) = ignored_names(ignored);
     Ok(ImportReport {

@@ -1,4 +1,6 @@
-//! ResNet18 / ResNet34 cell encoders (He et al. 2016) with torchvision's tensor names.
+//! ResNet18 / ResNet34 cell encoders (He et al. 2016) with torchvision's tensor
+//! names, and the architecture names of every encoder (the ViTs are in
+//! [`crate::model::vit`]).
 //!
 //! Parameter paths reproduce `torchvision.models.resnet18/34().state_dict()` keys
 //! (`conv1.weight`, `layer2.0.downsample.1.running_var`, …) so encoder weights move
@@ -13,31 +15,53 @@ use tch::Tensor;
 
 use crate::model::recompute::Recompute;
 
-/// Encoder architectures.
+/// Encoder architectures: the paper's ResNets, and DINOv2-layout vision
+/// transformers with 14 px patches (ViT-S/B/L/g), which are imported
+/// (DinoBloom, timm), not pre-trained here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum EncoderArch {
+    #[serde(rename = "resnet18")]
     ResNet18,
+    #[serde(rename = "resnet34")]
     ResNet34,
+    VitS14,
+    VitB14,
+    VitL14,
+    VitG14,
 }
 
 impl EncoderArch {
     /// Basic blocks per stage (torchvision's `layers` argument).
+    ///
+    /// # Panics
+    /// For a ViT.
     pub fn blocks(self) -> [usize; 4] {
         match self {
             EncoderArch::ResNet18 => [2, 2, 2, 2],
             EncoderArch::ResNet34 => [3, 4, 6, 3],
+            vit => panic!("{} is not a ResNet", vit.name()),
         }
     }
 
-    /// Channels of the last feature map, and so of the pooled feature vector.
+    /// Whether this is a vision transformer ([`crate::model::Vit`]).
+    pub fn is_vit(self) -> bool {
+        !matches!(self, EncoderArch::ResNet18 | EncoderArch::ResNet34)
+    }
+
+    /// Channels of the last feature map, and so of the pooled feature vector
+    /// (for a ViT: its width, the class token's size).
     pub fn feature_dim(self) -> i64 {
-        512
+        crate::model::VitConfig::preset(self).map_or(512, |c| c.embed_dim)
     }
 
     /// Side of the last feature map for a square input of `input_size` pixels:
-    /// stem conv (s2), max-pool (s2) and three stride-2 stages, each `⌊(x+1)/2⌋`.
+    /// stem conv (s2), max-pool (s2) and three stride-2 stages, each `⌊(x+1)/2⌋`
+    /// (1 for a ViT, whose features are a vector).
     pub fn feature_side(self, input_size: i64) -> i64 {
+        if self.is_vit() {
+            return 1;
+        }
         (0..5).fold(input_size, |x, _| (x + 1) / 2)
     }
 
@@ -45,6 +69,10 @@ impl EncoderArch {
         match self {
             EncoderArch::ResNet18 => "resnet18",
             EncoderArch::ResNet34 => "resnet34",
+            EncoderArch::VitS14 => "vit_s14",
+            EncoderArch::VitB14 => "vit_b14",
+            EncoderArch::VitL14 => "vit_l14",
+            EncoderArch::VitG14 => "vit_g14",
         }
     }
 }
@@ -52,12 +80,18 @@ impl EncoderArch {
 impl std::str::FromStr for EncoderArch {
     type Err = crate::Error;
     fn from_str(s: &str) -> crate::Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "resnet18" => Ok(EncoderArch::ResNet18),
             "resnet34" => Ok(EncoderArch::ResNet34),
+            "vit_s14" | "vit_s" | "vit_small" => Ok(EncoderArch::VitS14),
+            "vit_b14" | "vit_b" | "vit_base" => Ok(EncoderArch::VitB14),
+            "vit_l14" | "vit_l" | "vit_large" => Ok(EncoderArch::VitL14),
+            "vit_g14" | "vit_g" | "vit_giant" | "vit_giant2" => Ok(EncoderArch::VitG14),
             other => Err(crate::Error::invalid(
                 "architecture",
-                format!("`{other}` is not an encoder (resnet18, resnet34)"),
+                format!(
+                    "`{other}` is not an encoder (resnet18, resnet34, vit_s14, vit_b14, vit_l14, vit_g14)"
+                ),
             )),
         }
     }
@@ -154,6 +188,9 @@ impl Encoder {
     /// As [`Encoder::new`] with another batch-norm momentum (PyTorch convention:
     /// `running = (1 - m)·running + m·batch`; 0.1 is torchvision's). With `m = 1`
     /// one training-mode pass sets every running statistic to that batch's.
+    ///
+    /// # Panics
+    /// For a ViT architecture (callers build [`crate::model::Vit`] for those).
     pub fn with_batch_norm_momentum(p: &nn::Path, arch: EncoderArch, momentum: f64) -> Self {
         let widths = [64, 128, 256, 512];
         let mut cin = 64;
@@ -283,6 +320,39 @@ pub fn pool_features(feature_map: &Tensor) -> Tensor {
 
 impl ModuleT for Encoder {
     /// The pooled 512-d representation, as self-supervised methods use it.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        pool_features(&self.feature_map(xs, train))
+    }
+}
+
+/// A built encoder of either family, as a checkpoint's manifest describes it.
+#[derive(Debug)]
+pub enum EncoderNet {
+    ResNet(Encoder),
+    Vit(crate::model::Vit),
+}
+
+impl EncoderNet {
+    /// What the MIL head is fed: `[N, 512, h, w]` for a ResNet, `[N, D′, 1, 1]`
+    /// for a ViT ([`crate::model::vit::VitFeatures`]).
+    pub fn feature_map(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            EncoderNet::ResNet(e) => e.feature_map(xs, train),
+            EncoderNet::Vit(v) => v.feature_map(xs),
+        }
+    }
+
+    /// The ResNet, for what only ResNets do (the fused CPU path, pre-training).
+    pub fn resnet(&self) -> Option<&Encoder> {
+        match self {
+            EncoderNet::ResNet(e) => Some(e),
+            EncoderNet::Vit(_) => None,
+        }
+    }
+}
+
+impl ModuleT for EncoderNet {
+    /// The pooled representation `[N, C]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         pool_features(&self.feature_map(xs, train))
     }

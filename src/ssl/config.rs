@@ -348,6 +348,15 @@ impl PretrainConfig {
 
     /// Checks every value; errors name the key.
     pub fn validate(&self) -> Result<()> {
+        if self.architecture.is_vit() {
+            return Err(Error::invalid(
+                "architecture",
+                format!(
+                    "{} encoders are imported (`amlmil import --source dinov2|timm`), not pre-trained here; pre-train resnet18 or resnet34",
+                    self.architecture.name()
+                ),
+            ));
+        }
         if self.dataset.as_os_str().is_empty() {
             return Err(Error::invalid("dataset", "required: the data set root"));
         }

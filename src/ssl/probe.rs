@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::Normalization;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Encoder, EncoderArch};
+use crate::model::{Encoder, EncoderArch, EncoderNet};
 use crate::ssl::train::{decode_cells, init_seeded, normalize_views, to_unit_float};
 
 /// How the probe splits the labelled cells.
@@ -122,9 +122,9 @@ pub fn labelled_cells(
     })
 }
 
-/// Pooled features `[N, 512]` (f32, CPU) of u8 images in evaluation mode.
+/// Pooled features `[N, C]` (f32, CPU) of u8 images in evaluation mode.
 pub fn pooled_features(
-    encoder: &Encoder,
+    encoder: &dyn ModuleT,
     images: &Tensor,
     norm: &Normalization,
     batch_size: usize,
@@ -329,7 +329,7 @@ pub fn compare_with_random(
     let (encoder, manifest, _vs) = crate::frozen::load_encoder(path, Device::Cpu)?;
     let cells = labelled_cells(dataset, manifest.input_size, max_cells, 0)?;
     let norm = &manifest.normalization;
-    let probe = |encoder: &Encoder| -> Result<(ProbeReport, f64, ProbeReport, f64)> {
+    let probe = |encoder: &dyn ModuleT| -> Result<(ProbeReport, f64, ProbeReport, f64)> {
         let f = pooled_features(encoder, &cells.images, norm, 64, Device::Cpu)?;
         Ok((
             knn_probe(&f, &cells.labels, cells.classes.len(), config)?,
@@ -341,8 +341,13 @@ pub fn compare_with_random(
     let (report, std, patient, rank) = probe(&encoder)?;
     let random = match random_seed {
         Some(seed) => {
-            let (random, _vs) =
-                calibrated_random_encoder(manifest.architecture, seed, &cells.images, norm)?;
+            let random = match &manifest.vit {
+                // A ViT has no batch-norm statistics to calibrate.
+                Some(vit) => EncoderNet::Vit(crate::model::init::random_vit(vit, seed).0),
+                None => EncoderNet::ResNet(
+                    calibrated_random_encoder(manifest.architecture, seed, &cells.images, norm)?.0,
+                ),
+            };
             Some(probe(&random)?)
         }
         None => None,

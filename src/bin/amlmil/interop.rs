@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use amlmil::checkpoint::Normalization;
 use amlmil::interop::{self, DinoBranch, ExportFormat, ImportOptions, ImportSource};
+use amlmil::model::VitFeatures;
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -14,7 +15,8 @@ pub struct ImportArgs {
     /// The libamlmil checkpoint to write (`.safetensors`).
     #[arg(long)]
     pub out: PathBuf,
-    /// Layout of the file's names: auto, torchvision, vissl, dino, swav, lightly, scemila.
+    /// Layout of the file's names: auto, torchvision, vissl, dino, swav, lightly,
+    /// scemila (ResNets and SCEMILA's head); dinov2, timm (ViTs such as DinoBloom).
     #[arg(long, default_value = "auto")]
     pub source: String,
     /// DINO: which network to take (teacher or student).
@@ -24,9 +26,15 @@ pub struct ImportArgs {
     /// source's known ones.
     #[arg(long)]
     pub prefix: Option<String>,
-    /// Side of the square cell image the encoder sees, in pixels.
-    #[arg(long, default_value_t = 144)]
-    pub input_size: i64,
+    /// Side of the square cell image the encoder sees, in pixels (default: 144 for
+    /// a ResNet; for a ViT the size its position embeddings were learnt at,
+    /// 224 for DinoBloom).
+    #[arg(long)]
+    pub input_size: Option<i64>,
+    /// ViT: what the MIL head is fed, the class token (`cls`) or the class token
+    /// and the mean patch token concatenated (`cls_mean`).
+    #[arg(long, default_value = "cls", value_parser = ["cls", "cls_mean"])]
+    pub vit_features: String,
     /// Per-channel input mean (of pixels in [0, 1]) the encoder was trained with,
     /// `r,g,b` (default ImageNet's).
     #[arg(long, value_parser = parse_triple)]
@@ -80,6 +88,10 @@ pub fn import(args: ImportArgs) -> amlmil::Result<()> {
         },
         prefix: args.prefix,
         input_size: args.input_size,
+        vit_features: match args.vit_features.as_str() {
+            "cls_mean" => VitFeatures::ClsMean,
+            _ => VitFeatures::Cls,
+        },
         normalization: Normalization {
             mean: args.mean.unwrap_or(defaults.mean),
             std: args.std.unwrap_or(defaults.std),

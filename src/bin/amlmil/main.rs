@@ -338,7 +338,8 @@ struct InitArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Encoder architecture (resnet18, resnet34).
+    /// Encoder architecture (resnet18, resnet34; vit_s14, vit_b14, vit_l14, vit_g14
+    /// with `--g pooled` for the head).
     #[arg(long, default_value = "resnet18")]
     arch: String,
     /// Input size in pixels.
@@ -366,12 +367,8 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => evaluate(args),
         Command::CheckPrecision(args) => check_precision(args),
         Command::InitCheckpoint(args) => init_checkpoint(args),
-        Command::Inspect { checkpoint } => Checkpoint::read(&checkpoint).map(|ck| {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&ck.manifest).unwrap_or_default()
-            );
-        }),
+        Command::Inspect { checkpoint } => Checkpoint::read(&checkpoint)
+            .map(|ck| emit(&serde_json::to_string_pretty(&ck.manifest).unwrap_or_default())),
         Command::Synth(args) => synth(args),
         Command::Bench(args) => bench::bench(args),
         Command::ExtractFeatures(args) => train::extract(args),
@@ -506,6 +503,7 @@ fn init_checkpoint(args: InitArgs) -> amlmil::Result<()> {
             let side = arch.feature_side(args.input_size);
             let config = MilConfig {
                 head: cell_net(args.g).into(),
+                in_channels: arch.feature_dim(),
                 in_side: side,
                 ..MilConfig::default()
             };
