@@ -3,7 +3,7 @@
 # (PyTorch eager, frozen TorchScript, ONNX Runtime) on the same weights, thread
 # count and inputs, at fp32 and at bf16 (int8 for ONNX Runtime), the machine's
 # compute ceilings, end-to-end bags through the C ABI and peak memory, and the
-# diagnosis guard of bf16 on a trained encoder + head.
+# diagnosis guard of bf16 on a trained encoder + head; then ViT-S/14 (benches/vit.sh).
 # Writes benches/results.json and prints the tables of docs/performance.md.
 #
 #   bash benches/run.sh [THREADS] [SECONDS]     # defaults: all cores, 8 s per measurement
@@ -90,3 +90,6 @@ AMLMIL_LIBRARY="$PWD/target/debug/libamlmil.so" AMLMIL_CLI="$PWD/$bin" "$AMLMIL_
   2>/dev/null | tee -a "$out" >&2
 
 "$AMLMIL_PYTHON" benches/report.py "$out" benches/results.json "$w/guard.json"
+
+echo "== ViT-S/14 at 224 px beside timm, TorchScript and ONNX Runtime (benches/vit.sh)" >&2
+bash benches/vit.sh "$threads" "$secs" 3 16

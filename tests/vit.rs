@@ -149,6 +149,61 @@ fn every_layout_and_size_imports_with_the_reference_features() {
             );
         }
     }
+    // Exported back: amlmil.models.VitEncoder in PyTorch (the `.pth` state
+    // dict's names are the checkpoint's) and the ONNX model in ONNX Runtime give
+    // our features, at 224 px and with the position embeddings resized for 140.
+    let at140 = m.dir.path().join("s_reg_timm_140.safetensors");
+    interop::import(
+        &m.dir.path().join("s_reg_timm.safetensors"),
+        &at140,
+        &ImportOptions {
+            input_size: Some(140),
+            ..options(Auto, Cls)
+        },
+    )
+    .unwrap();
+    let names = ["s_dinobloom.amlmil", "s_reg_timm_140", "g_dinov2.amlmil"];
+    for name in names {
+        let ckpt = m.dir.path().join(format!("{name}.safetensors"));
+        let onnx = m.dir.path().join(format!("{name}.onnx"));
+        interop::export(
+            &ckpt,
+            &onnx,
+            interop::ExportFormat::Onnx,
+            Some(&common::python()),
+        )
+        .unwrap();
+    }
+    let pth = m.dir.path().join("s.pth");
+    interop::export(
+        &m.dir.path().join("s_hub.amlmil.safetensors"),
+        &pth,
+        interop::ExportFormat::Pth,
+        Some(&common::python()),
+    )
+    .unwrap();
+    let mut args: Vec<&Path> = vec![Path::new("exported"), m.dir.path()];
+    args.extend(names.iter().map(Path::new));
+    common::run_reference("vit.py", &args);
+    let exported = common::read_tensors(&m.dir.path().join("exported.safetensors"));
+    for name in names {
+        let ckpt = m.dir.path().join(format!("{name}.safetensors"));
+        let size = if name.ends_with("140") { "140" } else { "224" };
+        let ours = features(&ckpt, &m.inputs[&format!("x{size}")]);
+        let scale = f64::try_from(ours.abs().max()).unwrap();
+        for (runtime, tol) in [("torch", 1e-5), ("onnx", 1e-4)] {
+            let diff = common::max_abs(&ours, &exported[&format!("{name}_{runtime}")]);
+            assert!(
+                diff <= tol * scale,
+                "{name} in {runtime}: {diff} (scale {scale})"
+            );
+        }
+    }
+    // The `.pth` holds the checkpoint's tensors by DINOv2's names (no mask_token).
+    let reread = interop::read_source(&pth, Some(&common::python())).unwrap();
+    assert!(reread.tensors.contains_key("blocks.11.attn.qkv.weight"));
+    assert_eq!(reread.tensors.len(), 174);
+
     // The student branch of DinoBloom's file is another network.
     let student = m.dir.path().join("student.safetensors");
     let report = interop::import(
@@ -335,6 +390,30 @@ fn a_mil_head_trains_on_vit_features_and_classifies_through_rust_and_c() {
     assert!((sum - 1.0).abs() < 1e-5 && r.cell_ids.len() == files.len());
     // Cached features round-trip: feature maps are the 384 class-token values.
     assert_eq!(session.feature_dim(), 384);
+
+    // bf16 on a CPU that has it: the same diagnosis, probabilities within 0.02.
+    if amlmil::device::cpu_bf16().is_ok() {
+        let bf16 = amlmil::Session::new(
+            &t.encoder,
+            &t.mil,
+            &amlmil::SessionOptions {
+                device: amlmil::DeviceSpec::Cpu,
+                precision: amlmil::Precision::Bf16,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let b = bf16.classify(&bag, &mut |_, _, _| true).unwrap();
+        assert_eq!(b.predicted, r.predicted);
+        for (x, y) in b.probabilities.iter().zip(&r.probabilities) {
+            assert!(
+                (x - y).abs() < 0.02,
+                "bf16 {:?} vs fp32 {:?}",
+                b.probabilities,
+                r.probabilities
+            );
+        }
+    }
 
     // The same bag through the C ABI.
     let (o, _device) = cpu_options();

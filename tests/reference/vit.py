@@ -4,6 +4,9 @@ the layouts `amlmil import` reads, and their features.
 
     vit.py make DIR    # writes the source files, inputs.safetensors (x224, x140)
                        # and refs.safetensors (<case>_<size>: [N, D'] features)
+    vit.py exported DIR NAME...  # runs DIR/NAME.safetensors as amlmil.models.VitEncoder
+                       # and DIR/NAME.onnx in ONNX Runtime on the input of the
+                       # checkpoint's size -> DIR/exported.safetensors
 
 Layouts: a DINOv2 hub backbone's state_dict (with `mask_token`), DinoBloom's
 training checkpoint (`teacher`/`student` with `backbone.` and the DINO/iBOT
@@ -185,7 +188,31 @@ def make(d):
     save_file(refs, f"{d}/refs.safetensors")
 
 
+def exported(d, names):
+    import os
+
+    import onnxruntime as ort
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bindings", "python"))
+    from amlmil.models import load_encoder
+    from safetensors.torch import load_file
+
+    inputs = load_file(f"{d}/inputs.safetensors")
+    out = {}
+    for name in names:
+        m = load_encoder(f"{d}/{name}.safetensors")
+        x = inputs[f"x{m.manifest['input_size']}"]
+        with torch.no_grad():
+            out[f"{name}_torch"] = m(x).flatten(1).contiguous()
+        s = ort.InferenceSession(f"{d}/{name}.onnx", providers=["CPUExecutionProvider"])
+        out[f"{name}_onnx"] = torch.from_numpy(s.run(None, {"pixels": x.numpy()})[0]).flatten(1)
+    save_file(out, f"{d}/exported.safetensors")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "make":
+    if len(sys.argv) == 3 and sys.argv[1] == "make":
+        make(sys.argv[2])
+    elif len(sys.argv) > 3 and sys.argv[1] == "exported":
+        exported(sys.argv[2], sys.argv[3:])
+    else:
         sys.exit(__doc__)
-    make(sys.argv[2])

@@ -1,7 +1,7 @@
 """libamlmil checkpoints as PyTorch modules, with the same outputs as the library.
 
 >>> from amlmil.models import load_encoder, load_mil
->>> encoder = load_encoder("encoder.safetensors")   # torchvision ResNet trunk, eval mode
+>>> encoder = load_encoder("encoder.safetensors")   # ResNet trunk or ViT, eval mode
 >>> head = load_mil("mil.safetensors")              # AttentionMil, eval mode
 >>> out = head(encoder(x))                          # x: [N, 3, S, S], normalised
 >>> out["probabilities"], out["attention"]          # [C], [C, N]
@@ -102,9 +102,133 @@ def encoder_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> EncoderTr
     return trunk.eval()
 
 
-def load_encoder(path: str) -> EncoderTrunk:
-    """A libamlmil encoder checkpoint as an :class:`EncoderTrunk` in eval mode."""
+class _VitBlock(nn.Module):
+    def __init__(self, c: Mapping[str, Any]):
+        super().__init__()
+        d, h, eps = c["embed_dim"], c["mlp_hidden"], c["layer_norm_eps"]
+        self.heads = c["num_heads"]
+        self.norm1 = nn.LayerNorm(d, eps=eps)
+        self.attn = nn.Module()
+        self.attn.qkv = nn.Linear(d, 3 * d)
+        self.attn.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=eps)
+        self.mlp = nn.Module()
+        self.swiglu = c["ffn"] == "swiglu"
+        if self.swiglu:
+            self.mlp.w12 = nn.Linear(d, 2 * h)
+            self.mlp.w3 = nn.Linear(h, d)
+        else:
+            self.mlp.fc1 = nn.Linear(d, h)
+            self.mlp.fc2 = nn.Linear(h, d)
+        if c["layer_scale"]:
+            self.ls1, self.ls2 = nn.Module(), nn.Module()
+            self.ls1.gamma = nn.Parameter(torch.ones(d))
+            self.ls2.gamma = nn.Parameter(torch.ones(d))
+        else:
+            self.ls1 = self.ls2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        qkv = self.attn.qkv(self.norm1(x)).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        a = self.attn.proj(a.transpose(1, 2).reshape(n, t, d))
+        x = x + (a * self.ls1.gamma if self.ls1 is not None else a)
+        y = self.norm2(x)
+        if self.swiglu:
+            x1, x2 = self.mlp.w12(y).chunk(2, dim=-1)
+            f = self.mlp.w3(torch.nn.functional.silu(x1) * x2)
+        else:
+            f = self.mlp.fc2(torch.nn.functional.gelu(self.mlp.fc1(y)))
+        return x + (f * self.ls2.gamma if self.ls2 is not None else f)
+
+
+class VitEncoder(nn.Module):
+    """libamlmil's DINOv2-layout vision transformer (``src/model/vit.rs``).
+
+    ``config`` is the ``vit`` object of an encoder manifest. ``forward(x)`` takes
+    normalised ``[N, 3, S, S]`` inputs (S a multiple of the patch) and returns
+    what the MIL head sees, ``[N, D', 1, 1]``: the final-normed class token, or
+    it and the mean patch token (``features = cls_mean``). Parameter names are
+    DINOv2's, as in the checkpoint. Position embeddings are resized to other
+    grids as the layout does (``pos_resize``: ``dinov2`` or ``timm``);
+    :meth:`fix_input_size` computes them once, so an exported graph holds no
+    resize.
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        c = dict(config)
+        self.config = c
+        d, p, g = c["embed_dim"], c["patch_size"], c["pos_grid"]
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, d, p, stride=p)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, g * g + (1 if c["class_pos"] else 0), d))
+        if c["registers"]:
+            self.register_tokens = nn.Parameter(torch.zeros(1, c["registers"], d))
+        else:
+            self.register_tokens = None
+        self.blocks = nn.ModuleList(_VitBlock(c) for _ in range(c["depth"]))
+        self.norm = nn.LayerNorm(d, eps=c["layer_norm_eps"])
+        self._fixed_grid = -1
+        self.register_buffer("fixed_pos", None, persistent=False)
+
+    def _patch_pos(self, g: int) -> torch.Tensor:
+        c = self.config
+        m, d = c["pos_grid"], c["embed_dim"]
+        pos = self.pos_embed[:, 1:] if c["class_pos"] else self.pos_embed
+        if g == m:
+            return pos
+        grid = pos.float().reshape(1, m, m, d).permute(0, 3, 1, 2)
+        f = torch.nn.functional.interpolate
+        if c["pos_resize"] == "dinov2":
+            s = (g + 0.1) / m
+            grid = f(grid, scale_factor=(s, s), mode="bicubic", antialias=False)
+        else:
+            grid = f(grid, size=(g, g), mode="bicubic", antialias=True)
+        return grid.permute(0, 2, 3, 1).reshape(1, g * g, d).to(pos.dtype)
+
+    def fix_input_size(self, size: int) -> "VitEncoder":
+        """Resizes the position embeddings for ``size`` px inputs once."""
+        with torch.no_grad():
+            g = size // self.config["patch_size"]
+            self.fixed_pos = self._patch_pos(g).detach().clone()
+            self._fixed_grid = g
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        p = self.patch_embed.proj(x)
+        n, d, g = p.shape[0], p.shape[1], p.shape[-1]
+        patches = p.flatten(2).transpose(1, 2)
+        pos = self.fixed_pos if self._fixed_grid == g else self._patch_pos(g)
+        cls = self.cls_token.expand(n, -1, -1)
+        if c["class_pos"]:
+            cls = cls + self.pos_embed[:, :1]
+        parts = [cls]
+        if self.register_tokens is not None:
+            parts.append(self.register_tokens.expand(n, -1, -1))
+        parts.append(patches + pos)
+        t = torch.cat(parts, dim=1)
+        for blk in self.blocks:
+            t = blk(t)
+        t = self.norm(t)
+        out = t[:, 0]
+        if c["features"] == "cls_mean":
+            out = torch.cat([out, t[:, 1 + c["registers"]:].mean(1)], dim=1)
+        return out[:, :, None, None]
+
+
+def load_encoder(path: str) -> nn.Module:
+    """A libamlmil encoder checkpoint as an :class:`EncoderTrunk` (ResNet) or a
+    :class:`VitEncoder` (ViT, position embeddings fixed for the manifest's input
+    size) in eval mode; ``.manifest`` holds the manifest."""
     manifest, tensors = _read_kind(path, "encoder")
+    if manifest.get("vit") is not None:
+        vit = VitEncoder(manifest["vit"])
+        vit.load_state_dict(tensors, strict=True)
+        vit.manifest = manifest
+        return vit.fix_input_size(int(manifest["input_size"])).eval()
     trunk = EncoderTrunk(manifest["architecture"])
     trunk.resnet.load_state_dict(tensors, strict=True)
     trunk.manifest = manifest

@@ -11,6 +11,10 @@ pub(crate) struct BenchArgs {
     /// Encoder architecture.
     #[arg(long, default_value = "resnet18")]
     arch: String,
+    /// ViTs: time this encoder checkpoint (its architecture and input size)
+    /// instead of random weights, e.g. the weights the peers are given.
+    #[arg(long)]
+    encoder: Option<std::path::PathBuf>,
     /// Input side in pixels.
     #[arg(long, default_value_t = 144)]
     size: i64,
@@ -45,10 +49,34 @@ pub(crate) struct BenchArgs {
 pub(crate) fn bench(args: BenchArgs) -> amlmil::Result<()> {
     use amlmil::model::FusedEncoder;
     use tch::{Kind, Tensor};
-    let arch: EncoderArch = args.arch.parse()?;
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
     if let Some(n) = args.threads {
         tch::set_num_threads(n as i32);
+    }
+    if let Some(path) = &args.encoder {
+        let (net, manifest, vs) = amlmil::frozen::load_encoder(path, device)?;
+        return match net {
+            amlmil::model::EncoderNet::Vit(vit) => bench_vit(
+                &args,
+                manifest.architecture,
+                vit,
+                vs,
+                manifest.input_size,
+                device,
+            ),
+            amlmil::model::EncoderNet::ResNet(_) => Err(amlmil::Error::invalid(
+                "encoder",
+                "`--encoder` times ViT checkpoints; ResNets are timed by `--arch`",
+            )),
+        };
+    }
+    let arch: EncoderArch = args.arch.parse()?;
+    if arch.is_vit() {
+        let mut config = amlmil::model::VitConfig::preset(arch).expect("a ViT");
+        config.pos_grid = config.grid(args.size);
+        config.validate(arch, args.size)?;
+        let (vit, vs) = init::random_vit(&config, 0);
+        return bench_vit(&args, arch, vit, vs, args.size, device);
     }
     let (encoder, vs) = init::random_encoder(arch, 0);
     let mut vs = vs;
@@ -169,6 +197,70 @@ pub(crate) fn bench(args: BenchArgs) -> amlmil::Result<()> {
             "peak_rss_mb": peak_rss_mb()}),
         );
     }
+    Ok(())
+}
+
+/// Repeats `f` for at least `seconds` (and 3 times) after two warm-up calls;
+/// calls per second. `sync` waits for the device.
+fn timed(seconds: f64, sync: &dyn Fn(), f: &mut dyn FnMut()) -> f64 {
+    f();
+    f();
+    sync();
+    let start = std::time::Instant::now();
+    let mut n = 0usize;
+    while n < 3 || start.elapsed().as_secs_f64() < seconds {
+        f();
+        n += 1;
+    }
+    sync();
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `amlmil bench --arch vit_*` or `--encoder VIT`: the ViT's forward pass as
+/// sessions run it (the module in the session's precision) at `size` px.
+fn bench_vit(
+    args: &BenchArgs,
+    arch: EncoderArch,
+    vit: amlmil::model::Vit,
+    mut vs: tch::nn::VarStore,
+    size: i64,
+    device: tch::Device,
+) -> amlmil::Result<()> {
+    use tch::{Kind, Tensor};
+    let precision: Precision = args.precision.parse()?;
+    if device == tch::Device::Cpu {
+        amlmil::frozen::check_cpu_precision(&SessionOptions {
+            precision,
+            ..Default::default()
+        })?;
+    }
+    vs.set_device(device);
+    vs.set_kind(precision.kind());
+    vs.freeze();
+    let _guard = tch::no_grad_guard();
+    let x = Tensor::rand([args.batch_size, 3, size, size], (Kind::Float, device));
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    // The input arrives in f32, as a session's batch does: its conversion is timed.
+    let per_s = timed(args.seconds, &sync, &mut || {
+        drop(vit.feature_map(&x.to_kind(precision.kind())))
+    });
+    let suffix = match precision {
+        Precision::Fp32 => String::new(),
+        p => format!("_{}", p.name()),
+    };
+    let rate = per_s * args.batch_size as f64;
+    emit(
+        &serde_json::json!({"impl": format!("amlmil{suffix}"), "precision": precision.name(),
+            "arch": arch.name(), "size": size, "batch": args.batch_size,
+            "device": amlmil::device::device_name(device), "threads": tch::get_num_threads(),
+            "gflop": (vit.config().flops(size) / 1e9 * 1000.0).round() / 1000.0,
+            "cells_per_s": (rate * 10.0).round() / 10.0, "peak_rss_mb": peak_rss_mb()})
+        .to_string(),
+    );
     Ok(())
 }
 
