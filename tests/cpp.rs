@@ -67,6 +67,20 @@ fn minimal_cpp_program_classifies_a_bag() {
         "AMLMIL_STATUS_IO",
         "/nonexistent/cell.tif",
     );
+    // A ViT-S/14 encoder (class-token features) with a pooled head.
+    let vit = dir.path().join("vit.safetensors");
+    let vit_mil = dir.path().join("vit_mil.safetensors");
+    amlmil::checkpoint::write_random_encoder(&vit, amlmil::model::EncoderArch::VitS14, 56, 1)
+        .unwrap();
+    let config = amlmil::model::MilConfig {
+        in_channels: 384,
+        in_side: 1,
+        head: amlmil::model::CellNet::Pooled.into(),
+        ..Default::default()
+    };
+    common::write_mil(&vit_mil, &config, 56, 2);
+    let out = programs::checked(Command::new(&exe).arg(&vit).arg(&vit_mil).args(&images));
+    programs::assert_reports_a_class(&out);
 }
 
 #[test]

@@ -336,3 +336,66 @@ fn per_fold_pretraining_sees_only_the_runs_training_patients() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("protocol `per-fold`"));
 }
+
+/// A lab's own encoder in Table 1: an imported ViT (DINOv2 layout) beside the
+/// random floor, not trained here, its MIL head on the pooled `g` (a ViT's
+/// features are a vector), deployed like the others; a bad entry is named.
+#[test]
+fn an_imported_vit_is_compared_beside_the_pretrained_encoders() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exp");
+    let vit = dir.path().join("dinobloom-like.safetensors");
+    amlmil::checkpoint::write_random_encoder(&vit, amlmil::model::EncoderArch::VitS14, 42, 4)
+        .unwrap();
+    let mut v = serde_json::to_value(tiny(&out)).unwrap();
+    v["encoders"] = serde_json::json!(["random"]);
+    v["imported"] = serde_json::json!({"vit_s": vit});
+    // The four-convolution g the ResNet keeps; the ViT's head switches to pooled.
+    v["training"]["cell_net"] = serde_json::json!({"type": "scemila"});
+    let config = ExperimentConfig::from_value(v.clone()).unwrap();
+    let report = run_experiment(&config, &mut |_| true).unwrap();
+    let names: Vec<&str> = report.encoders.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["random", "vit_s"]);
+    let imported = &report.encoders[1];
+    assert_eq!(imported.checkpoint, vit);
+    assert_eq!(imported.pretraining["method"], "imported");
+    assert_eq!(imported.pretraining["architecture"], "vit_s14");
+    assert_eq!(imported.cv.runs.len(), 3);
+    let run_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("cv/vit_s/runs/seed0_fold0/run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        run_json["training"]["cell_net"]["type"], "pooled",
+        "{run_json}"
+    );
+    let deployed = out.join("deploy/vit_s");
+    let session = amlmil::Session::new(
+        &deployed.join("encoder.safetensors"),
+        &deployed.join("mil.safetensors"),
+        &amlmil::SessionOptions {
+            device: amlmil::DeviceSpec::Cpu,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(session.feature_dim(), 384);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("vit_s"), "{md}");
+
+    for (imported, needle) in [
+        (serde_json::json!({"simclr": vit}), "imported.simclr"),
+        (
+            serde_json::json!({"lab": dir.path().join("missing.safetensors")}),
+            "imported.lab",
+        ),
+    ] {
+        let mut bad = v.clone();
+        bad["imported"] = imported;
+        let e = ExperimentConfig::from_value(bad)
+            .and_then(|c| c.validate())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}

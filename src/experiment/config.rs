@@ -114,8 +114,15 @@ pub struct ExperimentConfig {
     /// cell of a MIL patient is seen in pre-training.
     pub pretrain_cohort: CohortConfig,
     /// Encoders to compare, a subset of `supervised`, `simclr`, `swav`, `dino`,
-    /// `random` (the floor: seeded weights, batch-norm statistics of the data).
+    /// `random` (the floor: seeded weights, batch-norm statistics of the data),
+    /// and names of `imported`.
     pub encoders: Vec<String>,
+    /// Encoders a lab brings, by name: libamlmil encoder checkpoints (a
+    /// DinoBloom ViT from `amlmil import`, a ResNet trained elsewhere),
+    /// compared beside the pre-trained ones without being trained here. A
+    /// name `encoders` does not list is compared after the listed ones.
+    #[serde(default)]
+    pub imported: std::collections::BTreeMap<String, PathBuf>,
     /// Preset of the pre-training runs (`cpu-small` or `paper`).
     pub pretrain_preset: String,
     /// Where the self-supervised encoders are pre-trained.
@@ -144,6 +151,18 @@ pub struct ExperimentConfig {
 }
 
 impl ExperimentConfig {
+    /// This configuration with every `imported` encoder in `encoders` (the
+    /// ones it does not list appended, by name).
+    pub fn with_imported_listed(&self) -> Self {
+        let mut c = self.clone();
+        for name in self.imported.keys() {
+            if !c.encoders.contains(name) {
+                c.encoders.push(name.clone());
+            }
+        }
+        c
+    }
+
     /// The named preset with `output` set.
     pub fn preset(name: &str) -> Result<Self> {
         let cohort = |ppc, cells: (usize, usize), size, annotated, seed| CohortConfig {
@@ -184,6 +203,7 @@ impl ExperimentConfig {
                 probe_cells: 600,
                 umap_cells: 600,
                 seed: 0,
+                imported: Default::default(),
             },
             // All five encoders, 5 folds × 3 seeds, on the CPU.
             "cpu-small" => ExperimentConfig {
@@ -213,6 +233,7 @@ impl ExperimentConfig {
                 probe_cells: 1000,
                 umap_cells: 1000,
                 seed: 0,
+                imported: Default::default(),
             },
             // The paper's resolution and recipes (144 px, the `paper` pre-training
             // presets, the four-convolution g) shrunk to about six minutes on one
@@ -247,6 +268,7 @@ impl ExperimentConfig {
                 probe_cells: 2000,
                 umap_cells: 2000,
                 seed: 0,
+                imported: Default::default(),
             },
             // The paper's schedule: 144 px, batch 512, the references' epochs,
             // the four-convolution g; GPU scale.
@@ -269,6 +291,7 @@ impl ExperimentConfig {
                 probe_cells: 2000,
                 umap_cells: 2000,
                 seed: 0,
+                imported: Default::default(),
             },
             other => {
                 return Err(Error::invalid(
@@ -318,12 +341,36 @@ impl ExperimentConfig {
         if self.encoders.is_empty() {
             return Err(Error::invalid("encoders", "give at least one encoder"));
         }
+        for (name, path) in &self.imported {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid || ENCODERS.contains(&name.as_str()) {
+                return Err(Error::invalid(
+                    format!("imported.{name}"),
+                    format!(
+                        "an imported encoder's name is letters, digits, `-` and `_`, and not one of {}",
+                        ENCODERS.join(", ")
+                    ),
+                ));
+            }
+            if !path.is_file() {
+                return Err(Error::invalid(
+                    format!("imported.{name}"),
+                    format!("{} is not a file", path.display()),
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for e in &self.encoders {
-            if !ENCODERS.contains(&e.as_str()) {
+            if !ENCODERS.contains(&e.as_str()) && !self.imported.contains_key(e) {
                 return Err(Error::invalid(
                     "encoders",
-                    format!("`{e}` is not one of {}", ENCODERS.join(", ")),
+                    format!(
+                        "`{e}` is not one of {} nor a name of `imported`",
+                        ENCODERS.join(", ")
+                    ),
                 ));
             }
             if !seen.insert(e) {
@@ -355,7 +402,10 @@ impl ExperimentConfig {
                 ));
             }
         }
-        let listed = self.encoders.iter().filter(|e| *e != "random");
+        let listed = self
+            .encoders
+            .iter()
+            .filter(|e| *e != "random" && !self.imported.contains_key(*e));
         let mut methods: Vec<SslMethod> = listed.map(|e| e.parse()).collect::<Result<_>>()?;
         methods.extend(self.pretrain.methods());
         for method in methods {

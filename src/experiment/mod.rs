@@ -49,6 +49,7 @@ use crate::checkpoint::{self, EncoderManifest, Manifest, Provenance};
 use crate::dataset::{Dataset, OpenOptions};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
+use crate::model::CellNet;
 use crate::ssl::probe::{compare_with_random, ProbeComparison};
 use crate::ssl::{KnnConfig, PretrainStage, SslMethod};
 use crate::training::{CvEvent, CvReport};
@@ -196,6 +197,7 @@ pub fn run_experiment(
     progress: &mut dyn FnMut(&ExperimentEvent) -> bool,
 ) -> Result<ExperimentReport> {
     config.validate()?;
+    let config = &config.with_imported_listed();
     let out = &config.output;
     create_dir(out)?;
     crate::io::remove_stale_temps(out)?;
@@ -476,6 +478,18 @@ impl Runner<'_, '_> {
         };
         let name = label.as_str();
         let path = dir.join(crate::ssl::train::ENCODER_FILE);
+        if let Some(file) = self.config.imported.get(name) {
+            // Brought by the lab: checked as a session would load it, not trained.
+            let (_, manifest, _) = crate::frozen::load_encoder(file, tch::Device::Cpu)?;
+            self.record(Stage::Pretrain, Some(name), 0.0, false)?;
+            let summary = serde_json::json!({
+                "method": "imported", "file": file,
+                "architecture": manifest.architecture.name(),
+                "input_size": manifest.input_size,
+                "provenance": manifest.provenance,
+            });
+            return Ok((file.clone(), summary));
+        }
         let (key, method) = if name == "random" {
             let size = self
                 .config
@@ -593,6 +607,15 @@ impl Runner<'_, '_> {
             .config
             .cv_config(dataset.into(), checkpoint.into(), out)?;
         cv.fold_encoders = fold_checkpoints.clone();
+        let (manifest, _) = crate::checkpoint::Checkpoint::read_encoder(checkpoint)?;
+        if manifest.feature_map[1] == 1 && cv.training.head.cell_net != CellNet::Pooled {
+            // A ViT's features are a vector: only the pooled g reads them.
+            log::info!(
+                "{name}: {}'s features are a vector; its MIL head uses the pooled g",
+                manifest.architecture.name()
+            );
+            cv.training.head.cell_net = CellNet::Pooled;
+        }
         let started = Instant::now();
         let runs_before = self.items_done;
         let report = {

@@ -498,3 +498,24 @@ def test_rust_plugin_through_options(models):
     with pytest.raises(amlmil.AmlmilError) as e:
         amlmil.Session(*models, options=amlmil.SessionOptions(plugin_path="/nonexistent/plugin.so"))
     assert e.value.status == amlmil.Status.PLUGIN and "/nonexistent/plugin.so" in e.value.message
+
+
+def test_a_vit_encoder_classifies(tmp_path, cohort):
+    """A ViT-S/14 (DINOv2 layout, class-token features) with a pooled head."""
+    enc, mil = tmp_path / "vit.safetensors", tmp_path / "vit_mil.safetensors"
+    subprocess.run([cli(), "init-checkpoint", "encoder", "--arch", "vit_s14", "--input-size", "56", "--seed", "1",
+                    "--out", str(enc)], check=True, capture_output=True)
+    subprocess.run([cli(), "init-checkpoint", "mil", "--arch", "vit_s14", "--input-size", "56", "--g", "pooled",
+                    "--seed", "2", "--out", str(mil)], check=True, capture_output=True)
+    files = cell_files(bag_dirs(cohort[0])[0])
+    with amlmil.Session(enc, mil) as s:
+        info = s.model_info()
+        assert info.encoder_architecture == "vit_s14" and info.feature_map == (384, 1, 1)
+        assert info.input_size == 56 and s.feature_map_len == 384
+        with amlmil.Bag() as bag:
+            for i, f in enumerate(files):
+                bag.add_file(i, f)
+            r = s.classify(bag)
+        assert abs(float(np.sum(r.probabilities)) - 1.0) < 1e-5 and len(r.cell_ids) == len(files)
+        maps = s.feature_maps([np.zeros((64, 64, 3), np.uint8)] * 2)
+        assert maps.shape == (2, 384)
