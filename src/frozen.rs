@@ -71,6 +71,18 @@ pub fn batch_bytes_per_cell(input_size: i64) -> u64 {
     160 * (input_size.max(1) as u64).pow(2)
 }
 
+/// [`batch_bytes_per_cell`] for a ViT: the tokens through a block (input,
+/// normed copy, qkv, attention output, the feed-forward hidden layer, 4 bytes
+/// each) and one head-set of attention scores (`heads × T²`, as the bf16 path
+/// materialises them), or the pixel estimate if larger.
+pub fn vit_batch_bytes_per_cell(vit: &crate::model::VitConfig, input_size: i64) -> u64 {
+    let g = vit.grid(input_size).max(1) as u64;
+    let tokens = g * g + 1 + vit.registers.max(0) as u64;
+    let width = 6 * vit.embed_dim.max(1) as u64 + 2 * vit.mlp_hidden.max(1) as u64;
+    let scores = vit.num_heads.max(1) as u64 * tokens * tokens;
+    (4 * (tokens * width + scores)).max(batch_bytes_per_cell(input_size))
+}
+
 /// Half of `MemTotal` in `/proc/meminfo`, or 8 GiB where it cannot be read.
 pub fn default_max_batch_bytes() -> u64 {
     let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
@@ -184,7 +196,10 @@ impl FrozenEncoder {
         let max_bytes = options
             .max_batch_bytes
             .unwrap_or_else(default_max_batch_bytes);
-        let per_cell = batch_bytes_per_cell(manifest.input_size);
+        let per_cell = match &manifest.vit {
+            Some(vit) => vit_batch_bytes_per_cell(vit, manifest.input_size),
+            None => batch_bytes_per_cell(manifest.input_size),
+        };
         let need = per_cell.saturating_mul(options.batch_size as u64);
         if need > max_bytes {
             return Err(Error::limit(

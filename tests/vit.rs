@@ -273,6 +273,32 @@ fn wrong_vits_are_refused_naming_what_is_wrong() {
         "{e}"
     );
 
+    // A ViT at 4,088 px would need a 300 GB attention matrix per cell: refused
+    // before any allocation, naming the limit.
+    let huge = d.join("huge.safetensors");
+    interop::import(
+        &d.join("s_reg_timm.safetensors"),
+        &huge,
+        &ImportOptions {
+            input_size: Some(4088),
+            ..options(ImportSource::Auto, VitFeatures::Cls)
+        },
+    )
+    .unwrap();
+    let e = amlmil::Session::new(
+        &huge,
+        &huge,
+        &amlmil::SessionOptions {
+            device: amlmil::DeviceSpec::Cpu,
+            batch_size: 1,
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(e.contains("max_batch_bytes"), "{e}");
+
     // A ViT is not pre-trained here.
     let config = serde_json::json!({"method": "dino", "preset": "cpu-small", "dataset": "d",
         "output": "o", "architecture": "vit_s14"});
