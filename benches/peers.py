@@ -39,6 +39,17 @@ def rate(run, x, batch, seconds):
             return batch * n / elapsed
 
 
+def ort_session(path, threads):
+    """An ONNX Runtime CPU session with every graph optimisation, `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -97,23 +108,11 @@ def main():
             scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(load_encoder(a.encoder).eval())))
             emit("torchscript_frozen_optimized", rate(scripted, x, a.batch, a.seconds))
     if "onnxruntime" in only:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = a.threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
+        sess = ort_session(a.onnx, a.threads)
         xn = x.numpy().astype(np.float32)
         emit("onnxruntime", rate(lambda v: sess.run(None, {"pixels": v}), xn, a.batch, a.seconds))
     if "onnxruntime_int8" in only:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = a.threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(quantized(a.onnx, size), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(quantized(a.onnx, size), a.threads)
         xn = x.numpy().astype(np.float32)
         emit("onnxruntime_int8", rate(lambda v: sess.run(None, {"pixels": v}), xn, a.batch, a.seconds), "int8")
 

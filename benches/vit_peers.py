@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
 from amlmil.models import read_checkpoint  # noqa: E402
-from peers import rate  # noqa: E402
+from peers import ort_session, rate  # noqa: E402
 
 TIMM = {"vit_s14": "vit_small_patch14_dinov2", "vit_b14": "vit_base_patch14_dinov2",
         "vit_l14": "vit_large_patch14_dinov2", "vit_g14": "vit_giant_patch14_dinov2"}
@@ -84,13 +84,7 @@ def main():
                 emit(f"torchscript_frozen_optimized{'_bf16' if dtype == torch.bfloat16 else ''}",
                      rate(lambda v: frozen(v.to(dtype)), x, a.batch, a.seconds), precision)
     if "onnxruntime" in only:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = a.threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
+        sess = ort_session(a.onnx, a.threads)
         xn = x.numpy().astype(np.float32)
         emit("onnxruntime", rate(lambda v: sess.run(None, {"pixels": v}), xn, a.batch, a.seconds))
 

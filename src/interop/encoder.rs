@@ -13,10 +13,10 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::{
-    ignored_names, imported_provenance, DinoBranch, ImportOptions, ImportReport, ImportSource,
+    imported_provenance, write_encoder, DinoBranch, ImportOptions, ImportReport, ImportSource,
     SourceTensors,
 };
-use crate::checkpoint::{self, EncoderManifest, Manifest};
+use crate::checkpoint::{self, EncoderManifest};
 use crate::error::{Error, Result};
 use crate::model::{Encoder, EncoderArch};
 
@@ -293,7 +293,6 @@ pub(super) fn import(
     let arch = architecture(src, &trunk, &source_name)?;
     let mut vs = VarStore::new(Device::Cpu);
     let _encoder = Encoder::new(&vs.root(), arch);
-    let count = vs.variables().len();
     checkpoint::load_into_named(&mut vs, trunk, src, &[".num_batches_tracked"], &source_name)?;
 
     let mut provenance = imported_provenance(src, resolved, &prefix);
@@ -302,18 +301,6 @@ pub(super) fn import(
             .details
             .insert("branch".into(), options.branch.name().into());
     }
-    let mut manifest = EncoderManifest::new(arch, options.resnet_input_size(), provenance);
-    manifest.normalization = options.normalization;
-    checkpoint::save(out, &Manifest::Encoder(manifest), &vs)?;
-    let (ignored, ignored_count) = ignored_names(ignored);
-    Ok(ImportReport {
-        kind: "encoder".into(),
-        source: resolved,
-        prefix,
-        architecture: arch.name().into(),
-        tensors: count,
-        ignored,
-        ignored_count,
-        output: out.to_path_buf(),
-    })
+    let manifest = EncoderManifest::new(arch, options.resnet_input_size(), provenance);
+    write_encoder(out, manifest, &vs, options, (resolved, prefix), ignored)
 }

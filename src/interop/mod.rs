@@ -305,6 +305,32 @@ fn imported_provenance(src: &Path, source: ImportSource, prefix: &str) -> checkp
     p
 }
 
+/// Writes an imported encoder (`vs`, described by `manifest` without its
+/// normalisation, which `options` gives) to `out` and reports it.
+fn write_encoder(
+    out: &Path,
+    mut manifest: checkpoint::EncoderManifest,
+    vs: &tch::nn::VarStore,
+    options: &ImportOptions,
+    (source, prefix): (ImportSource, String),
+    ignored: Vec<String>,
+) -> Result<ImportReport> {
+    manifest.normalization = options.normalization;
+    let architecture = manifest.architecture.name().to_owned();
+    checkpoint::save(out, &checkpoint::Manifest::Encoder(manifest), vs)?;
+    let (ignored, ignored_count) = ignored_names(ignored);
+    Ok(ImportReport {
+        kind: "encoder".into(),
+        source,
+        prefix,
+        architecture,
+        tensors: vs.variables().len(),
+        ignored,
+        ignored_count,
+        output: out.to_path_buf(),
+    })
+}
+
 /// Tensors of the file outside the model, sorted, for the report.
 fn ignored_names(mut names: Vec<String>) -> (Vec<String>, usize) {
     names.sort();

@@ -19,10 +19,10 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::{
-    ignored_names, imported_provenance, DinoBranch, ImportOptions, ImportReport, ImportSource,
+    imported_provenance, write_encoder, DinoBranch, ImportOptions, ImportReport, ImportSource,
     SourceTensors,
 };
-use crate::checkpoint::{self, EncoderManifest, Manifest};
+use crate::checkpoint::{self, EncoderManifest};
 use crate::error::{Error, Result};
 use crate::model::vit::{Ffn, PosResize};
 use crate::model::{EncoderArch, Vit, VitConfig};
@@ -283,7 +283,6 @@ pub(super) fn import(
         .map_err(|e| Error::checkpoint(src, format!("the ViT read off its tensors: {e}")))?;
     let mut vs = VarStore::new(Device::Cpu);
     let _vit = Vit::new(&vs.root(), config.clone());
-    let count = vs.variables().len();
     let source_name = |ours: &str| {
         spelled
             .get(ours)
@@ -298,20 +297,8 @@ pub(super) fn import(
             .details
             .insert("branch".into(), options.branch.name().into());
     }
-    let mut manifest = EncoderManifest::new_vit(arch, config, input_size, provenance);
-    manifest.normalization = options.normalization;
-    checkpoint::save(out, &Manifest::Encoder(manifest), &vs)?;
-    let (ignored, ignored_count) = ignored_names(ignored);
-    Ok(ImportReport {
-        kind: "encoder".into(),
-        source: resolved,
-        prefix,
-        architecture: arch.name().into(),
-        tensors: count,
-        ignored,
-        ignored_count,
-        output: out.to_path_buf(),
-    })
+    let manifest = EncoderManifest::new_vit(arch, config, input_size, provenance);
+    write_encoder(out, manifest, &vs, options, (resolved, prefix), ignored)
 }
 
 #[cfg(test)]
