@@ -342,9 +342,10 @@ struct InitArgs {
     /// with `--g pooled` for the head).
     #[arg(long, default_value = "resnet18")]
     arch: String,
-    /// Input size in pixels.
-    #[arg(long, default_value_t = 144)]
-    input_size: i64,
+    /// Input size in pixels (default 144 for a ResNet, 224 for a ViT: a
+    /// multiple of its 14 px patch).
+    #[arg(long)]
+    input_size: Option<i64>,
     /// MIL cell network g.
     #[arg(long, value_enum, default_value = "four-conv")]
     g: GVariant,
@@ -495,12 +496,15 @@ fn emit(text: &str) {
 
 fn init_checkpoint(args: InitArgs) -> amlmil::Result<()> {
     let arch: EncoderArch = args.arch.parse()?;
+    let input_size = args
+        .input_size
+        .unwrap_or(if arch.is_vit() { 224 } else { 144 });
     match args.kind {
         InitKind::Encoder => {
-            checkpoint::write_random_encoder(&args.out, arch, args.input_size, args.seed)?;
+            checkpoint::write_random_encoder(&args.out, arch, input_size, args.seed)?;
         }
         InitKind::Mil => {
-            let side = arch.feature_side(args.input_size);
+            let side = arch.feature_side(input_size);
             let config = MilConfig {
                 head: cell_net(args.g).into(),
                 in_channels: arch.feature_dim(),
@@ -511,7 +515,7 @@ fn init_checkpoint(args: InitArgs) -> amlmil::Result<()> {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            checkpoint::write_random_mil(&args.out, &config, classes, args.input_size, args.seed)?;
+            checkpoint::write_random_mil(&args.out, &config, classes, input_size, args.seed)?;
         }
     }
     eprintln!("wrote {}", args.out.display());
