@@ -348,7 +348,8 @@ typedef struct {
    */
   uint32_t input_size;
   /**
-   * Length of a pooled feature vector (`amlmil_session_embed`), 512.
+   * Length of a pooled feature vector (`amlmil_session_embed`): 512 for a
+   * ResNet, a ViT's D′ (384 for ViT-S/14 class tokens).
    */
   uint32_t feature_dim;
   /**
@@ -959,14 +960,16 @@ void amlmil_session_cancel(const amlmil_session *session);
 void amlmil_session_free(amlmil_session *session);
 
 /**
- * Length of the per-cell feature vector written by `amlmil_session_embed` (512),
+ * Length of the per-cell feature vector written by `amlmil_session_embed` (512
+ * for a ResNet, a ViT's D′),
  * or 0 if `session` is NULL.
  */
 size_t amlmil_session_feature_dim(const amlmil_session *session);
 
 /**
  * Number of floats per cell that `amlmil_session_classify_features` expects
- * (channels × height × width of the encoder's feature map, 512·5·5 at 144 px),
+ * (channels × height × width of the encoder's feature map: 512·5·5 for a
+ * ResNet at 144 px, D′·1·1 for a ViT),
  * or 0 if `session` is NULL.
  */
 size_t amlmil_session_feature_map_len(const amlmil_session *session);

@@ -24,7 +24,8 @@ pub struct amlmil_model_info {
     pub num_classes: usize,
     /// Side in pixels of the square encoder input every cell is resized to.
     pub input_size: u32,
-    /// Length of a pooled feature vector (`amlmil_session_embed`), 512.
+    /// Length of a pooled feature vector (`amlmil_session_embed`): 512 for a
+    /// ResNet, a ViT's D′ (384 for ViT-S/14 class tokens).
     pub feature_dim: u32,
     /// Feature map of one cell (`amlmil_session_feature_maps`,
     /// `amlmil_session_classify_features`): channels, height, width.

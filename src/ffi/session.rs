@@ -434,7 +434,8 @@ pub unsafe extern "C" fn amlmil_session_free(session: *mut amlmil_session) {
     })
 }
 
-/// Length of the per-cell feature vector written by `amlmil_session_embed` (512),
+/// Length of the per-cell feature vector written by `amlmil_session_embed` (512
+/// for a ResNet, a ViT's D′),
 /// or 0 if `session` is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_feature_dim(session: *const amlmil_session) -> usize {
@@ -442,7 +443,8 @@ pub unsafe extern "C" fn amlmil_session_feature_dim(session: *const amlmil_sessi
 }
 
 /// Number of floats per cell that `amlmil_session_classify_features` expects
-/// (channels × height × width of the encoder's feature map, 512·5·5 at 144 px),
+/// (channels × height × width of the encoder's feature map: 512·5·5 for a
+/// ResNet at 144 px, D′·1·1 for a ViT),
 /// or 0 if `session` is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn amlmil_session_feature_map_len(session: *const amlmil_session) -> usize {
