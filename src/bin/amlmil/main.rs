@@ -456,12 +456,12 @@ fn dataset(cmd: DatasetCommand) -> amlmil::Result<()> {
             for issue in &issues {
                 eprintln!("{issue}");
             }
-            println!("{}", ds.summary());
+            emit(&ds.summary().to_string());
             Ok(())
         }
         DatasetCommand::ColourBaseline { dir, folds, seed } => {
             let report = amlmil::synth::colour_baseline(&dir, folds, seed)?;
-            println!(
+            emit(&format!(
                 "colour-only nearest-centroid baseline, {folds}-fold stratified CV (seed {seed}): \
                  macro F1 {:.3} (per fold {:?}; pooled {:.3}; chance 0.2)",
                 report.mean_macro_f1,
@@ -471,7 +471,7 @@ fn dataset(cmd: DatasetCommand) -> amlmil::Result<()> {
                     .map(|f| (f * 1000.0).round() / 1000.0)
                     .collect::<Vec<_>>(),
                 report.pooled_macro_f1
-            );
+            ));
             Ok(())
         }
     }

@@ -258,33 +258,33 @@ pub(crate) fn pretrain_cmd(args: PretrainArgs) -> amlmil::Result<()> {
         true
     })?;
     bar.finish_and_clear();
-    println!(
+    super::emit(&format!(
         "{} encoder: {} ({} epochs, {} steps)",
         report.method,
         report.encoder.display(),
         report.epochs_completed,
         report.steps_completed
-    );
+    ));
     if let Some(m) = report.monitors.last() {
         let own: Vec<String> = m
             .method
             .iter()
             .map(|(k, v)| format!(", {k} {v:.3}"))
             .collect();
-        println!(
+        super::emit(&format!(
             "step {}: loss {:.4}, effective rank {:.1}, embedding std {:.4}{}",
             m.step,
             m.loss,
             m.effective_rank,
             m.embedding_std,
             own.concat()
-        );
+        ));
     }
     for p in &report.probes {
-        println!(
+        super::emit(&format!(
             "after epoch {}: k-NN cell type macro F1 {:.3}, patient macro F1 {:.3}, rank {:.1}",
             p.epochs, p.cell_type.macro_f1, p.patient.macro_f1, p.effective_rank
-        );
+        ));
     }
     Ok(())
 }
@@ -396,10 +396,12 @@ pub(crate) fn cv(args: CvArgs) -> amlmil::Result<()> {
     let report = amlmil::training::cross_validate(&config, &mut cv_progress(&bar))?;
     bar.finish_and_clear();
     if let Some(summary) = &report.summary {
-        println!("{}", summary.to_markdown());
+        super::emit(&summary.to_markdown());
     }
     if let Some(auc) = report.attention.abnormal_vs_normal_roc_auc {
-        println!("attention ROC AUC, abnormal vs normal cells: {auc:.3}");
+        super::emit(&format!(
+            "attention ROC AUC, abnormal vs normal cells: {auc:.3}"
+        ));
     }
     eprintln!("report: {}", config.output.join("report.json").display());
     Ok(())
@@ -498,7 +500,7 @@ pub(crate) fn experiment_cmd(args: ExperimentCmdArgs) -> amlmil::Result<()> {
     overall.finish_and_clear();
     for e in &report.encoders {
         if let Some(s) = &e.cv.summary {
-            println!(
+            super::emit(&format!(
                 "{:<11} macro F1 {:.3}  ROC AUC {:.3}  PR AUC {:.3}  attention AUC {}  k-NN macro F1 {:.3}",
                 e.name,
                 s.macro_f1,
@@ -508,10 +510,13 @@ pub(crate) fn experiment_cmd(args: ExperimentCmdArgs) -> amlmil::Result<()> {
                     .abnormal_vs_normal_roc_auc
                     .map_or("-".into(), |a| format!("{a:.3}")),
                 e.probe.encoder.macro_f1
-            );
+            ));
         }
     }
-    println!("report: {}", config.output.join("report.html").display());
+    super::emit(&format!(
+        "report: {}",
+        config.output.join("report.html").display()
+    ));
     Ok(())
 }
 
@@ -522,9 +527,9 @@ pub(crate) fn train_mil(args: TrainArgs) -> amlmil::Result<()> {
     let bar = training_bar();
     let report = amlmil::training::cv::train_single(&config, args.fold, &mut cv_progress(&bar))?;
     bar.finish_and_clear();
-    println!(
+    super::emit(&format!(
         "{}",
         serde_json::to_string_pretty(&report).unwrap_or_default()
-    );
+    ));
     Ok(())
 }
