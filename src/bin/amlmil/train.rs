@@ -527,9 +527,6 @@ pub(crate) fn train_mil(args: TrainArgs) -> amlmil::Result<()> {
     let bar = training_bar();
     let report = amlmil::training::cv::train_single(&config, args.fold, &mut cv_progress(&bar))?;
     bar.finish_and_clear();
-    super::emit(&format!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_default()
-    ));
+    super::emit(&serde_json::to_string_pretty(&report).unwrap_or_default());
     Ok(())
 }
