@@ -425,6 +425,39 @@ pub fn stored_checksum(path: &Path) -> Result<Option<String>> {
         .map(str::to_owned))
 }
 
+/// The manifest of a checkpoint file, read from its safetensors header alone:
+/// no tensor is read and the checksum is not checked (loading the model does
+/// both). For decisions that need only the manifest, e.g. a feature-map shape.
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    use std::io::Read;
+    let io = |e| Error::io("cannot read checkpoint", path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(io)?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) || n > 100 << 20 {
+        return Err(Error::checkpoint(
+            path,
+            format!("declares a {n}-byte header in a {len}-byte file"),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::checkpoint(path, format!("header is not JSON: {e}")))?;
+    let json = header["__metadata__"][MANIFEST_KEY]
+        .as_str()
+        .ok_or_else(|| {
+            Error::checkpoint(
+                path,
+                format!("no `{MANIFEST_KEY}` manifest in __metadata__"),
+            )
+        })?;
+    serde_json::from_str(json)
+        .map_err(|e| Error::checkpoint(path, format!("manifest is not valid: {e}")))
+}
+
 /// A checkpoint read from disk: its manifest and its tensors (on the CPU, f32).
 #[derive(Debug)]
 pub struct Checkpoint {

@@ -510,3 +510,28 @@ fn a_flipped_bit_anywhere_in_a_checkpoint_is_refused() {
     let (oa, ob) = tch::no_grad(|| (a.forward_bag(&maps, false), b.forward_bag(&maps, false)));
     assert_eq!(oa.logits, ob.logits);
 }
+
+/// `read_manifest` reads a checkpoint's manifest from its header alone, and
+/// names the file when the header is not one.
+#[test]
+fn the_manifest_is_read_from_the_header_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enc.safetensors");
+    let written = amlmil::checkpoint::write_random_encoder(
+        &path,
+        amlmil::model::EncoderArch::ResNet18,
+        64,
+        1,
+    )
+    .unwrap();
+    match amlmil::checkpoint::read_manifest(&path).unwrap() {
+        amlmil::checkpoint::Manifest::Encoder(m) => assert_eq!(m, written),
+        other => panic!("read a {} manifest", other.kind()),
+    }
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, u64::MAX.to_le_bytes()).unwrap();
+    let e = amlmil::checkpoint::read_manifest(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.safetensors") && e.contains("header"), "{e}");
+}

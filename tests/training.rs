@@ -29,29 +29,10 @@ fn setup() -> &'static Setup {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let cohort = root.join("cohort");
-        let cfg = amlmil::synth::CohortConfig {
-            patients_per_class: 5,
-            cells_min: 6,
-            cells_max: 10,
-            image_size: 64,
-            annotated_fraction: 1.0,
-            seed: 21,
-            ..Default::default()
-        };
-        amlmil::synth::generate_cohort(&cfg, &cohort, &mut |_, _| {}).unwrap();
         let encoder = root.join("encoder64.safetensors");
         common::write_encoder(&encoder, EncoderArch::ResNet18, 64, 5);
-        let (ds, _) = amlmil::dataset::Dataset::open(&cohort, &Default::default()).unwrap();
         let features = root.join("features");
-        let options = amlmil::features::ExtractOptions {
-            flips: true,
-            encoder: amlmil::SessionOptions {
-                device: amlmil::DeviceSpec::Cpu,
-                ..Default::default()
-            },
-        };
-        amlmil::features::extract_features(&ds, &encoder, &features, &options, &mut |_, _, _| true)
-            .unwrap();
+        common::cohort_with_features(&cohort, 5, 21, &encoder, &features);
         Setup {
             _dir: dir,
             root,

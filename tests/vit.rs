@@ -322,31 +322,12 @@ fn trained() -> Trained {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let cohort = root.join("cohort");
-    let cfg = amlmil::synth::CohortConfig {
-        patients_per_class: 5,
-        cells_min: 6,
-        cells_max: 10,
-        image_size: 64,
-        annotated_fraction: 1.0,
-        seed: 31,
-        ..Default::default()
-    };
-    amlmil::synth::generate_cohort(&cfg, &cohort, &mut |_, _| {}).unwrap();
     let encoder = root.join("vit.safetensors");
     let manifest =
         amlmil::checkpoint::write_random_encoder(&encoder, EncoderArch::VitS14, 56, 3).unwrap();
     assert_eq!(manifest.feature_map, [384, 1, 1]);
-    let (ds, _) = amlmil::dataset::Dataset::open(&cohort, &Default::default()).unwrap();
-    let options = amlmil::features::ExtractOptions {
-        flips: true,
-        encoder: amlmil::SessionOptions {
-            device: amlmil::DeviceSpec::Cpu,
-            ..Default::default()
-        },
-    };
     let features = root.join("features");
-    amlmil::features::extract_features(&ds, &encoder, &features, &options, &mut |_, _, _| true)
-        .unwrap();
+    common::cohort_with_features(&cohort, 5, 31, &encoder, &features);
     let json = serde_json::json!({
         "dataset": cohort, "encoder": encoder, "features": features,
         "output": root.join("cv"), "seeds": [0], "folds": 5, "device": "cpu", "gallery_cells": 2,

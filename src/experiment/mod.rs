@@ -607,7 +607,12 @@ impl Runner<'_, '_> {
             .config
             .cv_config(dataset.into(), checkpoint.into(), out)?;
         cv.fold_encoders = fold_checkpoints.clone();
-        let (manifest, _) = crate::checkpoint::Checkpoint::read_encoder(checkpoint)?;
+        let Manifest::Encoder(manifest) = checkpoint::read_manifest(checkpoint)? else {
+            return Err(Error::checkpoint(
+                checkpoint,
+                "is not an encoder checkpoint",
+            ));
+        };
         if manifest.feature_map[1] == 1 && cv.training.head.cell_net != CellNet::Pooled {
             // A ViT's features are a vector: only the pooled g reads them.
             log::info!(

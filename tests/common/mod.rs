@@ -248,3 +248,35 @@ pub fn max_abs(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
         .max();
     f64::try_from(d).unwrap()
 }
+
+/// A small synthetic cohort (`patients_per_class` per class, 6–10 cells of
+/// 64 px, every cell typed) at `dir`, and the feature cache of `encoder` over
+/// it (four flips, CPU) at `features`.
+pub fn cohort_with_features(
+    dir: &Path,
+    patients_per_class: usize,
+    seed: u64,
+    encoder: &Path,
+    features: &Path,
+) {
+    let cfg = amlmil::synth::CohortConfig {
+        patients_per_class,
+        cells_min: 6,
+        cells_max: 10,
+        image_size: 64,
+        annotated_fraction: 1.0,
+        seed,
+        ..Default::default()
+    };
+    amlmil::synth::generate_cohort(&cfg, dir, &mut |_, _| {}).unwrap();
+    let (ds, _) = amlmil::dataset::Dataset::open(dir, &Default::default()).unwrap();
+    let options = amlmil::features::ExtractOptions {
+        flips: true,
+        encoder: amlmil::SessionOptions {
+            device: amlmil::DeviceSpec::Cpu,
+            ..Default::default()
+        },
+    };
+    amlmil::features::extract_features(&ds, encoder, features, &options, &mut |_, _, _| true)
+        .unwrap();
+}
