@@ -11,7 +11,9 @@
 //!   linked against (`NEEDED libamlmil.so.1`) and an incompatible library is never
 //!   picked up. Programs linked against the build directory then look for that name
 //!   there, so a `libamlmil.so.<ABI> -> libamlmil.so` symlink is made beside it.
-use std::path::PathBuf;
+//! * `csrc/c10d/shim.cpp`, the C++ side of `src/distributed/` (c10d's TCPStore and
+//!   ProcessGroupGloo), is compiled against the headers of the same libtorch.
+use std::path::{Path, PathBuf};
 
 fn main() {
     let abi = abi_version();
@@ -37,6 +39,7 @@ fn main() {
         println!("cargo:rustc-cfg=amlmil_cuda_linked");
     }
     println!("cargo::rustc-check-cfg=cfg(amlmil_cuda_linked)");
+    compile_c10d_shim(&lib_dir);
     println!("cargo:rustc-env=AMLMIL_LIBTORCH_LIB={}", lib_dir.display());
     // The Python wheel records its version beside lib/ (`__version__ = '2.11.0+cu130'`),
     // a libtorch zip in `build-version`.
@@ -92,4 +95,27 @@ fn soname_link(abi: i64) {
     if let Err(e) = std::os::unix::fs::symlink("libamlmil.so", &link) {
         println!("cargo:warning=cannot create {}: {e}", link.display());
     }
+}
+
+/// The c10d shim, with the libtorch headers beside `lib_dir` and the C++ ABI
+/// torch-sys compiles its own wrapper with (`LIBTORCH_CXX11_ABI`, default 1).
+fn compile_c10d_shim(lib_dir: &Path) {
+    let root = lib_dir.parent().unwrap_or(lib_dir);
+    let include = root.join("include");
+    println!("cargo:rerun-if-changed=csrc/c10d");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/c10d/shim.cpp")
+        .include("csrc/c10d")
+        .flag("-isystem")
+        .flag(include.display().to_string())
+        .flag("-isystem")
+        .flag(include.join("torch/csrc/api/include").display().to_string())
+        .define("USE_C10D_GLOO", None)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .warnings(false)
+        .compile("amlmil_c10d");
 }

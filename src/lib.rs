@@ -26,6 +26,7 @@ pub mod checkpoint;
 pub mod classes;
 pub mod dataset;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod evaluation;
 pub mod experiment;

@@ -197,6 +197,17 @@ pub fn run_experiment(
     progress: &mut dyn FnMut(&ExperimentEvent) -> bool,
 ) -> Result<ExperimentReport> {
     config.validate()?;
+    // Its probes, embeddings and deployment are not yet split over ranks:
+    // every rank would write them. Data-parallel pre-training (`amlmil
+    // pretrain`) and cross-validation (`amlmil cv`) run under a launcher.
+    if crate::distributed::Launch::from_env()?.is_some_and(|l| l.world_size > 1) {
+        return Err(Error::unsupported(
+            "WORLD_SIZE",
+            "the experiment runs in one process; under torchrun run `amlmil pretrain` \
+             (data-parallel) and `amlmil cv` (runs spread over the ranks), then the \
+             experiment with the encoder as an `imported` entry",
+        ));
+    }
     let config = &config.with_imported_listed();
     let out = &config.output;
     create_dir(out)?;

@@ -113,11 +113,15 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> 
     nn::conv2d(p, cin, cout, k, cfg)
 }
 
+/// torchvision's batch-norm ε.
+const BN_EPS: f64 = 1e-5;
+
 fn batch_norm(p: nn::Path, c: i64, momentum: f64) -> nn::BatchNorm {
     let cfg = nn::BatchNormConfig {
         ws_init: nn::Init::Const(1.0),
         bs_init: nn::Init::Const(0.0),
         momentum,
+        eps: BN_EPS,
         ..Default::default()
     };
     nn::batch_norm2d(p, c, cfg)
@@ -131,6 +135,8 @@ pub(super) struct BasicBlock {
     pub(super) conv2: nn::Conv2D,
     pub(super) bn2: nn::BatchNorm,
     pub(super) downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    /// The batch norms' momentum.
+    pub(super) momentum: f64,
 }
 
 impl BasicBlock {
@@ -147,20 +153,28 @@ impl BasicBlock {
             conv2: conv(&p / "conv2", cout, cout, 3, 1, 1),
             bn2: batch_norm(&p / "bn2", cout, m),
             downsample,
+            momentum: m,
         }
+    }
+}
+
+/// A batch norm (ε 1e-5) as training uses it: synchronised over the process
+/// group's ranks when [`crate::distributed::sync_batch_norm`] says so, else
+/// tch's. The encoder's and the SSL heads' batch norms go through it.
+pub(crate) fn norm(xs: &Tensor, bn: &nn::BatchNorm, momentum: f64, train: bool) -> Tensor {
+    match crate::distributed::sync_batch_norm().filter(|_| train) {
+        Some(group) => group.batch_norm(xs, bn, BN_EPS, momentum),
+        None => xs.apply_t(bn, train),
     }
 }
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let ys = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .apply(&self.conv2)
-            .apply_t(&self.bn2, train);
+        let m = self.momentum;
+        let ys = norm(&xs.apply(&self.conv1), &self.bn1, m, train).relu();
+        let ys = norm(&ys.apply(&self.conv2), &self.bn2, m, train);
         let shortcut = match &self.downsample {
-            Some((c, b)) => xs.apply(c).apply_t(b, train),
+            Some((c, b)) => norm(&xs.apply(c), b, m, train),
             None => xs.shallow_clone(),
         };
         (ys + shortcut).relu()
@@ -174,6 +188,8 @@ pub struct Encoder {
     pub(super) conv1: nn::Conv2D,
     pub(super) bn1: nn::BatchNorm,
     pub(super) stages: Vec<Vec<BasicBlock>>,
+    /// The batch norms' momentum.
+    pub(super) momentum: f64,
     /// Activation checkpointing of training passes ([`Encoder::with_recompute`]).
     pub(super) recompute: Option<Arc<Recompute>>,
 }
@@ -217,6 +233,7 @@ impl Encoder {
             conv1: conv(p / "conv1", 3, 64, 7, 2, 3),
             bn1: batch_norm(p / "bn1", 64, momentum),
             stages,
+            momentum,
             recompute: None,
         }
     }
@@ -265,8 +282,7 @@ impl Encoder {
     /// Segment `i` ([`Encoder::segments`]) applied to its input.
     pub(super) fn segment(&self, i: usize, xs: &Tensor, train: bool) -> Tensor {
         if i == 0 {
-            xs.apply(&self.conv1)
-                .apply_t(&self.bn1, train)
+            norm(&xs.apply(&self.conv1), &self.bn1, self.momentum, train)
                 .relu()
                 .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
         } else {

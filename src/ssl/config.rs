@@ -118,6 +118,11 @@ pub struct PretrainConfig {
     /// one GPU).
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// Under a distributed launch, normalise batches with the global batch's
+    /// statistics (`SyncBatchNorm`); `false`: each rank's own (per replica, as
+    /// `DistributedDataParallel` without conversion). Ignored in one process.
+    #[serde(default)]
+    pub sync_batch_norm: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sgd: Option<SgdConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +177,7 @@ impl PretrainConfig {
             decode_threads: 0,
             mixed_precision: false,
             activation_checkpointing: false,
+            sync_batch_norm: false,
             patients: None,
             monitor: MonitorConfig::default(),
             sgd: Some(SgdConfig::default()),

@@ -184,7 +184,7 @@ pub(super) fn produce_batches(
     labels: &[i64],
     first_epoch: u64,
     steps_per_epoch: u64,
-    device: Device,
+    (device, shard): (Device, Option<(usize, usize)>),
     tx: &std::sync::mpsc::SyncSender<Result<Batch>>,
 ) {
     let _guard = tch::no_grad_guard();
@@ -206,6 +206,19 @@ pub(super) fn produce_batches(
                 let mut rng =
                     ChaCha8Rng::seed_from_u64(stream_seed(config.seed, STREAM_VIEWS, epoch, step));
                 let views = make_views(config, method, &x, &mut rng)?;
+                // A rank's share: its rows of the global batch's views, which
+                // every rank makes alike from the step's stream.
+                let (indices, views) = match shard {
+                    Some((rank, ranks)) => {
+                        let n = (config.batch_size / ranks) as i64;
+                        let mine = |t: &Tensor| t.f_narrow(0, rank as i64 * n, n);
+                        (
+                            mine(&indices)?,
+                            views.iter().map(mine).collect::<Result<_, _>>()?,
+                        )
+                    }
+                    None => (indices, views),
+                };
                 Ok(Batch {
                     step,
                     indices,

@@ -218,6 +218,8 @@ pub struct DinoLoss {
     teacher_temperature: f64,
     warmup_teacher_temperature_epochs: u64,
     center_momentum: f64,
+    /// The process group whose global batch the centre follows.
+    group: Option<&'static crate::distributed::Group>,
 }
 
 impl DinoLoss {
@@ -230,7 +232,14 @@ impl DinoLoss {
             teacher_temperature: config.teacher_temperature,
             warmup_teacher_temperature_epochs: config.warmup_teacher_temperature_epochs,
             center_momentum: config.center_momentum,
+            group: None,
         })
+    }
+
+    /// The same loss with its centre over `group`'s global batch.
+    pub fn in_group(mut self, group: Option<&'static crate::distributed::Group>) -> Self {
+        self.group = group;
+        self
     }
 
     pub fn center(&self) -> &Tensor {
@@ -386,8 +395,14 @@ impl DinoLoss {
         }
         tch::no_grad(|| -> Result<()> {
             let all = Tensor::f_cat(teacher, 0)?.detach().to_kind(Kind::Float);
-            let rows = all.size()[0] as f64;
-            let batch_center = all.sum_dim_intlist([0i64].as_slice(), true, Kind::Float) / rows;
+            let mut rows = all.size()[0] as f64;
+            let sum = all.sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
+            // The global batch's mean over a process group, as DINO's all-reduce.
+            if let Some(g) = self.group {
+                g.all_reduce_sum(&sum, "DINO's centre")?;
+                rows *= g.world_size() as f64;
+            }
+            let batch_center = sum / rows;
             let m = self.center_momentum;
             self.center = &self.center * m + batch_center * (1.0 - m);
             Ok(())
@@ -504,7 +519,7 @@ impl Method for DinoConfig {
         Ok(Box::new(Dino {
             config: self.clone(),
             head,
-            loss: DinoLoss::new(self, ctx.device)?,
+            loss: DinoLoss::new(self, ctx.device)?.in_group(ctx.group),
             teacher: Teacher {
                 encoder,
                 encoder_vs,

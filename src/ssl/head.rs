@@ -73,7 +73,8 @@ impl ModuleT for Mlp {
             x = x.apply(linear);
             if i < last {
                 if let Some(bn) = &self.batch_norms {
-                    x = x.apply_t(&bn[i], train);
+                    // torch_batch_norm's momentum: PyTorch's 0.1.
+                    x = crate::model::encoder::norm(&x, &bn[i], 0.1, train);
                 }
                 x = match self.activation {
                     Activation::Relu => x.relu(),

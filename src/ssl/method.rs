@@ -50,6 +50,10 @@ pub struct BuildContext<'a> {
     /// empty and 0 unless [`Method::needs_cell_types`]).
     pub labels: &'a [i64],
     pub num_types: usize,
+    /// The process group of a data-parallel run, whose ranks share the
+    /// method's cross-sample terms (SimCLR's negatives, SwAV's Sinkhorn sums,
+    /// DINO's centre); `None` in one process.
+    pub group: Option<&'static crate::distributed::Group>,
 }
 
 /// Where in the run a step is.

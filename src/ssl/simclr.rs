@@ -117,6 +117,7 @@ impl Method for SimClrConfig {
         Ok(Box::new(SimClr {
             head,
             temperature: self.temperature,
+            group: ctx.group,
         }))
     }
 }
@@ -125,6 +126,7 @@ impl Method for SimClrConfig {
 struct SimClr {
     head: ProjectionHead,
     temperature: f64,
+    group: Option<&'static crate::distributed::Group>,
 }
 
 impl Learner for SimClr {
@@ -136,7 +138,15 @@ impl Learner for SimClr {
         _at: StepAt,
     ) -> Result<StepLoss> {
         let head = &self.head;
-        let (z, features) = embed_views(encoder, views, true, &|x| head.forward(x))?;
+        let (mut z, features) = embed_views(encoder, views, true, &|x| head.forward(x))?;
+        // Global negatives: every rank's projections, with their gradient (the
+        // backward pass sums each rank's share); every rank then computes the
+        // whole batch's loss, as one process would.
+        if let Some(g) = self.group {
+            for v in &mut z[..2] {
+                *v = g.all_gather(v, true, "SimCLR's negatives")?;
+            }
+        }
         Ok(StepLoss {
             loss: nt_xent_loss(&z[0], &z[1], self.temperature)?,
             features,

@@ -26,6 +26,7 @@ pub(super) struct Model {
 }
 
 impl Model {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         method: &dyn Method,
         architecture: EncoderArch,
@@ -34,6 +35,7 @@ impl Model {
         num_types: usize,
         labels: &[i64],
         recompute: Option<Recompute>,
+        group: Option<&'static crate::distributed::Group>,
     ) -> Result<Self> {
         let encoder_vs = VarStore::new(device);
         let mut encoder = Encoder::new(&encoder_vs.root(), architecture);
@@ -50,6 +52,7 @@ impl Model {
             seed,
             labels,
             num_types,
+            group,
         })?;
         Ok(Model {
             encoder,
@@ -189,22 +192,34 @@ impl Optimizer {
     /// and then `model`'s checkpointed encoder passes, and returns whether the
     /// gradients, unscaled, are finite, so that a step may follow (always true
     /// in fp32).
-    pub(super) fn backward(&mut self, loss: &Tensor, model: &Model) -> Result<bool> {
+    pub(super) fn backward(
+        &mut self,
+        loss: &Tensor,
+        model: &Model,
+        group: Option<&crate::distributed::Group>,
+    ) -> Result<bool> {
         match &mut self.rule {
             Rule::Sgd(o) => o.zero_grad(),
             Rule::AdamW(o) => o.zero_grad(),
         }
+        let scaled = match &self.scaler {
+            Some(scaler) => scaler.scale_loss(loss)?,
+            None => loss.shallow_clone(),
+        };
+        scaled.f_backward()?;
+        model.backward_recomputed()?;
+        if let Some(g) = group {
+            g.check_pending()?;
+            let params: Vec<Tensor> = self
+                .params()
+                .iter()
+                .map(|p| p.tensor.shallow_clone())
+                .collect();
+            g.average_gradients(&params)?;
+        }
         match &self.scaler {
-            Some(scaler) => {
-                scaler.scale_loss(loss)?.f_backward()?;
-                model.backward_recomputed()?;
-                scaler.unscale(self.params())
-            }
-            None => {
-                loss.f_backward()?;
-                model.backward_recomputed()?;
-                Ok(true)
-            }
+            Some(scaler) => scaler.unscale(self.params()),
+            None => Ok(true),
         }
     }
 

@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::distributed::Group;
 use crate::error::{Error, Result};
 use crate::model::{Encoder, EncoderArch};
 use crate::ssl::augment::{MultiCropConfig, CELL_SIZE};
@@ -250,6 +251,19 @@ impl Prototypes {
 /// `1/K` and columns (samples) to `1/B`; returns `B·Qᵀ`, whose rows sum to 1.
 /// Computed without gradient.
 pub fn sinkhorn(scores: &Tensor, epsilon: f64, iterations: usize) -> Result<Tensor> {
+    sinkhorn_in(scores, epsilon, iterations, None)
+}
+
+/// [`sinkhorn`] over the global batch of a process group: each rank holds its
+/// rows of the scores; the total and the prototypes' sums are all-reduced and
+/// `B` is the global batch, as SwAV's distributed code does. Returns this
+/// rank's codes.
+pub fn sinkhorn_in(
+    scores: &Tensor,
+    epsilon: f64,
+    iterations: usize,
+    group: Option<&Group>,
+) -> Result<Tensor> {
     let size = scores.size();
     let [b, k] = size[..] else {
         return Err(Error::invalid(
@@ -261,20 +275,34 @@ pub fn sinkhorn(scores: &Tensor, epsilon: f64, iterations: usize) -> Result<Tens
         return Err(Error::invalid("scores", format!("empty scores {size:?}")));
     }
     check_temperature("epsilon", epsilon)?;
-    Ok(tch::no_grad(|| {
+    let world = group.map_or(1, Group::world_size) as f64;
+    let global_sum = |t: Tensor| -> Result<Tensor> {
+        if let Some(g) = group {
+            g.all_reduce_sum(&t, "SwAV's Sinkhorn-Knopp sums")?;
+        }
+        Ok(t)
+    };
+    tch::no_grad(|| {
         let s = scores.detach() / epsilon;
         // Subtracting the maximum cancels in the first normalisation but keeps exp
-        // finite for scores that are not cosine similarities.
-        let mut q = (&s - s.max()).exp().tr();
-        q /= q.sum(q.kind());
+        // finite for scores that are not cosine similarities; every rank
+        // subtracts the global one.
+        let max = match group {
+            Some(g) => g
+                .all_gather(&s.max().reshape([1]), false, "SwAV's score maximum")?
+                .max(),
+            None => s.max(),
+        };
+        let mut q = (&s - max).exp().tr();
+        q /= global_sum(q.sum(q.kind()))?;
         for _ in 0..iterations {
-            q /= q.sum_dim_intlist([1i64].as_slice(), true, q.kind());
+            q /= global_sum(q.sum_dim_intlist([1i64].as_slice(), true, q.kind()))?;
             q /= k as f64;
             q /= q.sum_dim_intlist([0i64].as_slice(), true, q.kind());
-            q /= b as f64;
+            q /= b as f64 * world;
         }
-        (q * b as f64).tr().contiguous()
-    }))
+        Ok((q * (b as f64 * world)).tr().contiguous())
+    })
 }
 
 /// Swapped-prediction loss over crops.
@@ -293,6 +321,28 @@ pub fn swav_loss(
     epsilon: f64,
     iterations: usize,
     queue_scores: Option<&[Tensor]>,
+) -> Result<Tensor> {
+    swav_loss_in(
+        scores_per_crop,
+        assignment_crops,
+        temperature,
+        epsilon,
+        iterations,
+        queue_scores,
+        None,
+    )
+}
+
+/// [`swav_loss`] of this rank's rows, with the codes of [`sinkhorn_in`] over
+/// the group's global batch.
+pub fn swav_loss_in(
+    scores_per_crop: &[Tensor],
+    assignment_crops: &[usize],
+    temperature: f64,
+    epsilon: f64,
+    iterations: usize,
+    queue_scores: Option<&[Tensor]>,
+    group: Option<&Group>,
 ) -> Result<Tensor> {
     check_assignment_crops(assignment_crops, scores_per_crop.len())?;
     check_temperature("temperature", temperature)?;
@@ -349,7 +399,7 @@ pub fn swav_loss(
             None => scores_per_crop[a].detach(),
         };
         let rows = scores.size()[0];
-        let codes = sinkhorn(&scores, epsilon, iterations)?.narrow(0, rows - b, b);
+        let codes = sinkhorn_in(&scores, epsilon, iterations, group)?.narrow(0, rows - b, b);
         let mut sub: Option<Tensor> = None;
         for (v, lp) in log_probs.iter().enumerate() {
             if v == a {
@@ -500,9 +550,11 @@ impl Method for SwavConfig {
         init_seeded(ctx.head_vs, ctx.seed)?;
         prototypes.normalize_();
         let queue = if self.queue_length > 0 {
+            // Each rank queues its share of the global queue, as SwAV's code.
+            let ranks = ctx.group.map_or(1, Group::world_size) as i64;
             Some(SwavQueue::new(
                 self.assignment_crops.len(),
-                self.queue_length,
+                (self.queue_length / ranks).max(1),
                 self.out_dim,
                 ctx.device,
             )?)
@@ -515,6 +567,7 @@ impl Method for SwavConfig {
             prototypes,
             queue,
             prototypes_used: f64::NAN,
+            group: ctx.group,
         }))
     }
 }
@@ -528,6 +581,7 @@ struct Swav {
     /// Distinct prototypes that are some cell's best match in the last
     /// monitored batch (all assignment crops).
     prototypes_used: f64,
+    group: Option<&'static Group>,
 }
 
 impl Learner for Swav {
@@ -565,13 +619,14 @@ impl Learner for Swav {
             Some(q) => q.scores(&self.prototypes)?,
             None => None,
         };
-        let loss = swav_loss(
+        let loss = swav_loss_in(
             &scores,
             &c.assignment_crops,
             c.temperature,
             c.epsilon,
             c.sinkhorn_iterations,
             queue_scores.as_deref(),
+            self.group,
         )?;
         if let Some(q) = active {
             let assigned: Vec<Tensor> = c.assignment_crops.iter().map(|&a| z[a].detach()).collect();
@@ -604,6 +659,17 @@ impl Learner for Swav {
         };
         let embeddings = take("swav.queue")?;
         let filled = take("swav.queue_filled")?.f_int64_value(&[0])?;
+        if embeddings.size() != q.state().0.size() {
+            // Saved by a run with another number of ranks (each queues its share).
+            log::warn!(
+                "{}: the SwAV queue was saved as {:?}, this run queues {:?} per rank: it \
+                 starts empty",
+                path.display(),
+                embeddings.size(),
+                q.state().0.size()
+            );
+            return Ok(());
+        }
         q.restore(&embeddings, filled)
             .map_err(|e| Error::checkpoint(path, e.to_string()))
     }

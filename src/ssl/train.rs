@@ -147,16 +147,38 @@ pub fn pretrain_method(
 ) -> Result<PretrainReport> {
     config.validate()?;
     method.check(&config.run_settings())?;
-    let device = config.device.resolve()?;
-    std::fs::create_dir_all(&config.output)
-        .map_err(|e| Error::io("cannot create", &config.output, e))?;
-    // Half-written checkpoints of a killed run (the complete ones are intact).
-    crate::io::remove_stale_temps(&config.output)?;
+    // Under torchrun (or any launcher that sets RANK, WORLD_SIZE, …) the ranks
+    // share each global batch of `batch_size`; rank 0 writes every file.
+    let group = crate::distributed::init_from_env()?.filter(|g| g.world_size() > 1);
+    if let Some(g) = group {
+        if config.batch_size % g.world_size() != 0 {
+            return Err(Error::invalid(
+                "batch_size",
+                format!(
+                    "the global batch of {} does not split over WORLD_SIZE {} ranks",
+                    config.batch_size,
+                    g.world_size()
+                ),
+            ));
+        }
+    }
+    crate::distributed::set_sync_batch_norm(config.sync_batch_norm && group.is_some());
+    let writer = group.map_or(true, |g| g.is_writer());
+    let device = match (config.device.resolve()?, group) {
+        (Device::Cuda(_), Some(g)) => Device::Cuda(g.launch().local_rank),
+        (d, _) => d,
+    };
+    if writer {
+        std::fs::create_dir_all(&config.output)
+            .map_err(|e| Error::io("cannot create", &config.output, e))?;
+        // Half-written checkpoints of a killed run (the complete ones are intact).
+        crate::io::remove_stale_temps(&config.output)?;
+    }
     let state_path = config.output.join(STATE_FILE);
     let saved = if config.resume && state_path.exists() {
         Some(read_state(&state_path, config, method.name())?)
     } else {
-        if state_path.exists() {
+        if state_path.exists() && writer {
             log::warn!(
                 "{} exists and `resume` is false: starting over and replacing it",
                 state_path.display()
@@ -179,6 +201,7 @@ pub fn pretrain_method(
         num_types,
         &cells.labels,
         config.activation_checkpointing.then(|| Recompute::new(amp)),
+        group,
     )?;
     if config.mixed_precision && !amp {
         log::warn!(
@@ -187,7 +210,7 @@ pub fn pretrain_method(
         );
     }
     let optimizer = Optimizer::new(config, model.params(), amp)?;
-    let probe_cells = if config.monitor.probe_every_epochs > 0 {
+    let probe_cells = if config.monitor.probe_every_epochs > 0 && writer {
         Some(ProbeCells::load(
             &config.monitor,
             config.image_size,
@@ -223,6 +246,7 @@ pub fn pretrain_method(
         },
         probe_cells,
         cell_types: cells.types.clone(),
+        group,
     };
     let resumed_at_epoch = match saved {
         Some((saved, tensors)) => Some(run.resume(saved, tensors, &state_path)?),
@@ -356,6 +380,8 @@ struct Run<'a> {
     meta: StateMeta,
     probe_cells: Option<ProbeCells>,
     cell_types: Option<Vec<String>>,
+    /// The ranks of a data-parallel run (`None`: one process).
+    group: Option<&'static crate::distributed::Group>,
 }
 
 impl Run<'_> {
@@ -427,6 +453,7 @@ impl Run<'_> {
             let images = cells.cache.images.shallow_clone();
             let labels = &cells.labels;
             let method = self.method;
+            let shard = self.group.map(|g| (g.rank(), g.world_size()));
             scope.spawn(move || {
                 produce_batches(
                     config,
@@ -435,7 +462,7 @@ impl Run<'_> {
                     labels,
                     first_epoch,
                     steps_per_epoch,
-                    device,
+                    (device, shard),
                     &tx,
                 )
             });
@@ -525,7 +552,12 @@ impl Run<'_> {
         };
         let model = &mut self.model;
         let out = tch::autocast(self.amp, || model.loss(&batch.views, &batch.indices, at))?;
-        let value = out.loss.f_double_value(&[])?;
+        let mut value = out.loss.f_double_value(&[])?;
+        if let Some(g) = self.group {
+            g.check_pending()?;
+            // Every rank sees (and stops on) the global batch's loss.
+            value = g.mean_scalar(value, "averaging the loss")?;
+        }
         if !value.is_finite() {
             return Err(Error::NonFinite(format!(
                 "{} loss at epoch {epoch}, step {step} ({value}); training stopped, the \
@@ -533,7 +565,9 @@ impl Run<'_> {
                 self.method_name, self.meta.epochs_completed
             )));
         }
-        let finite = self.optimizer.backward(&out.loss, &self.model)?;
+        let finite = self
+            .optimizer
+            .backward(&out.loss, &self.model, self.group)?;
         let clip = self.model.learner().clip_grad();
         if finite && clip > 0.0 {
             let params: Vec<Tensor> = self
@@ -573,6 +607,10 @@ impl Run<'_> {
         );
         self.meta.history.push(record.clone());
         self.meta.epochs_completed = epoch + 1;
+        if self.group.is_some_and(|g| !g.is_writer()) {
+            // Rank 0 probes and checkpoints; the others go on.
+            return self.epoch_event(record, progress);
+        }
         let every = config.monitor.probe_every_epochs;
         if let Some(cells) = &self.probe_cells {
             if (epoch + 1) % every == 0 || epoch + 1 == config.epochs {
@@ -595,6 +633,17 @@ impl Run<'_> {
             &self.meta,
             self.cell_types.as_deref(),
         )?;
+        self.epoch_event(record, progress)
+    }
+
+    /// Reports a finished epoch; the caller may stop the run there.
+    fn epoch_event(
+        &mut self,
+        record: EpochRecord,
+        progress: &mut dyn FnMut(&PretrainEvent) -> bool,
+    ) -> Result<()> {
+        let config = self.config;
+        let epoch = record.epoch;
         let event = PretrainEvent {
             stage: PretrainStage::Epoch,
             epoch,

@@ -616,19 +616,13 @@ pub fn run_name(seed: u64, fold: usize) -> String {
     format!("seed{seed}_fold{fold}")
 }
 
-/// Runs the whole cross-validation described by `config`.
-pub fn cross_validate(
-    config: &CvConfig,
-    progress: &mut dyn FnMut(CvEvent) -> bool,
-) -> Result<CvReport> {
-    let p = prepare(config, progress)?;
-    let classes = p.classes.clone();
-    let runs_total = config.seeds.len() * config.folds;
-    let mut report = CvReport {
+/// An unfinished report of `config`'s runs on `p`'s features.
+fn open_report(config: &CvConfig, p: &Prepared) -> CvReport {
+    CvReport {
         complete: false,
         output: config.output.clone(),
         features: p.features_dir.clone(),
-        classes: classes.clone(),
+        classes: p.classes.clone(),
         runs: Vec::new(),
         summary: None,
         attention: AttentionAnalysis::default(),
@@ -636,7 +630,94 @@ pub fn cross_validate(
         run_metrics: Vec::new(),
         test_predictions: Vec::new(),
         runs_reloaded: 0,
+    }
+}
+
+/// The runs of a distributed launch's ranks: rank 0 extracts the features
+/// while the others wait, each rank trains the runs `i` with
+/// `i mod WORLD_SIZE` = its rank (in the order of the one-process loop),
+/// and rank 0 waits for them all. Then rank 0's one-process loop reloads
+/// every finished run and writes the report, as a resumed run does; the
+/// output directory must be one all ranks see. Returns the runs trained here.
+fn fan_out(
+    config: &CvConfig,
+    group: &crate::distributed::Group,
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<usize> {
+    let key = |what: &str| format!("cv/{}/{what}", config.output.display());
+    let p = if group.is_writer() {
+        let p = prepare(config, progress)?;
+        group.signal(&key("prepared"))?;
+        p
+    } else {
+        group.wait_signal(&key("prepared"), 1, "waiting for rank 0's features")?;
+        prepare(config, progress)?
     };
+    let (ranks, runs_total) = (group.world_size(), config.seeds.len() * config.folds);
+    let mut run = 0;
+    let mut mine = 0;
+    for &seed in &config.seeds {
+        for split in p.dataset.folds(config.folds, seed)? {
+            if run % ranks == group.rank() {
+                let own = fold_features(&p, config, seed, split.fold, progress)?;
+                let fold_p = own.as_ref().unwrap_or(&p);
+                run_fold(fold_p, config, seed, &split, (run, runs_total), progress)?;
+                mine += 1;
+            }
+            run += 1;
+        }
+    }
+    group.signal(&key("runs"))?;
+    if group.is_writer() {
+        group.wait_signal(
+            &key("runs"),
+            ranks as i64,
+            "waiting for the other ranks' runs",
+        )?;
+    }
+    Ok(mine)
+}
+
+/// The features of a fold whose encoder is its own (the per-fold protocol).
+fn fold_features(
+    p: &Prepared,
+    config: &CvConfig,
+    seed: u64,
+    fold: usize,
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<Option<Prepared>> {
+    let name = run_name(seed, fold);
+    match config.fold_encoders.get(&name) {
+        Some(encoder) if *encoder != config.encoder => {
+            let dir = config.output.join("fold-features").join(&name);
+            Ok(Some(p.with_encoder(config, encoder, dir, progress)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Runs the whole cross-validation described by `config`. Under a
+/// distributed launch the runs are spread over the ranks ([`fan_out`]) and
+/// rank 0 writes the report; the other ranks return an unfinished one.
+pub fn cross_validate(
+    config: &CvConfig,
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<CvReport> {
+    if let Some(group) = crate::distributed::init_from_env()?.filter(|g| g.world_size() > 1) {
+        let mine = fan_out(config, group, progress)?;
+        if !group.is_writer() {
+            let p = prepare(config, progress)?;
+            log::info!(
+                "rank {}: {mine} runs trained; rank 0 writes the report",
+                group.rank()
+            );
+            return Ok(open_report(config, &p));
+        }
+    }
+    let p = prepare(config, progress)?;
+    let classes = p.classes.clone();
+    let runs_total = config.seeds.len() * config.folds;
+    let mut report = open_report(config, &p);
     // An earlier complete report must not stand while the runs change under it.
     write_json(&config.output.join("report.json"), &report)?;
     let mut reports = Vec::new();
@@ -644,16 +725,8 @@ pub fn cross_validate(
     for (si, &seed) in config.seeds.iter().enumerate() {
         for split in p.dataset.folds(config.folds, seed)? {
             let run = report.runs.len();
-            let name = run_name(seed, split.fold);
-            let own;
-            let fold_p = match config.fold_encoders.get(&name) {
-                Some(encoder) if *encoder != config.encoder => {
-                    let dir = config.output.join("fold-features").join(&name);
-                    own = p.with_encoder(config, encoder, dir, progress)?;
-                    &own
-                }
-                _ => &p,
-            };
+            let own = fold_features(&p, config, seed, split.fold, progress)?;
+            let fold_p = own.as_ref().unwrap_or(&p);
             match run_fold(fold_p, config, seed, &split, (run, runs_total), progress) {
                 Ok((summary, metrics, outputs, reloaded)) => {
                     report.runs_reloaded += usize::from(reloaded);

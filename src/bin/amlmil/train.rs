@@ -250,8 +250,15 @@ pub(crate) fn pretrain_cmd(args: PretrainArgs) -> amlmil::Result<()> {
             PretrainStage::Epoch => note(
                 &bar,
                 format!(
-                    "epoch {}/{}: loss {:.4}, {:.1} images/s, checkpoint written",
-                    e.done, e.total, e.loss, e.images_per_second
+                    "epoch {}/{}: loss {:.4}, {:.1} images/s, {}",
+                    e.done,
+                    e.total,
+                    e.loss,
+                    e.images_per_second,
+                    match amlmil::distributed::current() {
+                        Some(g) if !g.is_writer() => format!("rank {} (rank 0 writes)", g.rank()),
+                        _ => "checkpoint written".to_owned(),
+                    }
                 ),
             ),
         }

@@ -1,0 +1,2 @@
+// See README.md: names ProcessGroupGloo.hpp mentions, nothing more.
+#pragma once
