@@ -259,7 +259,12 @@ fn torchrun_launches_two_ranks_that_write_one_checkpoint() {
     let (losses, _) = state(&out);
     assert_eq!(losses.len(), 10, "2 epochs of 5 steps");
     let mil = dir.path().join("mil.safetensors");
-    common::write_mil(&mil, &amlmil::model::MilConfig::default(), 32, 1);
+    let head = amlmil::model::MilConfig {
+        in_side: 1,
+        head: amlmil::model::CellNet::Pooled.into(),
+        ..Default::default()
+    };
+    common::write_mil(&mil, &head, 32, 1);
     let session = amlmil::Session::new(
         &out.join("encoder.safetensors"),
         &mil,
