@@ -45,6 +45,13 @@ fn setup() -> &'static Setup {
     })
 }
 
+/// One launch at a time: ranks of two tests would share the 2 cores (and a
+/// port picked as free could be taken in between).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A free TCP port on loopback for the store.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -205,6 +212,7 @@ fn settings(method: &str, sync: bool) -> Value {
 
 #[test]
 fn two_ranks_of_16_train_as_one_process_of_32() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     for method in ["simclr", "swav", "dino", "supervised"] {
         let one = dir.path().join(format!("{method}-one"));
@@ -233,6 +241,7 @@ fn two_ranks_of_16_train_as_one_process_of_32() {
 /// session loads and classifies with.
 #[test]
 fn torchrun_launches_two_ranks_that_write_one_checkpoint() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let mut set = settings("simclr", false);
@@ -287,6 +296,7 @@ fn torchrun_launches_two_ranks_that_write_one_checkpoint() {
 /// of the last finished epoch completes the run.
 #[test]
 fn a_killed_rank_is_named_and_the_run_resumes_in_one_process() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let mut set = settings("simclr", false);
@@ -338,6 +348,7 @@ fn a_killed_rank_is_named_and_the_run_resumes_in_one_process() {
 /// one process's cross-validation.
 #[test]
 fn cross_validation_runs_are_spread_over_the_ranks() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let encoder = dir.path().join("encoder.safetensors");
     common::write_encoder(&encoder, amlmil::model::EncoderArch::ResNet18, 32, 5);
@@ -383,4 +394,25 @@ fn cross_validation_runs_are_spread_over_the_ranks() {
         };
         assert_eq!(metrics(&one), metrics(&two), "fold {fold}");
     }
+}
+
+/// The experiment is not split over ranks: under a launch it says so, naming
+/// `WORLD_SIZE`, before it writes anything.
+#[test]
+fn the_experiment_refuses_a_launch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exp");
+    let o = Command::new(BIN)
+        .args(["experiment", "--preset", "quick", "--output"])
+        .arg(&out)
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_RANK", "0")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && said.contains("`WORLD_SIZE`"), "{said}");
+    assert!(!out.exists(), "{said}");
 }

@@ -153,10 +153,11 @@ mod tests {
 
     /// Runs `f` as two ranks in two threads of this process, over loopback
     /// (tensors stay in their thread: results come back as numbers).
-    pub(crate) fn pair(
-        port: u16,
-        f: impl Fn(&Group) -> Vec<Vec<f32>> + Sync,
-    ) -> Vec<Vec<Vec<f32>>> {
+    pub(crate) fn pair(f: impl Fn(&Group) -> Vec<Vec<f32>> + Sync) -> Vec<Vec<Vec<f32>>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
         std::thread::scope(|s| {
             let hs: Vec<_> = (0..2)
                 .map(|rank| {
@@ -233,7 +234,7 @@ mod tests {
             .collect::<Vec<_>>()
         };
         let whole = run((0, 8), &|x, bn| x.apply_t(bn, true));
-        let halves = pair(29733, |g| {
+        let halves = pair(|g| {
             run((4 * g.rank() as i64, 4), &|x, bn| {
                 g.batch_norm(x, bn, 1e-5, 0.1)
             })
@@ -303,7 +304,7 @@ mod gather_tests {
         let whole = run((0, 2 * n), &|t| t.shallow_clone(), &|h, bn| {
             h.apply_t(bn, true)
         });
-        let halves = pair(29734, |g| {
+        let halves = pair(|g| {
             vec![run(
                 (n * g.rank() as i64, n),
                 &|t| g.all_gather(t, true, "test").unwrap(),
