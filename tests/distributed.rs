@@ -413,6 +413,9 @@ fn the_experiment_refuses_a_launch() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && said.contains("`WORLD_SIZE`"), "{said}");
+    assert!(
+        !o.status.success() && said.contains("`WORLD_SIZE`"),
+        "{said}"
+    );
     assert!(!out.exists(), "{said}");
 }

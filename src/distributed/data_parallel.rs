@@ -132,9 +132,21 @@ impl Group {
 
 static SYNC_BATCH_NORM: AtomicBool = AtomicBool::new(false);
 
-/// Turns synchronised batch norm on or off for the process group's training.
-pub fn set_sync_batch_norm(on: bool) {
+/// Turns synchronised batch norm on (or off) for the process group's
+/// training until the returned guard drops.
+#[must_use = "synchronised batch norm is off again when the guard drops"]
+pub fn set_sync_batch_norm(on: bool) -> SyncBatchNormGuard {
     SYNC_BATCH_NORM.store(on, Ordering::Relaxed);
+    SyncBatchNormGuard(())
+}
+
+/// Turns synchronised batch norm off when dropped ([`set_sync_batch_norm`]).
+pub struct SyncBatchNormGuard(());
+
+impl Drop for SyncBatchNormGuard {
+    fn drop(&mut self) {
+        SYNC_BATCH_NORM.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The group batch norm synchronises over, while it is on and there are

@@ -24,12 +24,12 @@
 //! device is `process group`.
 //!
 //! CUDA tensors go through Gloo too (c10d stages them through host memory);
-//! NCCL is not built yet (the wheel ships its header but the shim does not
-//! compile against CUDA): see docs/distributed.md.
+//! NCCL is not built yet (its header includes CUDA toolkit headers the wheel
+//! does not ship): see docs/distributed.md.
 mod data_parallel;
 mod ffi;
 
-pub use data_parallel::{set_sync_batch_norm, sync_batch_norm};
+pub use data_parallel::{set_sync_batch_norm, sync_batch_norm, SyncBatchNormGuard};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

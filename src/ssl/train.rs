@@ -162,7 +162,8 @@ pub fn pretrain_method(
             ));
         }
     }
-    crate::distributed::set_sync_batch_norm(config.sync_batch_norm && group.is_some());
+    let _sync_bn =
+        crate::distributed::set_sync_batch_norm(config.sync_batch_norm && group.is_some());
     let writer = group.map_or(true, |g| g.is_writer());
     let device = match (config.device.resolve()?, group) {
         (Device::Cuda(_), Some(g)) => Device::Cuda(g.launch().local_rank),
