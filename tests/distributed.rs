@@ -419,3 +419,52 @@ fn the_experiment_refuses_a_launch() {
     );
     assert!(!out.exists(), "{said}");
 }
+
+/// The C ABI joins the group too: `amlmil_pretrain` called from Python (ctypes)
+/// in the two workers torchrun starts trains one run, written by rank 0.
+#[test]
+fn the_c_abi_trains_under_torchrun() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut config = settings("simclr", false);
+    config["method"] = json!("simclr");
+    config["preset"] = json!("cpu-small");
+    config["dataset"] = json!(setup().cohort);
+    config["output"] = json!(out);
+    config["epochs"] = json!(1);
+    let script = dir.path().join("train.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import json, os, amlmil\n\
+             report = amlmil.pretrain(json.loads({config:?}))\n\
+             print('rank', os.environ['RANK'], 'steps', report['steps_completed'])\n",
+            config = config.to_string()
+        ),
+    )
+    .unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(common::python());
+    cmd.args([
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ])
+    .arg(&script)
+    .env("PYTHONPATH", root.join("bindings/python"))
+    .env("AMLMIL_LIBRARY", common::lib_dir().join("libamlmil.so"))
+    .env("AMLMIL_DIST_TIMEOUT_S", "120")
+    .env("OMP_NUM_THREADS", "1");
+    let printed = common::run_ok(&mut cmd, "torchrun python");
+    for rank in 0..2 {
+        assert!(
+            printed.contains(&format!("rank {rank} steps 5")),
+            "{printed}"
+        );
+    }
+    let (losses, _) = state(&out);
+    assert_eq!(losses.len(), 5);
+}
