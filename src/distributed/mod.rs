@@ -16,12 +16,15 @@
 //! the variables set, and [`current`] returns it (`None` without the variables:
 //! then nothing changes anywhere).
 //!
-//! **Failure.** Every rank bumps a counter in the store once a second from a
+//! **Failure.** Every rank bumps a counter in the store twice a second from a
 //! thread of its own. When a collective fails (Gloo reports a closed
 //! connection at once, a silent peer after `timeout`), the survivor reads the
-//! counters twice and names the ranks whose counter stopped — or rank 0, the
-//! store's host, when the store itself is gone — in an [`Error::Device`] whose
-//! device is `process group`.
+//! counters 1.5 s apart and names the ranks whose counter stopped — or rank 0,
+//! the store's host, when the store itself is gone — in an [`Error::Device`]
+//! whose device is `process group`. Work of unknown length on other ranks
+//! (feature extraction, cross-validation runs) is awaited with
+//! [`Group::signal`] / [`Group::wait_signal`], which has no time limit but
+//! fails as soon as a rank stops beating.
 //!
 //! CUDA tensors go through Gloo too (c10d stages them through host memory);
 //! NCCL is not built yet (its header includes CUDA toolkit headers the wheel
@@ -29,7 +32,9 @@
 mod data_parallel;
 mod ffi;
 
-pub use data_parallel::{set_sync_batch_norm, sync_batch_norm, SyncBatchNormGuard};
+pub use data_parallel::{
+    set_sync_batch_norm, sync_batch_norm, SyncBatchNormGuard, GRADIENT_BUCKET,
+};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
