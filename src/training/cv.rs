@@ -638,12 +638,13 @@ fn open_report(config: &CvConfig, p: &Prepared) -> CvReport {
 /// `i mod WORLD_SIZE` = its rank (in the order of the one-process loop),
 /// and rank 0 waits for them all. Then rank 0's one-process loop reloads
 /// every finished run and writes the report, as a resumed run does; the
-/// output directory must be one all ranks see. Returns the runs trained here.
+/// output directory must be one all ranks see. Returns the runs trained here
+/// and the features.
 fn fan_out(
     config: &CvConfig,
     group: &crate::distributed::Group,
     progress: &mut dyn FnMut(CvEvent) -> bool,
-) -> Result<usize> {
+) -> Result<(usize, Prepared)> {
     let key = |what: &str| format!("cv/{}/{what}", config.output.display());
     let p = if group.is_writer() {
         let p = prepare(config, progress)?;
@@ -675,7 +676,7 @@ fn fan_out(
             "waiting for the other ranks' runs",
         )?;
     }
-    Ok(mine)
+    Ok((mine, p))
 }
 
 /// The features of a fold whose encoder is its own (the per-fold protocol).
@@ -703,18 +704,24 @@ pub fn cross_validate(
     config: &CvConfig,
     progress: &mut dyn FnMut(CvEvent) -> bool,
 ) -> Result<CvReport> {
-    if let Some(group) = crate::distributed::init_from_env()?.filter(|g| g.world_size() > 1) {
-        let mine = fan_out(config, group, progress)?;
-        if !group.is_writer() {
-            let p = prepare(config, progress)?;
-            log::info!(
-                "rank {}: {mine} runs trained; rank 0 writes the report",
-                group.rank()
-            );
-            return Ok(open_report(config, &p));
+    let fanned = match crate::distributed::init_from_env()?.filter(|g| g.world_size() > 1) {
+        Some(group) => {
+            let (mine, p) = fan_out(config, group, progress)?;
+            if !group.is_writer() {
+                log::info!(
+                    "rank {}: {mine} runs trained; rank 0 writes the report",
+                    group.rank()
+                );
+                return Ok(open_report(config, &p));
+            }
+            Some(p)
         }
-    }
-    let p = prepare(config, progress)?;
+        None => None,
+    };
+    let p = match fanned {
+        Some(p) => p,
+        None => prepare(config, progress)?,
+    };
     let classes = p.classes.clone();
     let runs_total = config.seeds.len() * config.folds;
     let mut report = open_report(config, &p);
