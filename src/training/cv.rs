@@ -153,7 +153,7 @@ fn create_dir(path: &Path) -> Result<()> {
 }
 
 /// Test-set output of one run, kept for the analysis across runs.
-struct TestOutput {
+pub(super) struct TestOutput {
     patient: usize,
     probabilities: Vec<f64>,
     /// `[C × N]` softmax attention.
@@ -175,8 +175,8 @@ fn predict(
 }
 
 /// Data, features and model shape shared by the runs of an experiment.
-struct Prepared {
-    dataset: Dataset,
+pub(super) struct Prepared {
+    pub(super) dataset: Dataset,
     cache: FeatureCache,
     bags: Vec<TrainBag>,
     classes: Vec<String>,
@@ -186,7 +186,10 @@ struct Prepared {
 }
 
 /// Opens and checks the data set, makes or opens the feature cache, loads it.
-fn prepare(config: &CvConfig, progress: &mut dyn FnMut(CvEvent) -> bool) -> Result<Prepared> {
+pub(super) fn prepare(
+    config: &CvConfig,
+    progress: &mut dyn FnMut(CvEvent) -> bool,
+) -> Result<Prepared> {
     config.validate()?;
     let device = config.device.resolve()?;
     let (dataset, issues) = Dataset::open(&config.dataset, &OpenOptions::fail())?;
@@ -342,7 +345,7 @@ impl Prepared {
 }
 
 /// Trains fold `split` of `seed` and writes its run directory.
-fn run_fold(
+pub(super) fn run_fold(
     p: &Prepared,
     config: &CvConfig,
     seed: u64,
@@ -633,54 +636,8 @@ fn open_report(config: &CvConfig, p: &Prepared) -> CvReport {
     }
 }
 
-/// The runs of a distributed launch's ranks: rank 0 extracts the features
-/// while the others wait, each rank trains the runs `i` with
-/// `i mod WORLD_SIZE` = its rank (in the order of the one-process loop),
-/// and rank 0 waits for them all. Then rank 0's one-process loop reloads
-/// every finished run and writes the report, as a resumed run does; the
-/// output directory must be one all ranks see. Returns the runs trained here
-/// and the features.
-fn fan_out(
-    config: &CvConfig,
-    group: &crate::distributed::Group,
-    progress: &mut dyn FnMut(CvEvent) -> bool,
-) -> Result<(usize, Prepared)> {
-    let key = |what: &str| format!("cv/{}/{what}", config.output.display());
-    let p = if group.is_writer() {
-        let p = prepare(config, progress)?;
-        group.signal(&key("prepared"))?;
-        p
-    } else {
-        group.wait_signal(&key("prepared"), 1, "waiting for rank 0's features")?;
-        prepare(config, progress)?
-    };
-    let (ranks, runs_total) = (group.world_size(), config.seeds.len() * config.folds);
-    let mut run = 0;
-    let mut mine = 0;
-    for &seed in &config.seeds {
-        for split in p.dataset.folds(config.folds, seed)? {
-            if run % ranks == group.rank() {
-                let own = fold_features(&p, config, seed, split.fold, progress)?;
-                let fold_p = own.as_ref().unwrap_or(&p);
-                run_fold(fold_p, config, seed, &split, (run, runs_total), progress)?;
-                mine += 1;
-            }
-            run += 1;
-        }
-    }
-    group.signal(&key("runs"))?;
-    if group.is_writer() {
-        group.wait_signal(
-            &key("runs"),
-            ranks as i64,
-            "waiting for the other ranks' runs",
-        )?;
-    }
-    Ok((mine, p))
-}
-
 /// The features of a fold whose encoder is its own (the per-fold protocol).
-fn fold_features(
+pub(super) fn fold_features(
     p: &Prepared,
     config: &CvConfig,
     seed: u64,
@@ -698,7 +655,7 @@ fn fold_features(
 }
 
 /// Runs the whole cross-validation described by `config`. Under a
-/// distributed launch the runs are spread over the ranks ([`fan_out`]) and
+/// distributed launch the runs are spread over the ranks ([`super::ranks`]) and
 /// rank 0 writes the report; the other ranks return an unfinished one.
 pub fn cross_validate(
     config: &CvConfig,
@@ -706,7 +663,7 @@ pub fn cross_validate(
 ) -> Result<CvReport> {
     let fanned = match crate::distributed::init_from_env()?.filter(|g| g.world_size() > 1) {
         Some(group) => {
-            let (mine, p) = fan_out(config, group, progress)?;
+            let (mine, p) = super::ranks::fan_out(config, group, progress)?;
             if !group.is_writer() {
                 log::info!(
                     "rank {}: {mine} runs trained; rank 0 writes the report",
